@@ -1,0 +1,1 @@
+"""SwiftMesh services: hub, trainer, aligner, gateway (importable as swiftmesh.services.<svc>)."""

@@ -1,0 +1,65 @@
+"""The `swiftmesh` command: runs the services and is the client of every one of them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from swiftmesh.cli import stack
+
+app = typer.Typer(
+    name="swiftmesh",
+    help=(
+        "SwiftMesh: download, fine-tune, align and serve large language models, as gRPC services.\n\n"
+        "Settings come from flags, SWIFTMESH_* environment variables (nested with __, e.g. "
+        "SWIFTMESH_HUB__PORT) and a YAML file (--config or SWIFTMESH_CONFIG)."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="YAML settings file (default $SWIFTMESH_CONFIG).", exists=True, dir_okay=False),
+    ] = None,
+) -> None:
+    """SwiftMesh command line."""
+    ctx.obj = {"config": str(config) if config else None}
+
+
+app.command("serve")(stack.serve)
+app.command("up")(stack.up)
+app.command("status")(stack.status)
+
+
+def _register_optional() -> None:
+    """Command groups of the service issues register themselves here when present."""
+    import importlib
+
+    for module, attr in (
+        ("swiftmesh.cli.hub", "register"),
+        ("swiftmesh.cli.jobs", "register"),
+        ("swiftmesh.cli.train", "register"),
+        ("swiftmesh.cli.align", "register"),
+        ("swiftmesh.cli.serving", "register"),
+        ("swiftmesh.cli.quickstart", "register"),
+    ):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
+            continue
+        getattr(mod, attr)(app)
+
+
+_register_optional()
+
+if __name__ == "__main__":
+    app()

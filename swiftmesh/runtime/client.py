@@ -1,0 +1,115 @@
+"""The gRPC client factory every SwiftMesh client and service uses to reach another service.
+
+Each channel gets:
+  * a deadline on every call (``Settings.rpc_timeout_s`` for unary responses, ``stream_timeout``
+    for streamed ones; an explicit ``timeout=`` wins);
+  * retries of UNAVAILABLE through the gRPC service config (exponential backoff, 5 attempts),
+    so a service that restarts is reached again without caller code;
+  * the shared auth token as ``authorization`` metadata;
+  * TLS, or mutual TLS with a client certificate, from ``Settings.tls``;
+  * OpenTelemetry client spans, with the trace context carried in the metadata.
+
+    async with channel(settings.hub.target, settings) as ch:
+        stub = hub_pb2_grpc.HubServiceStub(ch)
+        model = await stub.GetModel(hub_pb2.GetModelRequest(name="models/x"))
+
+Errors surface as ``grpc.aio.AioRpcError``; :func:`raise_domain_error` /
+:func:`swiftmesh.runtime.errors.from_status_proto` turn them back into SwiftMeshError.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import grpc
+from grpc_status import rpc_status
+
+from swiftmesh.runtime.config import Settings
+from swiftmesh.runtime.errors import SwiftMeshError, Unavailable, error_for_code, from_status_proto
+from swiftmesh.runtime.interceptors import CallDefaultsInterceptor
+from swiftmesh.runtime.server import grpc_options
+
+RETRY_SERVICE_CONFIG = {
+    "methodConfig": [
+        {
+            "name": [{}],
+            "retryPolicy": {
+                "maxAttempts": 5,
+                "initialBackoff": "0.2s",
+                "maxBackoff": "3s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        }
+    ]
+}
+
+DEFAULT_STREAM_TIMEOUT_S = 24 * 3600.0
+
+
+def _read(path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def channel_credentials(settings: Settings) -> grpc.ChannelCredentials | None:
+    """TLS channel credentials from Settings.tls (with a client certificate for mutual TLS)."""
+    tls = settings.tls
+    if not (tls.enabled or tls.ca_file):
+        return None
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read(tls.ca_file) if tls.ca_file else None,
+        private_key=_read(tls.key_file) if tls.key_file else None,
+        certificate_chain=_read(tls.cert_file) if tls.cert_file else None,
+    )
+
+
+def channel(
+    target: str,
+    settings: Settings,
+    *,
+    timeout: float | None = None,
+    stream_timeout: float = DEFAULT_STREAM_TIMEOUT_S,
+    retries: bool = True,
+) -> grpc.aio.Channel:
+    """An aio channel to ``target`` ("host:port") with deadlines, retries, auth, TLS and tracing.
+
+    Use it as ``async with channel(...) as ch`` or close it with ``await ch.close()``.
+    """
+    from opentelemetry.instrumentation.grpc import aio_client_interceptors
+
+    token = settings.auth_token.get_secret_value() if settings.auth_token else None
+    interceptors = [
+        CallDefaultsInterceptor(token, timeout or settings.rpc_timeout_s, stream_timeout),
+        *aio_client_interceptors(),
+    ]
+    options = grpc_options(settings) + [("grpc.enable_retries", 1 if retries else 0)]
+    if retries:
+        options.append(("grpc.service_config", json.dumps(RETRY_SERVICE_CONFIG)))
+    if settings.tls.server_name:
+        options.append(("grpc.ssl_target_name_override", settings.tls.server_name))
+    creds = channel_credentials(settings)
+    if creds is not None:
+        return grpc.aio.secure_channel(target, creds, options=options, interceptors=interceptors)
+    return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+
+
+def domain_error(err: grpc.RpcError) -> SwiftMeshError:
+    """The SwiftMeshError an RpcError carries (google.rpc details decoded when present)."""
+    status = rpc_status.from_call(err) if hasattr(err, "trailing_metadata") else None
+    if status is not None:
+        return from_status_proto(status)
+    code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
+    cls = error_for_code(code.value[0]) if code else Unavailable
+    return cls(err.details() if hasattr(err, "details") else str(err) or "")
+
+
+@contextmanager
+def raise_domain_errors() -> Iterator[None]:
+    """Re-raise ``grpc.RpcError`` inside the block as the matching SwiftMeshError."""
+    try:
+        yield
+    except grpc.RpcError as e:
+        raise domain_error(e) from None

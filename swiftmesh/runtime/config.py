@@ -1,0 +1,236 @@
+"""Settings of every SwiftMesh service (pydantic-settings).
+
+Sources, highest priority first:
+  1. keyword arguments (the CLI passes its flags here),
+  2. ``SWIFTMESH_*`` environment variables, nested with ``__`` (``SWIFTMESH_HUB__PORT=6000``),
+  3. a YAML file named by ``--config`` or ``SWIFTMESH_CONFIG`` (same structure as the model),
+  4. the defaults below (everything on localhost, state under ``data_dir``).
+
+Invalid values raise :class:`ConfigError` naming each bad setting.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+DEFAULT_DATA_DIR = Path(os.path.expanduser("~/.swiftmesh"))
+
+
+class ConfigError(ValueError):
+    """Settings failed validation; the message lists every bad setting."""
+
+
+class TLSSettings(BaseModel):
+    """TLS for gRPC. With ``cert_file`` and ``key_file`` the servers speak TLS; with
+    ``require_client_cert`` they demand a client certificate signed by ``ca_file`` (mutual TLS).
+    Clients use ``ca_file`` to verify servers and ``cert_file``/``key_file`` as their identity."""
+
+    enabled: bool = False
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    ca_file: Path | None = None
+    require_client_cert: bool = False
+    # Name the server certificate is checked against (default: the host being dialled).
+    server_name: str | None = None
+
+
+class Endpoint(BaseModel):
+    """Where a gRPC service listens, and where clients find it."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(ge=0, le=65535)
+    # Prometheus /metrics over HTTP (0: off).
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    # Address clients dial (default host:port), e.g. "hub.swiftmesh.svc:50051".
+    address: str | None = None
+
+    @property
+    def target(self) -> str:
+        if self.address:
+            return self.address
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"{host}:{self.port}"
+
+
+class HubSettings(Endpoint):
+    port: int = Field(default=50051, ge=0, le=65535)
+    metrics_port: int = Field(default=9151, ge=0, le=65535)
+    # Cache directory (default <data_dir>/hub).
+    cache_dir: Path | None = None
+    # Size quota of the cache in bytes (0: unlimited); least recently used unpinned models go first.
+    quota_bytes: int = Field(default=0, ge=0)
+    # Hugging Face endpoint for hf:// sources (as HF_ENDPOINT does).
+    hf_endpoint: str | None = None
+    hf_token: SecretStr | None = None
+    # ModelScope endpoint for ms:// sources (as MODELSCOPE_DOMAIN does).
+    ms_endpoint: str | None = None
+    # HTTP download: parallel files, retries.
+    download_concurrency: int = Field(default=4, ge=1)
+    download_retries: int = Field(default=5, ge=0)
+
+
+class TrainerSettings(Endpoint):
+    port: int = Field(default=50052, ge=0, le=65535)
+    metrics_port: int = Field(default=9152, ge=0, le=65535)
+    # Ray cluster address (as RAY_ADDRESS); empty: an embedded local Ray.
+    ray_address: str | None = None
+    # CPUs the embedded local Ray may use (0: all).
+    ray_num_cpus: int = Field(default=0, ge=0)
+    # Job state and checkpoints (default <data_dir>/trainer).
+    state_dir: Path | None = None
+
+
+class AlignerSettings(TrainerSettings):
+    port: int = Field(default=50053, ge=0, le=65535)
+    metrics_port: int = Field(default=9153, ge=0, le=65535)
+
+
+class WorkerSettings(Endpoint):
+    """An engine worker (the InferenceService)."""
+
+    port: int = Field(default=50054, ge=0, le=65535)
+    metrics_port: int = Field(default=9154, ge=0, le=65535)
+    engine: Literal["transformers", "vllm", "lmdeploy"] = "transformers"
+    # Hub model to load at start ("models/<id>" or "<id>"); none: load later through LoadModel.
+    model: str | None = None
+    adapters: list[str] = Field(default_factory=list)
+    # "cpu", "cuda", "auto".
+    device: str = "auto"
+    # "auto", "bfloat16", "float16", "float32".
+    dtype: str = "auto"
+    max_model_len: int = Field(default=0, ge=0)
+    # Most sequences decoded together (continuous batching).
+    max_num_seqs: int = Field(default=32, ge=1)
+    # Register with the gateway at this gRPC address on start (empty: don't).
+    register_with: str | None = None
+
+
+class GatewaySettings(Endpoint):
+    """The OpenAI REST facade (http_port) and its gRPC admin service (port)."""
+
+    port: int = Field(default=50055, ge=0, le=65535)
+    metrics_port: int = Field(default=0, ge=0, le=65535)  # /metrics is on the HTTP port
+    http_port: int = Field(default=8000, ge=0, le=65535)
+    # Worker addresses known at start; more register through GatewayService.RegisterWorker.
+    workers: list[str] = Field(default_factory=list)
+    # Require an API key on /v1/* (keys managed through GatewayService or `swiftmesh keys`).
+    require_api_key: bool = False
+    # State (API keys) (default <data_dir>/gateway).
+    state_dir: Path | None = None
+    health_check_interval_s: float = Field(default=2.0, gt=0)
+
+
+class TelemetrySettings(BaseModel):
+    # Traces go out by OTLP only when the standard OTEL_* variables ask for it.
+    service_namespace: str = "swiftmesh"
+    log_format: Literal["text", "json"] = "text"
+    log_level: str = "INFO"
+
+
+class Settings(BaseSettings):
+    """All settings; each service reads its own section and the shared ones."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SWIFTMESH_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    # Set by Settings.load(config_file=...) before construction.
+    _yaml_file: ClassVar[Path | None] = None
+
+    data_dir: Path = DEFAULT_DATA_DIR
+    # Shared token between services ("authorization: Bearer <token>"); unset: no auth.
+    auth_token: SecretStr | None = None
+    tls: TLSSettings = Field(default_factory=TLSSettings)
+    # Default deadline of unary client calls, seconds.
+    rpc_timeout_s: float = Field(default=30.0, gt=0)
+    # Grace period of a draining server, seconds.
+    shutdown_grace_s: float = Field(default=10.0, ge=0)
+    # Largest gRPC message, bytes.
+    max_message_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    hub: HubSettings = Field(default_factory=HubSettings)
+    trainer: TrainerSettings = Field(default_factory=TrainerSettings)
+    aligner: AlignerSettings = Field(default_factory=AlignerSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand(cls, v: Path) -> Path:
+        return Path(os.path.expanduser(str(v))).absolute()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if cls._yaml_file is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=cls._yaml_file))
+        return tuple(sources)
+
+    @classmethod
+    def load(cls, config_file: str | Path | None = None, **overrides: Any) -> Settings:
+        """Build settings from flags (``overrides``), environment, YAML file and defaults.
+
+        ``config_file`` defaults to ``$SWIFTMESH_CONFIG``. Nested overrides use dicts
+        (``hub={"port": 6000}``). Raises :class:`ConfigError` listing every invalid setting,
+        or naming a config file that does not exist.
+        """
+        path = config_file or os.environ.get("SWIFTMESH_CONFIG")
+        if path:
+            p = Path(path)
+            if not p.is_file():
+                raise ConfigError(f"config file {p} does not exist")
+        try:
+            cls._yaml_file = Path(path) if path else None
+            return cls(**{k: v for k, v in overrides.items() if v is not None})
+        except ValidationError as e:
+            problems = "; ".join(
+                f"{'.'.join(str(x) for x in err['loc']) or '<root>'}: {err['msg']} (got {err.get('input')!r})"
+                for err in e.errors()
+            )
+            raise ConfigError(f"invalid settings: {problems}") from None
+        finally:
+            cls._yaml_file = None
+
+    # Derived locations ------------------------------------------------------------
+    @property
+    def hub_cache_dir(self) -> Path:
+        return self.hub.cache_dir or self.data_dir / "hub"
+
+    @property
+    def trainer_state_dir(self) -> Path:
+        return self.trainer.state_dir or self.data_dir / "trainer"
+
+    @property
+    def aligner_state_dir(self) -> Path:
+        return self.aligner.state_dir or self.data_dir / "aligner"
+
+    @property
+    def gateway_state_dir(self) -> Path:
+        return self.gateway.state_dir or self.data_dir / "gateway"
+
+    def endpoint(self, service: str) -> Endpoint:
+        """The endpoint settings of a service by name: hub, trainer, aligner, worker, gateway."""
+        try:
+            return getattr(self, service)
+        except AttributeError:
+            raise ConfigError(f"unknown service {service!r}") from None

@@ -1,0 +1,245 @@
+"""The gRPC aio server bootstrap every SwiftMesh service runs on.
+
+A service describes itself as a :class:`Service` (its servicers, start/stop hooks); the
+runtime adds the health service (overall and per gRPC service), reflection, the interceptors
+(tracing, auth, status mapping, access log, metrics), TLS or mutual TLS, message size and
+keepalive settings, a Prometheus ``/metrics`` endpoint, and a graceful drain on SIGTERM/SIGINT:
+health turns NOT_SERVING, the server stops accepting calls, in-flight calls get
+``shutdown_grace_s`` to finish, then are cancelled.
+
+    service = Service("hub", endpoint=settings.hub)
+    service.add(HubServicer(...), hub_pb2_grpc.add_HubServiceServicer_to_server, "swiftmesh.hub.v1.HubService")
+    await serve(service, settings)        # blocks until SIGTERM/SIGINT, then drains
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from swiftmesh.runtime.config import Endpoint, Settings
+from swiftmesh.runtime.interceptors import AuthInterceptor, StatusInterceptor
+from swiftmesh.runtime.metrics import start_metrics_server
+from swiftmesh.runtime.telemetry import setup_tracing
+
+log = logging.getLogger("swiftmesh.server")
+
+Hook = Callable[[], Awaitable[None]]
+
+
+def grpc_options(settings: Settings) -> list[tuple[str, Any]]:
+    """Channel arguments shared by servers and clients: message size and keepalive."""
+    return [
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+    ]
+
+
+class HealthReporter:
+    """Per-service health, backed by grpc's HealthServicer (``grpc.health.v1``).
+
+    The overall status (service "") is SERVING only when every registered service is.
+    """
+
+    def __init__(self) -> None:
+        self.servicer = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+        self._status: dict[str, bool] = {}
+
+    async def _apply(self, name: str, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        result = self.servicer.set(name, status)
+        if asyncio.iscoroutine(result):
+            await result
+
+    async def set(self, service: str, serving: bool) -> None:
+        """Set one gRPC service's status (full name, e.g. "swiftmesh.hub.v1.HubService")."""
+        self._status[service] = serving
+        await self._apply(service, serving)
+        await self._apply("", all(self._status.values()))
+
+    async def set_all(self, serving: bool) -> None:
+        for name in list(self._status):
+            self._status[name] = serving
+            await self._apply(name, serving)
+        await self._apply("", serving)
+
+    def is_serving(self, service: str = "") -> bool:
+        if service:
+            return self._status.get(service, False)
+        return bool(self._status) and all(self._status.values())
+
+
+@dataclass
+class Service:
+    """A service process's description: what the runtime serves and runs around it.
+
+    Attributes:
+        name: short service name ("hub", "trainer", ...), used in logs, metrics and traces.
+        endpoint: where it listens (host, port, metrics_port).
+        on_start / on_stop: async hooks run after the server is bound / after it drained.
+        serving_on_start: mark each service SERVING once started (a service that needs
+            warm-up sets False and calls ``health.set`` itself).
+    """
+
+    name: str
+    endpoint: Endpoint
+    registrations: list[tuple[Any, Callable[[Any, grpc.aio.Server], None], str]] = field(default_factory=list)
+    on_start: list[Hook] = field(default_factory=list)
+    on_stop: list[Hook] = field(default_factory=list)
+    health: HealthReporter = field(default_factory=HealthReporter)
+    serving_on_start: bool = True
+
+    def add(self, servicer: Any, add_fn: Callable[[Any, grpc.aio.Server], None], full_name: str) -> None:
+        """Register a servicer with its generated ``add_XServicer_to_server`` and full service name."""
+        self.registrations.append((servicer, add_fn, full_name))
+
+
+def _read(path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS (or mutual TLS when require_client_cert) credentials, or None for plaintext."""
+    tls = settings.tls
+    if not (tls.enabled or tls.cert_file):
+        return None
+    if not (tls.cert_file and tls.key_file):
+        from swiftmesh.runtime.config import ConfigError
+
+        raise ConfigError("tls: cert_file and key_file are required for a TLS server")
+    root = _read(tls.ca_file) if tls.ca_file else None
+    if tls.require_client_cert and root is None:
+        from swiftmesh.runtime.config import ConfigError
+
+        raise ConfigError("tls.require_client_cert needs tls.ca_file to verify client certificates")
+    return grpc.ssl_server_credentials(
+        [(_read(tls.key_file), _read(tls.cert_file))],
+        root_certificates=root,
+        require_client_auth=tls.require_client_cert,
+    )
+
+
+class RunningServer:
+    """A started service: its bound port, health, and a graceful ``stop``."""
+
+    def __init__(self, service: Service, server: grpc.aio.Server, port: int, settings: Settings, metrics) -> None:
+        self.service = service
+        self.server = server
+        self.port = port
+        self.settings = settings
+        self._metrics = metrics
+        self._stopped = asyncio.Event()
+        self._stopping = False
+
+    @property
+    def target(self) -> str:
+        host = self.service.endpoint.host
+        host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        return f"{host}:{self.port}"
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain: NOT_SERVING, refuse new calls, wait up to ``grace`` s for calls in flight, cancel the rest."""
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        self._stopping = True
+        grace = self.settings.shutdown_grace_s if grace is None else grace
+        log.info("%s: draining (grace %.1fs)", self.service.name, grace)
+        await self.service.health.set_all(False)
+        await self.server.stop(grace)
+        for hook in self.service.on_stop:
+            try:
+                await hook()
+            except Exception:  # noqa: BLE001
+                log.exception("%s: stop hook failed", self.service.name)
+        if self._metrics is not None:
+            self._metrics.shutdown()
+        log.info("%s: stopped", self.service.name)
+        self._stopped.set()
+
+    async def wait(self) -> None:
+        await self._stopped.wait()
+
+
+async def start_server(service: Service, settings: Settings) -> RunningServer:
+    """Bind and start a service's gRPC server (port 0 picks a free port). Returns a RunningServer."""
+    setup_tracing(service.name, settings.telemetry.service_namespace)
+    from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+    interceptors: list[grpc.aio.ServerInterceptor] = [aio_server_interceptor()]
+    if settings.auth_token is not None:
+        interceptors.append(AuthInterceptor(settings.auth_token.get_secret_value()))
+    interceptors.append(StatusInterceptor(service.name))
+    server = grpc.aio.server(interceptors=interceptors, options=grpc_options(settings))
+
+    names = [reflection.SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
+    for servicer, add_fn, full_name in service.registrations:
+        add_fn(servicer, server)
+        names.append(full_name)
+    health_pb2_grpc.add_HealthServicer_to_server(service.health.servicer, server)
+    reflection.enable_server_reflection(names, server)
+
+    address = f"{service.endpoint.host}:{service.endpoint.port}"
+    creds = server_credentials(settings)
+    port = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"{service.name}: could not bind {address}")
+    for _, _, full_name in service.registrations:
+        await service.health.set(full_name, False)
+    await server.start()
+    metrics = None
+    if service.endpoint.metrics_port:
+        metrics = start_metrics_server(service.endpoint.host, service.endpoint.metrics_port)
+    running = RunningServer(service, server, port, settings, metrics)
+    try:
+        for hook in service.on_start:
+            await hook()
+    except BaseException:
+        await running.stop(0)
+        raise
+    if service.serving_on_start:
+        for _, _, full_name in service.registrations:
+            await service.health.set(full_name, True)
+    log.info("%s: serving gRPC on %s%s", service.name, running.target, " (TLS)" if creds else "")
+    return running
+
+
+async def serve(service: Service, settings: Settings, ready: Callable[[RunningServer], None] | None = None) -> None:
+    """Run a service until SIGTERM or SIGINT, then drain gracefully. ``ready`` is called once bound."""
+    running = await start_server(service, settings)
+    if ready is not None:
+        ready(running)
+    loop = asyncio.get_running_loop()
+    stop_requested = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop_requested.set)
+        except (NotImplementedError, RuntimeError):  # not the main thread
+            pass
+    waiter = asyncio.ensure_future(running.wait())
+    signal_wait = asyncio.ensure_future(stop_requested.wait())
+    await asyncio.wait({waiter, signal_wait}, return_when=asyncio.FIRST_COMPLETED)
+    if stop_requested.is_set():
+        log.info("%s: signal received", service.name)
+    await running.stop()
+    signal_wait.cancel()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.remove_signal_handler(sig)
+        except (NotImplementedError, RuntimeError):
+            pass

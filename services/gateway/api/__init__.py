@@ -1,0 +1,1 @@
+"""The OpenAI-compatible REST layer of the gateway: protocol models, handlers, app."""

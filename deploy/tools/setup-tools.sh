@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Create or refresh the tool environment that checks deploy/ offline: docker-compose (validates
 # deploy/compose with `docker-compose config`, no Docker engine needed) and hadolint (lints
-# deploy/docker/*.Dockerfile). tests/deploy runs this when the environment is missing or stale;
-# scripts/setup.sh --dev runs it too.
+# deploy/docker/*.Dockerfile). tests/deploy runs it before using them: it returns at once when
+# the environment is up to date.
 #
 #   deploy/tools/setup-tools.sh            into .venv-tools at the repository root
 #   SWIFTMESH_TOOLS_VENV=DIR deploy/tools/setup-tools.sh

@@ -153,7 +153,7 @@ def mutated(doc: dict, path: str, value: Any) -> dict:
 
 def ensure_tools() -> Path:
     """The tool environment, created or refreshed by deploy/tools/setup-tools.sh (idempotent)."""
-    r = subprocess.run(["bash", str(DEPLOY / "tools" / "setup-tools.sh")], capture_output=True, text=True,
+    r = subprocess.run(["bash", str(DEPLOY / "tools" / "setup-tools.sh")], check=False, capture_output=True, text=True,
                        env={**os.environ, "SWIFTMESH_TOOLS_VENV": str(TOOLS_VENV)}, timeout=900)
     if r.returncode != 0:
         raise AssertionError(f"deploy/tools/setup-tools.sh failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
@@ -168,12 +168,12 @@ def compose_config(tools: Path, compose_file: Path, env: dict[str, str] | None =
     if env_file is not None:
         cmd += ["--env-file", str(env_file)]
     cmd += ["-f", str(compose_file), "config"]
-    return subprocess.run(cmd, capture_output=True, text=True, env={**base, **(env or {})}, timeout=120)
+    return subprocess.run(cmd, check=False, capture_output=True, text=True, env={**base, **(env or {})}, timeout=120)
 
 
 def hadolint(tools: Path, *files: Path) -> subprocess.CompletedProcess:
     return subprocess.run([str(tools / "hadolint"), "--no-color", "--config", str(DOCKER / ".hadolint.yaml"),
-                           *map(str, files)], capture_output=True, text=True, timeout=120)
+                           *map(str, files)], check=False, capture_output=True, text=True, timeout=120)
 
 
 # Dockerfiles ----------------------------------------------------------------------------------

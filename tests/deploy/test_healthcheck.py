@@ -58,7 +58,7 @@ async def test_healthy_draining_and_down(make_settings):
 
 
 class _Health(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         ok = self.path == "/health"
         self.send_response(200 if ok else 404)
         self.end_headers()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -46,7 +47,7 @@ def import_gguf(gguf_path: str | Path, out_dir: str | Path, *, dtype: str = "bfl
     try:
         tokenizer = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
         gguf_model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
-    except Exception as e:  # noqa: BLE001 - transformers raises many kinds
+    except Exception as e:
         raise InvalidArgument(
             f"cannot import GGUF {src.name}: {type(e).__name__}: {e}", field_violations=[("source", str(e)[:200])]
         ) from e
@@ -99,3 +100,32 @@ def _ensure_chat_template(model_dir: Path, tokenizer) -> None:
     if "chat_template" not in cfg:
         cfg["chat_template"] = template
         cfg_path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m swiftmesh.services.hub.gguf_import GGUF OUT_DIR [--dtype bfloat16]``.
+
+    Exit 0 on success; 3 when the file cannot be imported (the reason follows
+    ``GGUF_IMPORT_ERROR:`` on stderr); other codes on crashes. The hub runs imports this way so
+    the memory of the dequantized model is returned and a cancelled pull can stop it.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="gguf_import", description="Convert a GGUF file to a HF model directory")
+    parser.add_argument("gguf")
+    parser.add_argument("out_dir")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    args = parser.parse_args(argv)
+    try:
+        import_gguf(args.gguf, args.out_dir, dtype=args.dtype)
+    except InvalidArgument as e:
+        print(f"GGUF_IMPORT_ERROR: {e.message}", file=sys.stderr)
+        return 3
+    except FileNotFoundError as e:
+        print(f"GGUF_IMPORT_ERROR: {e}", file=sys.stderr)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

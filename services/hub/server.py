@@ -1,18 +1,49 @@
-"""Hub service process: wires the HubService servicer into the shared gRPC runtime."""
+"""Hub service process: wires the HubService servicer into the shared gRPC runtime.
+
+    service = create_service(settings)     # the Hub domain over settings.hub_cache_dir
+    await serve(service, settings)
+
+On start the hub clears what crashed pulls left that nothing can resume (staging directories
+of pulls no process runs, snapshot directories no model references, partial files older than
+a week); partial downloads themselves are kept for resume. On stop, pulls in flight are
+cancelled (their partial files stay) before the server exits.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
 from swiftmesh.hub.v1 import hub_pb2, hub_pb2_grpc
 from swiftmesh.runtime.config import Settings
-from swiftmesh.runtime.placeholder import unimplemented
 from swiftmesh.runtime.server import Service
 
+from .hub import Hub
+from .servicer import HubServicer
+
 SERVICE_NAME = hub_pb2.DESCRIPTOR.services_by_name["HubService"].full_name
+log = logging.getLogger("swiftmesh.hub")
 
 
-def create_service(settings: Settings) -> Service:
-    """The hub's Service description (servicers and hooks) for ``runtime.server.serve``."""
+def create_service(settings: Settings, hub: Hub | None = None) -> Service:
+    """The hub's Service description (servicers and hooks) for ``runtime.server.serve``.
+
+    ``hub``: an existing domain object to serve (tests); default a new :class:`Hub` over
+    ``settings.hub_cache_dir``.
+    """
+    hub = hub or Hub(settings)
     service = Service("hub", endpoint=settings.hub)
-    service.add(unimplemented(hub_pb2_grpc.HubServiceServicer, SERVICE_NAME),
-                hub_pb2_grpc.add_HubServiceServicer_to_server, SERVICE_NAME)
+    service.add(HubServicer(hub), hub_pb2_grpc.add_HubServiceServicer_to_server, SERVICE_NAME)
+
+    async def start() -> None:
+        await asyncio.to_thread(hub.housekeeping)
+        log.info("hub cache %s (host id %s, quota %s)", hub.store.root, hub.host_id,
+                 settings.hub.quota_bytes or "none")
+
+    async def stop() -> None:
+        await asyncio.to_thread(hub.close, settings.shutdown_grace_s)
+
+    service.on_start.append(start)
+    service.on_stop.append(stop)
+    service.hub = hub  # type: ignore[attr-defined]  # for tests and embedding
     return service

@@ -1,0 +1,109 @@
+"""Model names and file paths: validation that keeps everything inside the cache.
+
+A model id is ``name`` or ``org/name``; each segment matches ``[A-Za-z0-9][A-Za-z0-9._-]{0,127}``
+and may not contain ``..`` (the resource-name rule of ``hub.proto``, tightened). Resource names
+are ``models/{id}``. File paths inside a model are relative POSIX paths without ``..``, empty,
+hidden-lock or absolute components. Every violation raises :class:`InvalidArgument` naming the
+request field.
+"""
+
+from __future__ import annotations
+
+import re
+
+from swiftmesh.runtime.errors import InvalidArgument
+
+_SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_BAD_PATH_CHARS = re.compile(r"[\x00-\x1f\x7f\\]")
+MAX_PATH_BYTES = 1024
+
+
+def validate_model_id(value: str, field: str = "model_id") -> str:
+    """Check a model id ("name" or "org/name"; a leading "models/" is accepted and dropped).
+
+    Returns the bare id. Raises InvalidArgument with a field violation on ``field`` (reason
+    INVALID_MODEL_NAME) for empty ids, ``..``, absolute paths, more than one "/", or characters
+    outside ``[A-Za-z0-9._-]``.
+    """
+    raw = value
+    value = value.removeprefix("models/")
+
+    def bad(why: str) -> InvalidArgument:
+        return InvalidArgument(
+            f"invalid model name {raw!r}: {why}",
+            field_violations=[(field, why)],
+            reason="INVALID_MODEL_NAME",
+        )
+
+    if not value:
+        raise bad("must not be empty")
+    if value.startswith("/"):
+        raise bad("must not be an absolute path")
+    if ".." in value:
+        raise bad("must not contain '..'")
+    parts = value.split("/")
+    if len(parts) > 2:
+        raise bad("at most one '/' (as in 'org/name')")
+    for part in parts:
+        if not _SEGMENT.fullmatch(part):
+            raise bad(
+                "each part must start with a letter or digit and use only letters, digits, '.', '_', '-' "
+                "(at most 128 characters)"
+            )
+    return value
+
+
+def resource_name(model_id: str) -> str:
+    """``org/name`` -> ``models/org/name``."""
+    return f"models/{model_id}"
+
+
+def parse_resource_name(name: str, field: str = "name") -> str:
+    """``models/{id}`` (or a bare id) -> the validated id; InvalidArgument on ``field`` otherwise."""
+    if not name:
+        raise InvalidArgument("model name is empty", field_violations=[(field, "required: models/{model}")],
+                              reason="INVALID_MODEL_NAME")
+    return validate_model_id(name, field)
+
+
+def validate_file_path(path: str, field: str) -> str:
+    """A file path inside a model: relative, POSIX, no ``..``/``.``/empty parts, no control characters
+    or backslashes, at most 1024 bytes. Returns it normalised (no leading "./"). Raises InvalidArgument."""
+
+    def bad(why: str) -> InvalidArgument:
+        return InvalidArgument(f"invalid file path {path!r}: {why}", field_violations=[(field, why)],
+                               reason="INVALID_FILE_PATH")
+
+    if not path:
+        raise bad("must not be empty")
+    if len(path.encode()) > MAX_PATH_BYTES:
+        raise bad(f"longer than {MAX_PATH_BYTES} bytes")
+    if _BAD_PATH_CHARS.search(path):
+        raise bad("control characters and backslashes are not allowed")
+    if path.startswith("/"):
+        raise bad("must be relative")
+    parts = [p for p in path.split("/") if p not in ("", ".")] if path.startswith("./") else path.split("/")
+    for part in parts:
+        if part in ("", ".", ".."):
+            raise bad("empty, '.' and '..' components are not allowed")
+    return "/".join(parts)
+
+
+def sanitize_model_id(text: str) -> str:
+    """Derive a valid single-segment id from free text (a file or directory name): invalid
+    characters become '-', leading non-alphanumerics are dropped, at most 128 characters."""
+    s = re.sub(r"[^A-Za-z0-9._-]+", "-", text)
+    s = s.replace("..", ".")
+    s = re.sub(r"^[^A-Za-z0-9]+", "", s)[:128].rstrip(".")
+    return s or "model"
+
+
+def dir_parts(model_id: str) -> tuple[str, str]:
+    """The two directory levels of a model in the cache: ``("org", "name")`` or ``("_", "name")``.
+
+    "_" can never be an org (segments start with a letter or digit), so the two kinds never collide.
+    """
+    if "/" in model_id:
+        org, name = model_id.split("/", 1)
+        return org, name
+    return "_", model_id

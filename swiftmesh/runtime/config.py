@@ -74,6 +74,11 @@ class HubSettings(Endpoint):
     hf_token: SecretStr | None = None
     # ModelScope endpoint for ms:// sources (as MODELSCOPE_DOMAIN does).
     ms_endpoint: str | None = None
+    # ModelScope access token for private ms:// repositories (default: the modelscope client's own login).
+    ms_token: SecretStr | None = None
+    # Local directories a PullModel of a path / file:// source may read (None: any path the hub can read).
+    # Set it when clients on other machines may call the hub, so they cannot read its other files.
+    local_source_roots: list[Path] | None = None
     # HTTP download: parallel files, retries.
     download_concurrency: int = Field(default=4, ge=1)
     download_retries: int = Field(default=5, ge=0)

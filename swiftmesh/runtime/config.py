@@ -116,6 +116,17 @@ class WorkerSettings(Endpoint):
     max_model_len: int = Field(default=0, ge=0)
     # Most sequences decoded together (continuous batching).
     max_num_seqs: int = Field(default=32, ge=1)
+    # Most LoRA adapters in one batch (vLLM, LmDeploy); 0 turns LoRA off in vLLM. Default 4.
+    max_loras: int = Field(default=4, ge=0)
+    # Largest LoRA rank vLLM serves. Default 64.
+    max_lora_rank: int = Field(default=64, ge=1)
+    # vLLM without CUDA graphs / torch.compile; unset: True on CPU, False on GPU.
+    enforce_eager: bool | None = None
+    # Fraction of GPU memory vLLM / LmDeploy may take, (0, 1]. Default 0.9.
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    # Engine-specific keyword arguments (vLLM AsyncEngineArgs, LmDeploy PytorchEngineConfig fields;
+    # transformers: max_num_batched_tokens, attn_implementation).
+    engine_args: dict[str, Any] = Field(default_factory=dict)
     # Register with the gateway at this gRPC address on start (empty: don't).
     register_with: str | None = None
 

@@ -1,0 +1,1 @@
+"""Data shipped with SwiftMesh (see the subpackages, e.g. :mod:`swiftmesh.data.identity`)."""

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Self
 
 import grpc
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge
 
 from swiftmesh.gateway.v1 import inference_pb2, inference_pb2_grpc
 from swiftmesh.runtime.client import channel, domain_error
@@ -45,6 +45,8 @@ WORKER_HEALTHY = Gauge("swiftmesh_gateway_worker_healthy", "1 when the worker is
 WORKER_RUNNING = Gauge("swiftmesh_gateway_worker_running_requests", "Requests the worker decodes (last poll).", ["worker"])
 WORKER_WAITING = Gauge("swiftmesh_gateway_worker_waiting_requests", "Requests waiting on the worker (last poll).", ["worker"])
 WORKER_KV = Gauge("swiftmesh_gateway_worker_kv_cache_usage", "KV-cache fraction in use on the worker (last poll).", ["worker"])
+WORKER_ROUTED = Counter("swiftmesh_gateway_worker_generations", "Generations sent to the worker, by outcome of the "
+                        "start (started, unavailable: failed over, error).", ["worker", "outcome"])
 WORKER_INFLIGHT = Gauge("swiftmesh_gateway_worker_inflight_requests", "Requests this gateway has in flight on the worker.", ["worker"])
 
 #: Deadline of one status poll, seconds.
@@ -438,9 +440,11 @@ class WorkerPool:
                 stream._release()
                 err = domain_error(e)
                 if isinstance(err, Unavailable):
+                    WORKER_ROUTED.labels(worker.address, "unavailable").inc()
                     self.worker_failed(worker, f"generate: {e.details()}")
                     last_error = err
                     continue
+                WORKER_ROUTED.labels(worker.address, "error").inc()
                 if isinstance(err, NotFound) and request.model in worker.models:
                     # The worker no longer serves it (unloaded since the last poll).
                     worker.models.pop(request.model, None)
@@ -452,6 +456,7 @@ class WorkerPool:
                 if stream._call is not None:
                     stream._call.cancel()
                 raise
+            WORKER_ROUTED.labels(worker.address, "started").inc()
             stream.first = None if first is grpc.aio.EOF else first
             stream.finished = first is grpc.aio.EOF
             if stream.finished:

@@ -1,0 +1,100 @@
+"""`swiftmesh keys`, `swiftmesh workers`, `swiftmesh chat` and `swiftmesh deploy --worker`
+against a running gateway and worker."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from swiftmesh.cli.main import app
+from tests.gateway.api.conftest import start_extra_gateway
+
+
+@pytest.fixture(scope="module")
+def secured(stack, tmp_path_factory):
+    """A gateway requiring API keys (and the service token on its gRPC admin service)."""
+    other = start_extra_gateway(stack, tmp_path_factory.mktemp("cli"), auth_token="tok",
+                                gateway={"require_api_key": True})
+    yield other
+    stack.run(other.gateway.stop(0.5))
+
+
+def _env(s) -> dict[str, str]:
+    env = {
+        "SWIFTMESH_DATA_DIR": str(s.settings.data_dir),
+        "SWIFTMESH_GATEWAY__PORT": str(s.gateway.port),
+        "SWIFTMESH_GATEWAY__HTTP_PORT": str(s.gateway_service.http_port),
+        "SWIFTMESH_API_KEY": "",
+        "OPENAI_API_KEY": "",
+    }
+    if s.settings.auth_token is not None:
+        env["SWIFTMESH_AUTH_TOKEN"] = s.settings.auth_token.get_secret_value()
+    return env
+
+
+def _run(s, *args, input: str | None = None, env: dict | None = None):
+    result = CliRunner().invoke(app, list(args), env={**_env(s), **(env or {})}, input=input)
+    return result
+
+
+def test_keys_create_ls_rm_and_use(secured):
+    r = _run(secured, "keys", "create", "--name", "ci", "--rpm", "60", "--tpm", "1000", "--json")
+    assert r.exit_code == 0, r.output
+    created = json.loads(r.output)
+    assert created["secret"].startswith("sk-") and created["name"].startswith("apiKeys/")
+    assert created["requests_per_minute"] == 60 and created["tokens_per_minute"] == 1000
+
+    r = _run(secured, "keys", "ls", "--json")
+    assert r.exit_code == 0, r.output
+    listed = {k["name"]: k for k in json.loads(r.output)}
+    assert listed[created["name"]]["display_name"] == "ci"
+    assert created["secret"] not in r.output and created["secret"].startswith(listed[created["name"]]["prefix"])
+    assert _run(secured, "keys", "ls").exit_code == 0  # the table
+
+    # The key works on the REST API.
+    reply = secured.client(api_key=created["secret"]).chat.completions.create(
+        model=secured.model, messages=[{"role": "user", "content": "hi"}], max_tokens=1)
+    assert reply.usage.completion_tokens == 1
+
+    r = _run(secured, "keys", "rm", created["name"])
+    assert r.exit_code == 0, r.output
+    r = _run(secured, "keys", "rm", created["name"])
+    assert r.exit_code == 1 and "NOT_FOUND" in r.output
+    r = _run(secured, "keys", "create", "--rpm", "-1")
+    assert r.exit_code == 1 and "requests_per_minute" in r.output
+
+
+def test_keys_need_the_service_token(secured):
+    r = _run(secured, "keys", "ls", env={"SWIFTMESH_AUTH_TOKEN": "wrong"})
+    assert r.exit_code == 1 and "UNAUTHENTICATED" in r.output
+
+
+def test_workers_ls(stack):
+    r = _run(stack, "workers", "ls", "--json")
+    assert r.exit_code == 0, r.output
+    workers = json.loads(r.output)
+    assert workers[0]["healthy"] and stack.model in workers[0]["models"]
+
+
+def test_chat_streams_through_the_gateway(secured):
+    _, secret = secured.gateway_service.keys.create("chat")
+    r = _run(secured, "chat", secured.model, "--max-tokens", "4", "--temperature", "0",
+             input="Hello\n/reset\nWhat is the capital of France?\n/exit\n", env={"SWIFTMESH_API_KEY": secret})
+    assert r.exit_code == 0, r.output
+    lines = [line for line in r.output.splitlines() if line.strip()]
+    assert len(lines) >= 3  # two answers and the reset note
+    assert "(conversation reset)" in r.output
+    # Same answer as the API gives for the second question at temperature 0.
+    expected = secured.client(api_key=secret).chat.completions.create(
+        model=secured.model, messages=[{"role": "user", "content": "What is the capital of France?"}],
+        max_tokens=4, temperature=0).choices[0].message.content
+    assert expected.strip() in r.output
+
+
+def test_chat_reports_errors(secured):
+    r = _run(secured, "chat", "no-such-model", input="hi\n", env={"SWIFTMESH_API_KEY": "tok"})
+    assert r.exit_code == 1 and "404" in r.output
+    r = _run(secured, "chat", secured.model, input="hi\n", env={"SWIFTMESH_API_KEY": "sk-bad", "SWIFTMESH_AUTH_TOKEN": ""})
+    assert r.exit_code == 1 and "401" in r.output

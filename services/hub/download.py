@@ -208,7 +208,8 @@ class Fetcher:
     def retrying(self) -> tenacity.Retrying:
         return tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self.retries + 1),
-            wait=_wait(tenacity.wait_exponential_jitter(initial=self.backoff_initial, max=self.backoff_max)),
+            wait=_wait(tenacity.wait_exponential_jitter(initial=self.backoff_initial, max=self.backoff_max,
+                                                        jitter=self.backoff_initial)),
             retry=tenacity.retry_if_exception(_retryable),
             reraise=True,
             before_sleep=lambda s: log.warning(

@@ -94,7 +94,7 @@ def sanitize_model_id(text: str) -> str:
     characters become '-', leading non-alphanumerics are dropped, at most 128 characters."""
     s = re.sub(r"[^A-Za-z0-9._-]+", "-", text)
     s = s.replace("..", ".")
-    s = re.sub(r"^[^A-Za-z0-9]+", "", s)[:128].rstrip(".")
+    s = re.sub(r"^[^A-Za-z0-9]+", "", s)[:128].rstrip(".-_")
     return s or "model"
 
 

@@ -90,6 +90,7 @@ class PlannedFile:
             return f"sha256-{self.sha256}"
         ident = {k: v for k, v in self.origin.items() if k not in ("auth",)}
         ident["size"] = self.size
+        ident["git_sha1"] = self.git_sha1
         return "src-" + hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:40]
 
 
@@ -274,11 +275,8 @@ def _split_rev(text: str) -> tuple[str, str]:
 
 
 def _stem(path: str) -> str:
-    name = PurePosixPath(path).name
-    for suffix in (".gguf", ".safetensors", ".json", ".bin"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
+    """File name without its last extension ("x.Q4_1.gguf" -> "x.Q4_1")."""
+    return PurePosixPath(path).stem or PurePosixPath(path).name
 
 
 # =============================================================================================
@@ -675,6 +673,7 @@ def _resolve_hf(source: str, ctx: SourceContext, revision: str) -> Plan:
         from huggingface_hub import HfApi, hf_hub_url
         from huggingface_hub.errors import (
             GatedRepoError,
+            HfHubHTTPError,
             OfflineModeIsEnabled,
             RepositoryNotFoundError,
             RevisionNotFoundError,
@@ -699,6 +698,15 @@ def _resolve_hf(source: str, ctx: SourceContext, revision: str) -> Plan:
         raise NotFound(f"{source}: repository {repo_id} not found or not accessible at {endpoint} "
                        f"({type(e).__name__})", field_violations=[("source", "repository not found")],
                        reason="SOURCE_NOT_FOUND") from e
+    except HfHubHTTPError as e:
+        status = getattr(getattr(e, "response", None), "status_code", 0) or 0
+        if status == 404:
+            raise NotFound(f"{source}: repository {repo_id} not found at {endpoint}",
+                           field_violations=[("source", "repository not found")], reason="SOURCE_NOT_FOUND") from e
+        if status in (401, 403):
+            raise PermissionDenied(f"{source}: {endpoint} denied access (HTTP {status}); set hub.hf_token",
+                                   reason="SOURCE_DENIED") from e
+        raise Unavailable(f"{source}: {endpoint} answered HTTP {status}: {e}", reason="SOURCE_UNAVAILABLE") from e
     except httpx.HTTPError as e:
         raise Unavailable(f"{source}: {endpoint} unreachable: {e}", reason="SOURCE_UNAVAILABLE") from e
     except Exception as e:  # httpx2 / requests errors from huggingface_hub

@@ -9,6 +9,7 @@ request (how the resume test counts what was fetched).
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -60,7 +61,10 @@ class Nginx:
         if binary is None:
             raise RuntimeError("nginx is not installed (apt-get install -y nginx; scripts/setup.sh --dev does it)")
         rate = f"limit_rate {self.rate};" if self.rate else ""
+        # as root, nginx workers would drop to "nobody" and could not read a private temp dir
+        user = "user root;" if os.geteuid() == 0 else ""
         conf = f"""
+{user}
 worker_processes {self.workers};
 daemon off;
 pid {self.dir}/nginx.pid;

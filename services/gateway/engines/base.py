@@ -75,7 +75,7 @@ class EngineConfig:
     dtype: str = "auto"
     max_model_len: int = 0
     max_num_seqs: int = 32
-    max_loras: int = 8
+    max_loras: int = 4
     max_lora_rank: int = 64
     enforce_eager: bool | None = None
     gpu_memory_utilization: float = 0.9

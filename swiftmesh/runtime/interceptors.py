@@ -126,12 +126,19 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
         grpc_service, grpc_method = _split(method)
         service = self.service
 
-        def finish(context, start: float, code: str) -> None:
+        def finish(context, start: float, code: str, peer: str = "") -> None:
             elapsed = time.perf_counter() - start
             RPC_HANDLED.labels(service, grpc_service, grpc_method, code).inc()
             RPC_SECONDS.labels(service, grpc_service, grpc_method).observe(elapsed)
-            peer = context.peer() if hasattr(context, "peer") else ""
             log.info("%s %s %.1fms peer=%s", method, code, elapsed * 1000, peer)
+
+        def peer_of(context) -> str:
+            # Read at the start of the call: context.peer() on a call whose connection was cut
+            # mid-stream crashes the process (segfault in grpc's cython layer, grpcio 1.85).
+            try:
+                return context.peer() if hasattr(context, "peer") else ""
+            except Exception:  # noqa: BLE001
+                return ""
 
         async def translate(context, exc: BaseException) -> str:
             if isinstance(exc, SwiftMeshError):
@@ -152,6 +159,7 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
         def unary(behavior):
             async def wrapped(request, context):
                 start = time.perf_counter()
+                peer = peer_of(context)
                 code = "OK"
                 try:
                     return await behavior(request, context)
@@ -168,13 +176,14 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
                     code = "INTERNAL"
                     await translate(context, e)
                 finally:
-                    finish(context, start, code if code != "OK" else code_of(context))
+                    finish(context, start, code if code != "OK" else code_of(context), peer)
 
             return wrapped
 
         def streaming(behavior):
             async def wrapped(request, context):
                 start = time.perf_counter()
+                peer = peer_of(context)
                 code = "OK"
                 try:
                     result = behavior(request, context)
@@ -196,7 +205,7 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
                     code = "INTERNAL"
                     await translate(context, e)
                 finally:
-                    finish(context, start, code if code != "OK" else code_of(context))
+                    finish(context, start, code if code != "OK" else code_of(context), peer)
 
             return wrapped
 

@@ -21,7 +21,6 @@ arrived and nothing else.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import email.utils
 import hashlib
@@ -381,31 +380,56 @@ class Fetcher:
             while data := f.read(COPY_CHUNK):
                 sink(data, out)
 
-    def _hub_once(self, origin: dict, part: Path, offset: int, size: int | None, sink, restart) -> None:
-        from swiftmesh.clients.hub import HubClient
+    def _hub_once(self, origin: dict, part: Path, offset: int, size: int | None, sink, restart) -> None:  # noqa: ANN001
+        import grpc
+
+        from swiftmesh.hub.v1 import hub_pb2
 
         if self.hub_settings is None:
             raise FailedPrecondition("hub:// sources need settings")
         if size is not None and offset >= size:
             return
-
-        async def go() -> None:
-            async with HubClient(self.hub_settings, origin["target"]) as hub:
+        req = hub_pb2.ReadModelFileRequest(name=origin["model"], path=origin["path"], offset=offset,
+                                           chunk_size=COPY_CHUNK)
+        with sync_hub_stub(self.hub_settings, origin["target"]) as (stub, metadata):
+            try:
                 with open(part, "ab", buffering=0) as out:
-                    async for resp in hub.read_file(origin["model"], origin["path"], offset=offset, chunk_size=COPY_CHUNK):
+                    for resp in stub.ReadModelFile(req, metadata=metadata, timeout=24 * 3600):
                         if resp.sha256 and origin.get("sha256") and resp.sha256 != origin["sha256"]:
                             raise FailedPrecondition(
                                 f"{origin['model']}/{origin['path']} changed on {origin['target']} during the pull")
                         sink(resp.data, out)
+            except grpc.RpcError as e:
+                from swiftmesh.runtime.client import domain_error
 
-        try:
-            asyncio.run(go())
-        except PullCancelled:
-            raise
-        except SwiftMeshError as e:
-            if e.code_name in ("UNAVAILABLE", "CANCELLED", "UNKNOWN", "INTERNAL", "DEADLINE_EXCEEDED", "ABORTED"):
-                raise RetryableError(f"hub {origin['target']}: {e.code_name}: {e.message}") from e
-            raise
+                err = domain_error(e)
+                if err.code_name in ("UNAVAILABLE", "CANCELLED", "UNKNOWN", "INTERNAL", "DEADLINE_EXCEEDED",
+                                     "ABORTED", "RESOURCE_EXHAUSTED"):
+                    raise RetryableError(f"hub {origin['target']}: {err.code_name}: {err.message}") from e
+                raise err from None
+
+
+@contextlib.contextmanager
+def sync_hub_stub(settings, target: str):  # noqa: ANN001, ANN201
+    """A blocking HubService stub to another hub and the call metadata (auth token), with the
+    settings' TLS and message limits. Blocking gRPC, not grpc.aio: transfers run in plain worker
+    threads, and aio channels on several event loops of one process are not safe."""
+    import grpc
+
+    from swiftmesh.hub.v1 import hub_pb2_grpc
+    from swiftmesh.runtime.client import channel_credentials
+    from swiftmesh.runtime.server import grpc_options
+
+    options = grpc_options(settings)
+    if settings.tls.server_name:
+        options.append(("grpc.ssl_target_name_override", settings.tls.server_name))
+    creds = channel_credentials(settings)
+    ch = grpc.secure_channel(target, creds, options=options) if creds else grpc.insecure_channel(target, options=options)
+    metadata = [("authorization", f"Bearer {settings.auth_token.get_secret_value()}")] if settings.auth_token else []
+    try:
+        yield hub_pb2_grpc.HubServiceStub(ch), metadata
+    finally:
+        ch.close()
 
 
 def _content_range_start(value: str | None) -> int | None:

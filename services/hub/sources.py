@@ -59,7 +59,7 @@ from swiftmesh.runtime.errors import (
 )
 
 from .download import Fetcher, http_status_error
-from .names import sanitize_model_id, validate_file_path
+from .names import sanitize_model_id, validate_file_path, validate_model_id
 from .store import ModelFormat
 
 log = logging.getLogger("swiftmesh.hub.sources")
@@ -822,26 +822,31 @@ def ms_headers(ctx: SourceContext) -> dict[str, str]:
 # hub://
 # =============================================================================================
 def _resolve_hub(source: str, ctx: SourceContext) -> Plan:
-    import asyncio
+    import grpc
 
-    from swiftmesh.clients.hub import HubClient
+    from swiftmesh.hub.v1 import hub_pb2
+    from swiftmesh.runtime.client import domain_error
+
+    from .download import sync_hub_stub
 
     rest = source[len("hub://"):]
     target, _, model = rest.partition("/")
     if not target or not model:
         raise _bad_source(f"{source}: expected hub://host:port/<model id>", "expected hub://host:port/model")
     model = model.removeprefix("models/")
+    validate_model_id(model, "source")
     if ctx.hub_settings is None:
         raise FailedPrecondition("hub:// sources need settings")
-
-    async def get():
-        async with HubClient(ctx.hub_settings, target) as hub:
-            return await hub.get(model)
-
     try:
-        m = asyncio.run(get())
-    except Unavailable as e:
-        raise Unavailable(f"{source}: hub at {target} unreachable: {e.message}", reason="SOURCE_UNAVAILABLE") from e
+        with sync_hub_stub(ctx.hub_settings, target) as (stub, metadata):
+            m = stub.GetModel(hub_pb2.GetModelRequest(name=f"models/{model}"), metadata=metadata,
+                              timeout=ctx.hub_settings.rpc_timeout_s)
+    except grpc.RpcError as e:
+        err = domain_error(e)
+        if isinstance(err, Unavailable) or err.code_name == "DEADLINE_EXCEEDED":
+            raise Unavailable(f"{source}: hub at {target} unreachable: {err.message}",
+                              reason="SOURCE_UNAVAILABLE") from None
+        raise err from None
     plan = Plan(source=source, kind="hub", default_id=model, revision=m.revision)
     plan.format = ModelFormat(m.format) if m.format else ModelFormat.UNSPECIFIED
     for f in m.files:
@@ -851,4 +856,3 @@ def _resolve_hub(source: str, ctx: SourceContext) -> Plan:
             size=f.size_bytes, sha256=f.sha256,
         ))
     return plan
-

@@ -1,0 +1,270 @@
+"""The aligner's domain description of a job: what :func:`methods.build_trainer` consumes.
+
+These dataclasses mirror ``swiftmesh.aligner.v1.AlignmentSpec`` field for field (the servicer
+translates the proto into them) but hold plain Python values and local paths, so the domain
+code and its tests need neither gRPC nor the hub. Names follow TRL, PEFT and
+``transformers.TrainingArguments``; every field's default is the one the proto documents.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from swiftmesh.runtime.errors import InvalidArgument
+
+RLHF_TYPES = ("dpo", "kto", "orpo", "cpo", "simpo", "rm", "ppo", "grpo")
+TUNERS = ("full", "lora", "qlora", "dora", "rslora", "lora+")
+PEFT_TUNERS = ("lora", "qlora", "dora", "rslora", "lora+")
+
+
+@dataclass
+class LoraSettings:
+    """PEFT LoRA parameters (``peft.LoraConfig`` names; Hu et al. 2021, arXiv:2106.09685)."""
+
+    # Rank (default 8).
+    r: int = 8
+    # Scaling numerator; the update is scaled by lora_alpha / r (lora_alpha / sqrt(r) with rslora) (default 32).
+    lora_alpha: int = 32
+    # Dropout on the LoRA input (default 0.05).
+    lora_dropout: float = 0.05
+    # Module names, or ["all-linear"] for every linear layer but the output head (default).
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    # Modules trained in full and saved with the adapter (e.g. "lm_head") (default none).
+    modules_to_save: list[str] = field(default_factory=list)
+    # LoRA+: learning-rate ratio lr(B) / lr(A) (Hayou et al. 2024, arXiv:2402.12354) (default 16).
+    lora_plus_lr_ratio: float = 16.0
+    # "none", "all" or "lora_only" (default "none").
+    bias: str = "none"
+
+
+@dataclass
+class TrainingSettings:
+    """Optimisation settings (``transformers.TrainingArguments`` names). ``None``: the default."""
+
+    # Epochs over the data (default 1.0); ignored when max_steps > 0.
+    num_train_epochs: float = 1.0
+    # Optimizer steps (PPO: updates); overrides num_train_epochs when > 0 (default 0: unset).
+    max_steps: int = 0
+    # Peak learning rate (default 1e-4 for PEFT tuners, 1e-5 for full fine-tuning).
+    learning_rate: float | None = None
+    # Default "cosine".
+    lr_scheduler_type: str = "cosine"
+    # Fraction of steps for linear warmup (default 0.05); warmup_steps wins when > 0.
+    warmup_ratio: float = 0.05
+    warmup_steps: int = 0
+    # Micro-batch per worker (default 1). DPO-family: pairs; KTO: rows; PPO: rollouts per micro-batch.
+    per_device_train_batch_size: int = 1
+    per_device_eval_batch_size: int = 8
+    # Default 1.
+    gradient_accumulation_steps: int = 1
+    # Sequences (prompt + reply) are truncated to this many tokens (default 2048).
+    max_length: int = 2048
+    # Default False.
+    gradient_checkpointing: bool = False
+    # Default 42.
+    seed: int = 42
+    # bf16 mixed precision; None: on where CUDA supports it, off on CPU.
+    bf16: bool | None = None
+    # Default 0.
+    weight_decay: float = 0.0
+    # Gradient clipping norm (default 1.0).
+    max_grad_norm: float = 1.0
+    # Log metrics every N steps (default 1).
+    logging_steps: int = 1
+    # Fraction of the data held out for evaluation (default 0: none).
+    split_dataset_ratio: float = 0.0
+    # Evaluate every N steps (default 0: at the end of each epoch when there is an eval split).
+    eval_steps: int = 0
+    # Checkpoint every N steps (default 50; 0: no checkpoints).
+    save_steps: int = 50
+    # Keep the last K checkpoints (default 2).
+    save_total_limit: int = 2
+
+
+@dataclass
+class DpoSettings:
+    """DPO (Rafailov et al. 2023, arXiv:2305.18290), ``trl.DPOConfig`` names."""
+
+    # TRL loss types: "sigmoid" (DPO), "ipo" (arXiv:2310.12036), "hinge" (SLiC), "robust"
+    # (arXiv:2403.00409), "exo_pair", "nca_pair", "bco_pair", "sppo_hard", "aot", "apo_zero",
+    # "apo_down", "discopop", "sigmoid_norm", "sft"; several combine (default ["sigmoid"]).
+    loss_type: list[str] = field(default_factory=lambda: ["sigmoid"])
+    # Temperature of the implicit reward (IPO: tau) (default 0.1).
+    beta: float = 0.1
+    # Conservative DPO / Robust DPO label-flip probability in [0, 0.5) (default 0).
+    label_smoothing: float = 0.0
+    # RPO (Pang et al. 2024, arXiv:2404.19733): weight of an NLL term on the chosen replies,
+    # TRL's "sft" loss type added with this weight (default 0: off).
+    rpo_alpha: float = 0.0
+
+
+@dataclass
+class KtoSettings:
+    """KTO (Ethayarajh et al. 2024, arXiv:2402.01306), ``trl.KTOConfig`` names."""
+
+    # Default 0.1.
+    beta: float = 0.1
+    # Loss weight of desirable rows (default 1.0).
+    desirable_weight: float = 1.0
+    # Loss weight of undesirable rows (default 1.0).
+    undesirable_weight: float = 1.0
+
+
+@dataclass
+class CpoSettings:
+    """ORPO (Hong et al. 2024, arXiv:2403.07691), CPO (Xu et al. 2024, arXiv:2401.08417) and
+    SimPO (Meng et al. 2024, arXiv:2405.14734); ``ORPOConfig`` / ``CPOConfig`` names.
+    ``None`` takes the method's default."""
+
+    # ORPO: lambda (default 0.1); CPO: default 0.1; SimPO: default 2.0.
+    beta: float | None = None
+    # CPO: "sigmoid", "hinge", "ipo", "simpo", "alphapo" (default "sigmoid"; "simpo" for SimPO).
+    loss_type: str | None = None
+    # SimPO target reward margin gamma / beta (default 0.5).
+    simpo_gamma: float = 0.5
+    # Weight of the behaviour-cloning NLL term (default 1.0 for CPO, 0.0 for SimPO).
+    cpo_alpha: float | None = None
+    # Default 0.
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class RewardSettings:
+    """Reward model training: Bradley-Terry pairwise loss ``-log sigmoid(r_chosen - r_rejected -
+    margin)`` on a one-label sequence-classification head (Ouyang et al. 2022, arXiv:2203.02155;
+    margin as in Llama 2, Touvron et al. 2023, arXiv:2307.09288)."""
+
+    # Pushes the mean reward towards 0 (Eisenstein et al. 2023, arXiv:2312.09244) (default None: off).
+    center_rewards_coefficient: float | None = None
+    # Use the dataset's "margin" column when present (default True).
+    use_margin: bool = True
+
+
+@dataclass
+class PpoSettings:
+    """PPO for RLHF (see :class:`swiftmesh.services.aligner.ppo.PPOConfig` for the details)."""
+
+    # Reward model directory (a sequence classifier with one label); or reward_funcs.
+    reward_model: str | None = None
+    reward_funcs: list[str] = field(default_factory=list)
+    # Rollouts per PPO update, per worker (default 8).
+    rollout_batch_size: int = 8
+    num_ppo_epochs: int = 4
+    num_mini_batches: int = 1
+    kl_coef: float = 0.05
+    cliprange: float = 0.2
+    cliprange_value: float = 0.2
+    vf_coef: float = 0.1
+    gamma: float = 1.0
+    lam: float = 0.95
+    response_length: int = 53
+    temperature: float = 0.7
+    missing_eos_penalty: float | None = None
+    # Total PPO updates (sets max_steps when > 0) (default 0: from epochs / max_steps).
+    total_updates: int = 0
+
+
+@dataclass
+class GrpoSettings:
+    """GRPO (Shao et al. 2024, arXiv:2402.03300), ``trl.GRPOConfig`` names."""
+
+    reward_model: str | None = None
+    reward_funcs: list[str] = field(default_factory=list)
+    # Completions per prompt (default 4).
+    num_generations: int = 4
+    # KL coefficient (default 0.04; TRL's default is 0.0).
+    beta: float = 0.04
+    # Default 64.
+    max_completion_length: int = 64
+    # Default 0.9.
+    temperature: float = 0.9
+    # Clip epsilon (default 0.2).
+    epsilon: float = 0.2
+    # "grpo", "bnpo", "dr_grpo", "dapo", ... (default "dapo").
+    loss_type: str = "dapo"
+
+
+@dataclass
+class AlignmentConfig:
+    """Everything :func:`~swiftmesh.services.aligner.methods.build_trainer` needs for one job.
+
+    Paths are local directories (the service resolves ``models/{id}`` through the hub first).
+    """
+
+    rlhf_type: str
+    # Base model directory (Hugging Face layout).
+    model: str
+    # Dataset specs (local files, "#N" sampling).
+    datasets: list[str] = field(default_factory=list)
+    # A PEFT adapter (e.g. from an SFT job) to start from; trained further with PEFT tuners,
+    # merged into the model first with tuner "full".
+    adapter: str | None = None
+    tuner: str = "lora"
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    training: TrainingSettings = field(default_factory=TrainingSettings)
+    dpo: DpoSettings = field(default_factory=DpoSettings)
+    kto: KtoSettings = field(default_factory=KtoSettings)
+    cpo: CpoSettings = field(default_factory=CpoSettings)
+    rm: RewardSettings = field(default_factory=RewardSettings)
+    ppo: PpoSettings = field(default_factory=PpoSettings)
+    grpo: GrpoSettings = field(default_factory=GrpoSettings)
+    # Reference model directory for full fine-tuning (default: a frozen copy of the policy).
+    ref_model: str | None = None
+    # Prompts are truncated to this many tokens, keeping their end (default 512).
+    max_prompt_length: int = 512
+    # A Jinja chat template replacing the tokenizer's.
+    chat_template: str | None = None
+    # Where checkpoints, logs and the final model go.
+    output_dir: str = "output"
+    # A DeepSpeed config (dict or JSON path), e.g. from jobkit's ZeRO presets; None: no DeepSpeed.
+    deepspeed: dict | str | None = None
+    # transformers report_to integrations (default none; jobkit adds "tensorboard").
+    report_to: list[str] = field(default_factory=list)
+    # Extra TrainingArguments / TRL config fields (expert overrides).
+    extra_args: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        """Raises InvalidArgument naming the bad field."""
+        if self.rlhf_type not in RLHF_TYPES:
+            raise InvalidArgument(
+                f"unknown rlhf_type {self.rlhf_type!r}; choose one of {', '.join(RLHF_TYPES)}",
+                reason="BAD_RLHF_TYPE", field_violations=[("spec.rlhf_type", "unknown")],
+            )
+        if self.tuner not in TUNERS:
+            raise InvalidArgument(
+                f"unknown tuner {self.tuner!r}; choose one of {', '.join(TUNERS)}",
+                reason="BAD_TUNER", field_violations=[("spec.tuner", "unknown")],
+            )
+        if self.rlhf_type in ("ppo", "grpo"):
+            s = self.ppo if self.rlhf_type == "ppo" else self.grpo
+            if not s.reward_model and not s.reward_funcs:
+                raise InvalidArgument(
+                    f"{self.rlhf_type} needs a reward: a reward model (spec.{self.rlhf_type}.reward_model, e.g. the "
+                    "output of an rm job) or built-in reward functions (spec."
+                    f"{self.rlhf_type}.reward_funcs, e.g. \"contains:Paris\")",
+                    reason="NO_REWARD",
+                    field_violations=[(f"spec.{self.rlhf_type}.reward_model", "neither reward_model nor reward_funcs")],
+                )
+        if self.rlhf_type == "ppo":
+            p = self.ppo
+            if p.rollout_batch_size % max(p.num_mini_batches, 1):
+                raise InvalidArgument(
+                    f"ppo.rollout_batch_size ({p.rollout_batch_size}) must be a multiple of ppo.num_mini_batches "
+                    f"({p.num_mini_batches})",
+                    reason="BAD_PPO_BATCH", field_violations=[("spec.ppo.num_mini_batches", "does not divide")],
+                )
+        if self.rlhf_type == "dpo" and "robust" in self.dpo.loss_type and not 0 <= self.dpo.label_smoothing < 0.5:
+            raise InvalidArgument("dpo.label_smoothing must lie in [0, 0.5) for the robust loss",
+                                  reason="BAD_LABEL_SMOOTHING",
+                                  field_violations=[("spec.dpo.label_smoothing", "outside [0, 0.5)")])
+        if self.max_prompt_length <= 0:
+            raise InvalidArgument("max_prompt_length must be positive", reason="BAD_LENGTH",
+                                  field_violations=[("spec.max_prompt_length", "not positive")])
+        if self.training.split_dataset_ratio and not 0 < self.training.split_dataset_ratio < 1:
+            raise InvalidArgument("split_dataset_ratio must lie in (0, 1)", reason="BAD_SPLIT",
+                                  field_violations=[("spec.args.split_dataset_ratio", "outside (0, 1)")])
+
+    @property
+    def is_peft(self) -> bool:
+        return self.tuner in PEFT_TUNERS

@@ -1,0 +1,10 @@
+"""PPO for RLHF (TRL no longer ships it): :class:`PPOConfig` + :class:`PPOTrainer`.
+
+See :mod:`.trainer` for the algorithm and :mod:`.core` for the tensor math (GAE, clipped
+losses, masking after EOS, whitening), each citing the paper it follows.
+"""
+
+from swiftmesh.services.aligner.ppo.config import PPOConfig
+from swiftmesh.services.aligner.ppo.trainer import PolicyAndValue, PPOTrainer
+
+__all__ = ["PPOConfig", "PPOTrainer", "PolicyAndValue"]

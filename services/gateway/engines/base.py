@@ -426,7 +426,7 @@ class Engine(ABC):
             if not finished:
                 try:
                     await asyncio.shield(self.abort(req.request_id))
-                except BaseException:  # noqa: BLE001 - best effort while unwinding
+                except BaseException:
                     log.debug("abort of %s failed", req.request_id, exc_info=True)
                 for i in range(p.n):
                     finish_reasons.setdefault(i, "abort")

@@ -99,7 +99,7 @@ def to_generation_config(p: SamplingParams, bundle: TokenizerBundle, choice: int
         max_new_tokens=p.max_tokens,
         do_sample=not p.greedy,
         top_p=p.top_p,
-        top_k=p.top_k if p.top_k > 0 else 0,
+        top_k=max(0, p.top_k),
         min_p=p.min_p,
         temperature=p.temperature if not p.greedy else 1.0,
         repetition_penalty=p.repetition_penalty,
@@ -135,13 +135,13 @@ class LmDeployEngine(Engine):
         from lmdeploy import PytorchEngineConfig
         from lmdeploy.pytorch.engine import Engine as PtEngine
 
-        kw: dict[str, Any] = dict(
-            dtype=self._dtype if self._dtype in ("auto", "float16", "bfloat16") else "auto",
-            session_len=bundle.max_model_len,
-            max_batch_size=self.config.max_num_seqs,
-            cache_max_entry_count=min(max(self.config.gpu_memory_utilization, 0.05), 0.95),
-            adapters=dict(self._adapter_paths) or None,
-        )
+        kw: dict[str, Any] = {
+            "dtype": self._dtype if self._dtype in ("auto", "float16", "bfloat16") else "auto",
+            "session_len": bundle.max_model_len,
+            "max_batch_size": self.config.max_num_seqs,
+            "cache_max_entry_count": min(max(self.config.gpu_memory_utilization, 0.05), 0.95),
+            "adapters": dict(self._adapter_paths) or None,
+        }
         kw.update(self.config.extra)
         return PtEngine.from_pretrained(str(self._path), engine_config=PytorchEngineConfig(**kw))
 
@@ -228,7 +228,7 @@ class LmDeployEngine(Engine):
                 if not engine_done:  # stopped on our side (stop string, abort): stop the session
                     await instance.async_cancel(session)
                 await instance.async_end(session)
-            except Exception:  # noqa: BLE001 - the session may be gone already
+            except Exception:
                 log.debug("ending lmdeploy session %s failed", session, exc_info=True)
             q.put_nowait(None)
 
@@ -266,7 +266,7 @@ class LmDeployEngine(Engine):
         for instance, session in self._sessions.pop(request_id, []):
             try:
                 await instance.async_cancel(session)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.debug("cancel of lmdeploy session %s failed", session, exc_info=True)
 
     def _load_status(self) -> tuple[int, int, float]:
@@ -281,7 +281,7 @@ class LmDeployEngine(Engine):
                     kv = 1.0 - (getattr(m, "free_blocks", total) / total)
                 waiting = int(getattr(m, "waiting_seqs", 0) or 0)
                 return max(running - waiting, 0), waiting, kv
-            except Exception:  # noqa: BLE001 - metrics are best effort
-                pass
+            except Exception:
+                log.debug("lmdeploy schedule metrics failed", exc_info=True)
         return running, 0, kv
 

@@ -109,7 +109,7 @@ class TokenizerBundle:
                 tokenize=False,
                 **kwargs,
             )
-        except Exception as e:  # jinja2 errors, raise_exception() in templates
+        except Exception as e:  # noqa: BLE001 - jinja2 errors, raise_exception() in templates
             raise InvalidArgument(
                 f"the chat template of {model!r} rejected the messages: {e}",
                 reason="CHAT_TEMPLATE_ERROR",

@@ -71,7 +71,7 @@ class GrammarBackend:
                                       field_violations=[("sampling.structured_output", "unknown kind")])
         except InvalidArgument:
             raise
-        except Exception as e:  # xgrammar raises RuntimeError / ValueError with the reason
+        except Exception as e:  # noqa: BLE001 - xgrammar raises RuntimeError / ValueError with the reason
             raise InvalidArgument(f"{field}: cannot be compiled to a grammar: {e}", reason="INVALID_GRAMMAR",
                                   field_violations=[(field, str(e))]) from None
         with self._lock:

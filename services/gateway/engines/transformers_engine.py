@@ -181,7 +181,7 @@ class _Scheduler:
                         self._admit()
                         if self.running:
                             self._decode()
-                except Exception as e:  # noqa: BLE001 - fail the batch, keep serving
+                except Exception as e:
                     log.exception("engine step failed")
                     self._fail_all(e)
                 self._flush()
@@ -269,8 +269,8 @@ class _Scheduler:
     # ------------------------------------------------------------ forward helpers
     def _forward(self, input_ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cache: Any,
                  adapters: list[str], logits_to_keep: int = 0) -> torch.Tensor:
-        kwargs: dict[str, Any] = dict(input_ids=input_ids, attention_mask=mask, position_ids=pos,
-                                      past_key_values=cache, use_cache=True)
+        kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": mask, "position_ids": pos,
+                                      "past_key_values": cache, "use_cache": True}
         if logits_to_keep:
             kwargs["logits_to_keep"] = logits_to_keep
         if self.peft:

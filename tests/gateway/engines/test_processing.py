@@ -4,8 +4,6 @@ detokenization, the per-choice output processor, chat templates and parameter va
 from __future__ import annotations
 
 import pytest
-
-from swiftmesh.runtime.errors import InvalidArgument
 from swiftmesh.services.gateway.engines.processing import (
     IncrementalDetokenizer,
     SequenceProcessor,
@@ -18,6 +16,8 @@ from swiftmesh.services.gateway.engines.types import (
     SamplingParams,
     StructuredOutput,
 )
+
+from swiftmesh.runtime.errors import InvalidArgument
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import torch
-
 from swiftmesh.services.gateway.engines.sampling import SequenceSampler, prompt_logprobs, sample
 from swiftmesh.services.gateway.engines.types import SamplingParams
 

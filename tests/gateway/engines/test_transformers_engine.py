@@ -9,8 +9,6 @@ import json
 import pytest
 import pytest_asyncio
 import torch
-
-from swiftmesh.runtime.errors import InvalidArgument, NotFound
 from swiftmesh.services.gateway.engines import (
     ChatMessage,
     ChatPrompt,
@@ -22,11 +20,13 @@ from swiftmesh.services.gateway.engines import (
 from swiftmesh.services.gateway.engines import telemetry as tm
 from swiftmesh.services.gateway.engines.transformers_engine import TransformersEngine
 
+from swiftmesh.runtime.errors import InvalidArgument, NotFound
+
 from .helpers import collect, make_lora_adapter
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-LONG = dict(temperature=0, ignore_eos=True)
+LONG = {"temperature": 0, "ignore_eos": True}
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -112,7 +112,7 @@ async def test_a_request_joins_a_running_batch_and_finishes_first(engine):
 
 
 async def test_seed_reproducibility_independent_of_the_batch(engine):
-    kw = dict(temperature=1.0, max_tokens=20, ignore_eos=True)
+    kw = {"temperature": 1.0, "max_tokens": 20, "ignore_eos": True}
     one = await collect(engine, "the quick brown", request_id="s1", seed=123, **kw)
     two, _noise = await asyncio.gather(
         collect(engine, "the quick brown", request_id="s2", seed=123, **kw),
@@ -123,7 +123,7 @@ async def test_seed_reproducibility_independent_of_the_batch(engine):
 
 
 async def test_n_choices_each_reproducible(engine):
-    kw = dict(temperature=1.0, max_tokens=12, ignore_eos=True, n=3, seed=5)
+    kw = {"temperature": 1.0, "max_tokens": 12, "ignore_eos": True, "n": 3, "seed": 5}
     r1 = await collect(engine, "hello", request_id="n1", **kw)
     r2 = await collect(engine, "hello", request_id="n2", **kw)
     assert sorted(r1.token_ids) == [0, 1, 2] and r1.token_ids == r2.token_ids
@@ -133,7 +133,7 @@ async def test_n_choices_each_reproducible(engine):
 
 
 async def test_stop_string_across_token_boundaries(engine):
-    kw = dict(temperature=1.0, seed=11, max_tokens=40, ignore_eos=True)
+    kw = {"temperature": 1.0, "seed": 11, "max_tokens": 40, "ignore_eos": True}
     ref = await collect(engine, "one two", request_id="st0", **kw)
     ids, text = ref.token_ids[0], ref.text[0]
     bundle = engine.bundle

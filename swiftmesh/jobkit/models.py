@@ -1,0 +1,219 @@
+"""Where jobs read models and datasets from, and where they register their outputs.
+
+:class:`HubModelSource` is the production source: the SwiftMesh hub through
+``swiftmesh.clients.hub`` (workers on any Ray node materialize models through it, mirrored
+over the hub's file stream when they do not share its disk). :class:`LocalModelSource` keeps
+models as directories under one root, for unit tests, benchmarks and offline use.
+
+Both are picklable: the job machinery ships the source to every Ray worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from swiftmesh.runtime.errors import InvalidArgument, NotFound
+
+# Formats, as the lower-case suffix of hub_pb2.ModelFormat names.
+FULL = "full"
+PEFT_ADAPTER = "peft_adapter"
+GGUF_DERIVED = "gguf_derived"
+DATASET = "dataset"
+FORMATS = (FULL, PEFT_ADAPTER, GGUF_DERIVED, DATASET)
+
+
+@dataclass
+class ModelInfo:
+    """What a job needs to know about a model before it runs.
+
+    Attributes:
+        name: "models/{id}".
+        format: one of ``FORMATS``.
+        base_model: lineage base ("models/{id}", empty for a base model).
+        parent_model: lineage parent.
+        size_bytes: total file size.
+        files: relative paths of its files.
+    """
+
+    name: str
+    format: str
+    base_model: str = ""
+    parent_model: str = ""
+    size_bytes: int = 0
+    files: list[str] = field(default_factory=list)
+
+
+def model_name(name: str) -> str:
+    """Normalise "x" or "models/x" to "models/x"; InvalidArgument for an empty name."""
+    name = (name or "").strip()
+    if not name:
+        raise InvalidArgument("a model name is required", field_violations=[("spec.model", "empty")])
+    return name if name.startswith("models/") else f"models/{name}"
+
+
+def model_id(name: str) -> str:
+    return model_name(name).removeprefix("models/")
+
+
+@runtime_checkable
+class ModelSource(Protocol):
+    """The model registry a job talks to (blocking calls; run them off the event loop)."""
+
+    def get(self, name: str) -> ModelInfo:
+        """NotFound when the registry lacks the model."""
+
+    def materialize(self, name: str) -> Path:
+        """A local directory holding the model's files (downloaded or mirrored if needed)."""
+
+    def exists(self, name: str) -> bool: ...
+
+    def upload(
+        self,
+        path: str | Path,
+        model_id: str,
+        *,
+        format: str,
+        lineage: dict[str, str] | None = None,
+        labels: dict[str, str] | None = None,
+        overwrite: bool = False,
+    ) -> str:
+        """Register a directory as a model; returns its name. Atomic: all or nothing."""
+
+    def pin(self, name: str, holder: str) -> None: ...
+
+    def unpin(self, name: str, holder: str) -> None: ...
+
+
+class HubModelSource:
+    """The SwiftMesh hub service (``settings.hub.target``) as a model source."""
+
+    def __init__(self, settings) -> None:
+        self.settings = settings
+
+    def _run(self, fn):
+        from swiftmesh.clients.hub import HubClient
+
+        async def go():
+            async with HubClient(self.settings) as hub:
+                return await fn(hub)
+
+        return asyncio.run(go())
+
+    def get(self, name: str) -> ModelInfo:
+        from swiftmesh.hub.v1 import hub_pb2
+
+        m = self._run(lambda hub: hub.get(model_name(name)))
+        fmt = hub_pb2.ModelFormat.Name(m.format).removeprefix("MODEL_FORMAT_").lower()
+        return ModelInfo(
+            name=m.name,
+            format=fmt,
+            base_model=m.lineage.base_model,
+            parent_model=m.lineage.parent_model,
+            size_bytes=m.size_bytes,
+            files=[f.path for f in m.files],
+        )
+
+    def exists(self, name: str) -> bool:
+        try:
+            self.get(name)
+            return True
+        except NotFound:
+            return False
+
+    def materialize(self, name: str) -> Path:
+        from swiftmesh.clients.hub import materialize_sync
+
+        return Path(materialize_sync(self.settings, model_name(name)))
+
+    def upload(self, path, model_id, *, format, lineage=None, labels=None, overwrite=False) -> str:
+        from swiftmesh.clients.hub import upload_dir_sync
+        from swiftmesh.hub.v1 import hub_pb2
+
+        fmt = hub_pb2.ModelFormat.Value("MODEL_FORMAT_" + format.upper())
+        m = upload_dir_sync(
+            self.settings, Path(path), model_id, format=fmt, lineage=lineage, labels=labels, overwrite=overwrite
+        )
+        return m.name
+
+    def pin(self, name: str, holder: str) -> None:
+        self._run(lambda hub: hub.pin(model_name(name), holder))
+
+    def unpin(self, name: str, holder: str) -> None:
+        self._run(lambda hub: hub.unpin(model_name(name), holder))
+
+
+class LocalModelSource:
+    """Models as directories ``<root>/<id>/`` with a ``.swiftmesh-model.json`` beside the files.
+
+    ``add(path, id, format=...)`` registers an existing directory (copied). Used where no hub
+    runs: unit tests, the benchmark, offline experiments.
+    """
+
+    META = ".swiftmesh-model.json"
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def _dir(self, name: str) -> Path:
+        return self.root / model_id(name)
+
+    def get(self, name: str) -> ModelInfo:
+        d = self._dir(name)
+        meta = d / self.META
+        if not meta.is_file():
+            raise NotFound(f"model {model_name(name)} does not exist", reason="MODEL_NOT_FOUND",
+                           metadata={"model": model_name(name)})
+        m = json.loads(meta.read_text())
+        files = sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file() and p.name != self.META)
+        return ModelInfo(
+            name=model_name(name),
+            format=m.get("format", FULL),
+            base_model=m.get("lineage", {}).get("base_model", ""),
+            parent_model=m.get("lineage", {}).get("parent_model", ""),
+            size_bytes=sum((d / f).stat().st_size for f in files),
+            files=files,
+        )
+
+    def exists(self, name: str) -> bool:
+        return (self._dir(name) / self.META).is_file()
+
+    def materialize(self, name: str) -> Path:
+        self.get(name)
+        return self._dir(name)
+
+    def add(self, path, model_id_, *, format=FULL, lineage=None, labels=None, overwrite=False) -> str:
+        return self.upload(path, model_id_, format=format, lineage=lineage, labels=labels, overwrite=overwrite)
+
+    def upload(self, path, model_id, *, format, lineage=None, labels=None, overwrite=False) -> str:
+        from swiftmesh.runtime.errors import AlreadyExists
+
+        if format not in FORMATS:
+            raise InvalidArgument(f"unknown model format {format!r}; expected one of {FORMATS}")
+        dest = self._dir(model_id)
+        if dest.exists():
+            if not overwrite:
+                raise AlreadyExists(f"model models/{model_id} already exists", reason="MODEL_EXISTS")
+            shutil.rmtree(dest)
+        tmp = dest.with_name(dest.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        src = Path(path)
+        if src.is_dir():
+            shutil.copytree(src, tmp)
+        else:
+            tmp.mkdir()
+            shutil.copy2(src, tmp / src.name)
+        (tmp / self.META).write_text(json.dumps({"format": format, "lineage": lineage or {}, "labels": labels or {}}))
+        tmp.rename(dest)
+        return model_name(model_id)
+
+    def pin(self, name: str, holder: str) -> None:
+        pass
+
+    def unpin(self, name: str, holder: str) -> None:
+        pass

@@ -1,0 +1,57 @@
+"""The job state machine of ``swiftmesh.jobs.v1`` (see jobs.proto)::
+
+    QUEUED -> RUNNING -> SUCCEEDED
+                      -> FAILED      (ResumeJob -> QUEUED)
+    QUEUED | RUNNING  -> CANCELLING -> CANCELLED (ResumeJob -> QUEUED)
+
+A job that fails before it runs (launch error) goes QUEUED -> FAILED. A cancel that arrives
+while the workers are finishing may still end SUCCEEDED.
+"""
+
+from __future__ import annotations
+
+from swiftmesh.jobs.v1 import jobs_pb2
+from swiftmesh.runtime.errors import FailedPrecondition
+
+S = jobs_pb2.JobState
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLING, CANCELLED = (
+    S.JOB_STATE_QUEUED,
+    S.JOB_STATE_RUNNING,
+    S.JOB_STATE_SUCCEEDED,
+    S.JOB_STATE_FAILED,
+    S.JOB_STATE_CANCELLING,
+    S.JOB_STATE_CANCELLED,
+)
+
+TRANSITIONS: dict[int, frozenset[int]] = {
+    S.JOB_STATE_UNSPECIFIED: frozenset({QUEUED}),
+    QUEUED: frozenset({RUNNING, CANCELLING, CANCELLED, FAILED}),
+    RUNNING: frozenset({SUCCEEDED, FAILED, CANCELLING}),
+    CANCELLING: frozenset({CANCELLED, FAILED, SUCCEEDED}),
+    FAILED: frozenset({QUEUED}),
+    CANCELLED: frozenset({QUEUED}),
+    SUCCEEDED: frozenset(),
+}
+
+TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
+ACTIVE = frozenset({QUEUED, RUNNING, CANCELLING})
+RESUMABLE = frozenset({FAILED, CANCELLED})
+
+
+def name(state: int) -> str:
+    """"RUNNING" for JOB_STATE_RUNNING."""
+    return S.Name(state).removeprefix("JOB_STATE_")
+
+
+def can_transition(old: int, new: int) -> bool:
+    return new in TRANSITIONS.get(old, frozenset())
+
+
+def check_transition(job_name: str, old: int, new: int) -> None:
+    """Raise FailedPrecondition (reason INVALID_JOB_STATE) unless ``old -> new`` is allowed."""
+    if not can_transition(old, new):
+        raise FailedPrecondition(
+            f"job {job_name} is {name(old)}; it cannot become {name(new)}",
+            reason="INVALID_JOB_STATE",
+            metadata={"job": job_name, "state": name(old)},
+        )

@@ -1,0 +1,336 @@
+"""Worker side of a job: what :meth:`JobKind.train` sees inside each Ray Train worker.
+
+:class:`WorkerContext` gives the kind its rank, config and data, the model source, a local
+scratch directory, the checkpoint to resume from, and the reporting calls
+(``report_metrics``, ``log``, ``save_checkpoint``). :meth:`WorkerContext.hf_callback` is a
+``transformers.TrainerCallback`` that does all the reporting for an HF / TRL trainer:
+metrics every logging step (loss, learning rate, grad norm, tokens/s, ETA) and a Ray Train
+checkpoint every time the trainer saves one.
+
+Events travel to the service through a small Ray actor (the job's event sink), so workers
+on any node of the cluster report the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("swiftmesh.jobkit.worker")
+
+# Label of a job that makes one worker exit abruptly at this optimizer step on the first
+# attempt: a fault-injection hook for tests of the automatic resume.
+FAIL_AT_STEP_LABEL = "swiftmesh.test/fail-at-step"
+
+
+@dataclass
+class WorkerContext:
+    """Everything a kind's ``train`` gets in a Ray Train worker.
+
+    Attributes:
+        job: "jobs/{id}".
+        rank / world_size / local_rank: the worker's place in the group.
+        config: the plan's JSON config.
+        data: the plan's rows by split ("train", "eval").
+        settings: the service's Settings (to reach the hub).
+        models: the model source (materialize the base model, upload artifacts).
+        work_dir: local scratch directory on the worker's node (an HF output_dir).
+        resume_from: local copy of the checkpoint to resume from (None on a fresh start).
+        resume_step: optimizer step of that checkpoint (0 on a fresh start).
+        attempt: 1-based count of (re)starts of this run.
+        labels: the job's labels.
+    """
+
+    job: str
+    rank: int
+    world_size: int
+    local_rank: int
+    config: dict[str, Any]
+    data: dict[str, list[dict[str, Any]]]
+    settings: Any
+    models: Any
+    work_dir: Path
+    resume_from: Path | None = None
+    resume_step: int = 0
+    attempt: int = 1
+    labels: dict[str, str] = field(default_factory=dict)
+    _sink: Any = None
+    _storage: str = ""
+    _run_name: str = ""
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    # Reporting ---------------------------------------------------------------------------
+    def _push(self, event: dict[str, Any]) -> None:
+        if self._sink is None:
+            return
+        event.setdefault("time", time.time())
+        event.setdefault("source", f"worker-{self.rank}")
+        try:
+            self._sink.push.remote([event])
+        except Exception:  # noqa: BLE001  (reporting never breaks training)
+            log.debug("event push failed", exc_info=True)
+
+    def report_metrics(
+        self,
+        step: int,
+        metrics: dict[str, float],
+        *,
+        epoch: float = 0.0,
+        total_steps: int = 0,
+        tokens_per_second: float | None = None,
+        eta_seconds: float | None = None,
+    ) -> None:
+        """Report scalar metrics at an optimizer step (rank 0 only; other ranks are ignored).
+
+        ``metrics`` keys are TensorBoard tags ("train/loss", "rewards/margins"); values floats.
+        """
+        if not self.is_main:
+            return
+        clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and v == v}
+        self._push(
+            {
+                "type": "metrics",
+                "step": int(step),
+                "epoch": float(epoch),
+                "total_steps": int(total_steps),
+                "metrics": clean,
+                "tokens_per_second": tokens_per_second,
+                "eta_seconds": eta_seconds,
+            }
+        )
+
+    def log(self, message: str, level: str = "INFO") -> None:
+        """A log line for WatchJob and ``swiftmesh jobs logs`` (every rank may log)."""
+        self._push({"type": "log", "level": level.upper(), "message": str(message)})
+
+    def save_checkpoint(self, local_dir: str | Path | None, step: int) -> None:
+        """Persist a checkpoint to the job's storage through Ray Train (``ray.train.report``).
+
+        Every worker must call this at the same steps (it is a barrier); each passes its own
+        local directory (or None), and Ray merges them into ``<storage>/<job>/checkpoint-<step>``.
+        """
+        import ray.train
+
+        ckpt = None
+        if local_dir is not None and Path(local_dir).is_dir() and any(Path(local_dir).iterdir()):
+            ckpt = ray.train.Checkpoint.from_directory(str(local_dir))
+        ray.train.report(
+            {"step": int(step)},
+            checkpoint=ckpt,
+            checkpoint_dir_name=f"checkpoint-{int(step)}",
+            delete_local_checkpoint_after_upload=False,
+        )
+        if self.is_main:
+            path = os.path.join(self._storage, self._run_name, f"checkpoint-{int(step)}")
+            self._push({"type": "checkpoint", "step": int(step), "path": path})
+
+    def hf_callback(self):
+        """A ``transformers.TrainerCallback`` reporting metrics and checkpoints of an HF trainer.
+
+        Use with ``TrainingArguments(include_num_input_tokens_seen="non_padding")`` for
+        tokens/s. Checkpoints: ``save_steps`` of the trainer (each save becomes a Ray Train
+        checkpoint; keep ``save_total_limit=1`` locally, the job keeps the last K).
+        """
+        return make_hf_callback(self)
+
+
+def make_hf_callback(ctx: WorkerContext):
+    from transformers import TrainerCallback
+
+    fail_at = int(ctx.labels.get(FAIL_AT_STEP_LABEL, "0") or 0)
+
+    class JobkitCallback(TrainerCallback):
+        """Reports HF Trainer logs and saves to the SwiftMesh job (WatchJob, TensorBoard, Ray)."""
+
+        def __init__(self) -> None:
+            self._t0 = None
+            self._step0 = 0
+            self._last_t = None
+            self._last_tokens = 0
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self._t0 = self._last_t = time.time()
+            self._step0 = state.global_step
+            self._last_tokens = getattr(state, "num_input_tokens_seen", 0) or 0
+            if ctx.is_main:
+                ctx.log(
+                    f"training: {state.max_steps} optimizer steps, world size {ctx.world_size}"
+                    + (f", resuming at step {state.global_step}" if state.global_step else "")
+                )
+                ctx.report_metrics(state.global_step, {}, epoch=state.epoch or 0.0, total_steps=state.max_steps)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if fail_at and state.global_step == fail_at and ctx.attempt == 1 and ctx.rank == ctx.world_size - 1:
+                ctx.log(f"fault injection: worker {ctx.rank} exits at step {fail_at}", "WARNING")
+                time.sleep(0.5)
+                os._exit(1)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not ctx.is_main or not logs:
+                return
+            now = time.time()
+            metrics = {}
+            for k, v in logs.items():
+                if not isinstance(v, (int, float)) or k == "epoch":
+                    continue
+                if k.startswith("eval_"):
+                    metrics["eval/" + k[5:]] = v
+                elif k.startswith("train_") or k in ("total_flos",):
+                    metrics["train/" + k.removeprefix("train_")] = v
+                else:
+                    metrics["train/" + k] = v
+            tokens = getattr(state, "num_input_tokens_seen", 0) or 0
+            tps = None
+            if self._last_t is not None and now > self._last_t and tokens > self._last_tokens:
+                tps = (tokens - self._last_tokens) / (now - self._last_t)
+                metrics["train/tokens_per_second"] = tps
+                self._last_t, self._last_tokens = now, tokens
+            eta = None
+            done = state.global_step - self._step0
+            if done > 0 and self._t0 is not None and state.max_steps:
+                eta = (now - self._t0) / done * max(0, state.max_steps - state.global_step)
+            ctx.report_metrics(
+                state.global_step,
+                metrics,
+                epoch=state.epoch or 0.0,
+                total_steps=state.max_steps,
+                tokens_per_second=tps,
+                eta_seconds=eta,
+            )
+
+        def on_save(self, args, state, control, **kwargs):
+            d = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            ctx.save_checkpoint(d if d.is_dir() else None, state.global_step)
+
+    return JobkitCallback()
+
+
+class _SinkLogHandler(logging.Handler):
+    """Forwards log records of the training libraries to the job's log (bounded)."""
+
+    def __init__(self, ctx: WorkerContext, limit: int = 500) -> None:
+        super().__init__(logging.INFO)
+        self.ctx = ctx
+        self.left = limit
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.left <= 0:
+            return
+        if not record.name.startswith("swiftmesh") and record.levelno < logging.WARNING:
+            return
+        self.left -= 1
+        try:
+            self.ctx.log(record.getMessage()[:2000], record.levelname)
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def _resolve_checkpoint(config: dict[str, Any], work_dir: Path, first_attempt: bool) -> tuple[Path | None, int]:
+    """The checkpoint this attempt starts from: on the first attempt of a resumed launch, the
+    one the service named (the job's last); on an automatic restart, Ray's latest."""
+    import ray.train
+
+    ckpt = None if (first_attempt and config.get("resume_from")) else ray.train.get_checkpoint()
+    src = None
+    if ckpt is not None:
+        dest = work_dir / "resume"
+        shutil.rmtree(dest, ignore_errors=True)
+        ckpt.to_directory(str(dest))
+        src = dest
+        name = Path(ckpt.path).name
+    elif config.get("resume_from"):
+        p = Path(config["resume_from"])
+        if p.is_dir():
+            dest = work_dir / "resume"
+            shutil.rmtree(dest, ignore_errors=True)
+            shutil.copytree(p, dest)
+            src = dest
+        name = p.name
+    else:
+        return None, 0
+    step = 0
+    if name.startswith("checkpoint-"):
+        try:
+            step = int(name.split("-", 1)[1])
+        except ValueError:
+            step = 0
+    return src, step
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    """The Ray Train per-worker entry point (``TorchTrainer(train_loop_per_worker=train_loop)``)."""
+    import ray
+    import ray.train
+
+    tctx = ray.train.get_context()
+    sink = config["sink"]
+    attempt = 1
+    try:
+        attempt = int(ray.get(sink.next_attempt.remote(tctx.get_world_rank())))
+    except Exception:  # noqa: BLE001
+        pass
+    data = config.get("data")
+    if isinstance(data, ray.ObjectRef):
+        data = ray.get(data)
+    job_id = config["job"].removeprefix("jobs/")
+    work_dir = Path(tempfile.gettempdir()) / "swiftmesh-jobs" / job_id / f"rank{tctx.get_world_rank()}"
+    shutil.rmtree(work_dir, ignore_errors=True)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    ctx = WorkerContext(
+        job=config["job"],
+        rank=tctx.get_world_rank(),
+        world_size=tctx.get_world_size(),
+        local_rank=tctx.get_local_rank(),
+        config=config["plan_config"],
+        data=data or {},
+        settings=config["settings"],
+        models=config["models"],
+        work_dir=work_dir,
+        attempt=attempt,
+        labels=config.get("labels", {}),
+        _sink=sink,
+        _storage=config["storage_path"],
+        _run_name=config["run_name"],
+    )
+    try:
+        sink.register_worker.remote(ctx.rank, ray.get_runtime_context().current_actor)
+    except Exception:  # noqa: BLE001
+        pass
+    handler = _SinkLogHandler(ctx)
+    logging.getLogger().addHandler(handler)
+    kind = config["kind"]
+    try:
+        first = attempt == int(config.get("attempt_offset", 0)) + 1
+        ctx.resume_from, ctx.resume_step = _resolve_checkpoint(config, work_dir, first)
+        ctx._push({"type": "started", "attempt": attempt, "resume_step": ctx.resume_step,
+                   "node": ray.get_runtime_context().get_node_id(), "pid": os.getpid()})
+        artifacts = kind.train(ctx) or []
+        if ctx.is_main:
+            for a in artifacts:
+                lineage = {"job": ctx.job}
+                if a.base_model:
+                    lineage["base_model"] = a.base_model
+                if a.parent_model:
+                    lineage["parent_model"] = a.parent_model
+                ctx.log(f"uploading {a.kind} {a.model_id} to the hub")
+                name = ctx.models.upload(
+                    a.path, a.model_id, format=a.resolved_format(), lineage=lineage, labels=a.labels, overwrite=True
+                )
+                ctx._push({"type": "artifact", "model": name, "kind": a.kind})
+        ctx._push({"type": "finished"})
+    except BaseException as e:
+        ctx.log(f"{type(e).__name__}: {e}\n{''.join(traceback.format_exc()[-3000:])}", "ERROR")
+        raise
+    finally:
+        logging.getLogger().removeHandler(handler)
+        shutil.rmtree(work_dir, ignore_errors=True)

@@ -1,0 +1,163 @@
+"""JobManager on a real (embedded, 2-CPU) Ray with the toy kind: lifecycle, events, checkpoints,
+TensorBoard, automatic restart on worker failure, cancel freeing Ray's CPUs, resume, restart recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from google.protobuf import struct_pb2
+
+from swiftmesh.jobkit import JobManager, LocalModelSource, states
+from swiftmesh.jobkit.launcher import RayRuntime
+from swiftmesh.jobkit.tensorboard import read_scalars
+from swiftmesh.jobkit.testing import ToyKind, final_weights
+from swiftmesh.jobs.v1 import jobs_pb2
+from swiftmesh.runtime.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def ray_runtime():
+    rt = RayRuntime(None, num_cpus=2)
+    rt.ensure()
+    yield rt
+    rt.shutdown()
+
+
+@pytest.fixture
+def manager(make_settings, tmp_path, ray_runtime):
+    settings = make_settings()
+    models = LocalModelSource(tmp_path / "models")
+    mgr = JobManager(settings, "trainer", [ToyKind()], models=models, runtime=ray_runtime)
+    mgr.runtime_shutdown = False
+    yield mgr
+    for r in list(mgr._runs.values()):
+        r.cancel()
+        r.thread.join(30)
+    mgr.store.close()
+
+
+def spec(**kw) -> struct_pb2.Struct:
+    s = struct_pb2.Struct()
+    s.update(kw)
+    return s
+
+
+async def wait_state(mgr, name, wanted, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = await mgr.get(name)
+        if job.state in wanted:
+            return job
+        await asyncio.sleep(0.25)
+    raise AssertionError(f"{name} still {states.name(job.state)}: {job.state_message} {job.error}")
+
+
+async def test_toy_job_lifecycle_events_checkpoints_artifact(manager, tmp_path):
+    job = await manager.create("toy", spec(steps=8, save_steps=3, output="models/toy-out"), job_id="toy-ok")
+    assert job.state == states.QUEUED
+    events = [ev async for ev in manager.watch(job.name, follow=True)]
+    job = await manager.get(job.name)
+    assert job.state == states.SUCCEEDED, job.error
+    seen_states = [e.state_change.state for e in events if e.HasField("state_change")]
+    assert seen_states == [states.QUEUED, states.RUNNING, states.SUCCEEDED]
+    losses = [e.metrics.metrics["train/loss"] for e in events if e.HasField("metrics") and "train/loss" in e.metrics.metrics]
+    assert len(losses) == 8 and losses[-1] < losses[0] / 2
+    assert [c.step for c in job.checkpoints] == [6, 8]  # last K=2 of 3, 6, 8
+    assert [e.checkpoint.checkpoint.step for e in events if e.HasField("checkpoint")] == [3, 6, 8]
+    assert job.progress.step == 8 and job.progress.total_steps == 8 and job.progress.fraction == 1.0
+    assert [(a.model, a.kind) for a in job.artifacts] == [("models/toy-out", "full")]
+    assert manager.models.get("models/toy-out").format == "full"
+    sequences = [e.sequence for e in events]
+    assert sequences == sorted(sequences) and sequences[0] == 1
+    tb = read_scalars(job.tensorboard_dir)
+    assert [s for s, _ in tb["train/loss"]] == list(range(1, 9))
+    assert job.attempt == 1
+    with pytest.raises(FailedPrecondition):
+        await manager.cancel(job.name)
+    with pytest.raises(FailedPrecondition):
+        await manager.resume(job.name)
+
+
+async def test_worker_failure_restarts_from_checkpoint_same_result(manager):
+    ref = await manager.create("toy", spec(steps=9, save_steps=3, output="models/toy-ref"), job_id="toy-ref")
+    await wait_state(manager, ref.name, states.TERMINAL)
+    bad = await manager.create("toy", spec(steps=9, save_steps=3, fail=5, output="models/toy-fail"), job_id="toy-fail")
+    job = await wait_state(manager, bad.name, states.TERMINAL)
+    assert job.state == states.SUCCEEDED, job.error
+    assert job.attempt == 2
+    logs = [e.log.message async for e in manager.watch(bad.name, follow=False) if e.HasField("log")]
+    assert any("resumed from checkpoint step 3" in m for m in logs), logs
+    w_ref = final_weights(manager.models.materialize("models/toy-ref"))
+    w_bad = final_weights(manager.models.materialize("models/toy-fail"))
+    assert w_bad == pytest.approx(w_ref, abs=1e-6)
+
+
+async def test_cancel_frees_cpus_and_resume_finishes(manager, ray_runtime):
+    import ray
+
+    job = await manager.create("toy", spec(steps=200, save_steps=2, step_seconds=0.2, num_workers=2), job_id="toy-cancel")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        j = await manager.get(job.name)
+        if j.state == states.RUNNING and len(j.checkpoints) >= 1:
+            break
+        await asyncio.sleep(0.25)
+    assert ray.available_resources().get("CPU", 0.0) == 0.0
+    t0 = time.monotonic()
+    j = await manager.cancel(job.name)
+    assert j.state == states.CANCELLING
+    while ray.available_resources().get("CPU", 0.0) < 2.0:
+        assert time.monotonic() - t0 < 10.0, "Ray CPUs not freed within 10 s of CancelJob"
+        await asyncio.sleep(0.1)
+    j = await wait_state(manager, job.name, {states.CANCELLED}, timeout=30)
+    assert j.checkpoints, "the cancelled job keeps its last checkpoint"
+    kept = j.checkpoints[-1].step
+    resumed = await manager.resume(job.name)
+    assert resumed.state == states.QUEUED
+    # Let it run a little, then check it started from the kept checkpoint; cancel again.
+    j = await wait_state(manager, job.name, {states.RUNNING})
+    assert j.attempt == 2
+    for _ in range(40):
+        logs = [e.log.message async for e in manager.watch(job.name, follow=False) if e.HasField("log")]
+        if any(f"resumed from checkpoint step {kept}" in m for m in logs):
+            break
+        await asyncio.sleep(0.25)
+    assert any(f"resumed from checkpoint step {kept}" in m for m in logs), logs[-10:]
+    await manager.cancel(job.name)
+    await wait_state(manager, job.name, {states.CANCELLED}, timeout=30)
+
+
+async def test_validation_and_capacity_errors(manager):
+    with pytest.raises(InvalidArgument):
+        await manager.create("toy", spec(steps=0))
+    with pytest.raises(InvalidArgument):
+        await manager.create("nope", spec(steps=1))
+    with pytest.raises(ResourceExhausted, match="CPUs"):
+        await manager.create("toy", spec(steps=1, num_workers=5))
+    with pytest.raises(InvalidArgument):
+        await manager.create("toy", spec(steps=1), job_id="Bad_Name")
+    v = await manager.create("toy", spec(steps=1), job_id="toy-dry", validate_only=True)
+    assert v.name == "jobs/toy-dry"
+    jobs, _ = await manager.list()
+    assert "jobs/toy-dry" not in [j.name for j in jobs]
+
+
+async def test_restart_marks_running_jobs_interrupted(make_settings, tmp_path, ray_runtime):
+    settings = make_settings()
+    models = LocalModelSource(tmp_path / "m")
+    mgr = JobManager(settings, "trainer", [ToyKind()], models=models, runtime=ray_runtime)
+    j = jobs_pb2.Job(name="jobs/was-running", uid="u", kind="toy", state=states.RUNNING)
+    j.create_time.GetCurrentTime()
+    j.checkpoints.add(step=4, path=str(tmp_path / "nowhere"))
+    mgr.store.insert(j, "{}")
+    mgr.store.close()
+    mgr2 = JobManager(settings, "trainer", [ToyKind()], models=models, runtime=ray_runtime)
+    await mgr2.start()
+    job = await mgr2.get("jobs/was-running")
+    assert job.state == states.FAILED and job.error.reason == "INTERRUPTED"
+    assert "step 4" in job.state_message
+    mgr2.store.close()

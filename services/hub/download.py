@@ -42,7 +42,6 @@ from swiftmesh.runtime.errors import (
     FailedPrecondition,
     NotFound,
     PermissionDenied,
-    SwiftMeshError,
     Unavailable,
 )
 
@@ -380,7 +379,7 @@ class Fetcher:
             while data := f.read(COPY_CHUNK):
                 sink(data, out)
 
-    def _hub_once(self, origin: dict, part: Path, offset: int, size: int | None, sink, restart) -> None:  # noqa: ANN001
+    def _hub_once(self, origin: dict, part: Path, offset: int, size: int | None, sink, restart) -> None:
         import grpc
 
         from swiftmesh.hub.v1 import hub_pb2
@@ -410,7 +409,7 @@ class Fetcher:
 
 
 @contextlib.contextmanager
-def sync_hub_stub(settings, target: str):  # noqa: ANN001, ANN201
+def sync_hub_stub(settings, target: str):
     """A blocking HubService stub to another hub and the call metadata (auth token), with the
     settings' TLS and message limits. Blocking gRPC, not grpc.aio: transfers run in plain worker
     threads, and aio channels on several event loops of one process are not safe."""

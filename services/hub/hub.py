@@ -251,11 +251,12 @@ class Tracker:
                 self.p.current_file = next(iter(self._active))
         self.emit()
 
-    def skip_file(self, path: str, size: int, known_size: int | None) -> None:
-        """A file already in the cache (by hash): counted as done and as resumed."""
+    def skip_file(self, path: str, size: int, known_size: int | None, resumed: bool = True) -> None:
+        """A file that needs no transfer (in the cache by hash: counted as resumed; or a local file)."""
         with self._lock:
             self.p.bytes_done += size
-            self.p.bytes_resumed += size
+            if resumed:
+                self.p.bytes_resumed += size
             if known_size is None:
                 self.p.bytes_total += size
             self.p.files_done += 1
@@ -667,8 +668,9 @@ class Hub:
                 if self._jobs.get(job.model_id) is job:
                     del self._jobs[job.model_id]
 
-    def _acquire_following(self, lock, job: PullJob, model_id: str, what: str) -> None:
-        """Take a file lock; while another process holds it, publish that process's progress."""
+    def _acquire_following(self, lock, job: PullJob, model_id: str, what: str, publish: bool = True) -> None:
+        """Take a file lock, giving up when the job is cancelled. While another process holds a
+        model lock (``publish``), relay that process's published progress as ``following``."""
         waited = False
         while True:
             if job.cancel.is_set():
@@ -678,10 +680,11 @@ class Hub:
                 return
             except Timeout:
                 if not waited:
-                    log.info("%s: another hub process is pulling it; following", what)
+                    log.info("%s: another pull holds it; waiting", what)
                     waited = True
-                p = _progress_from_file(self.store.progress_path(model_id))
-                job.publish(p or Progress(stage=Stage.DOWNLOADING, following=True))
+                if publish:
+                    p = _progress_from_file(self.store.progress_path(model_id))
+                    job.publish(p or Progress(stage=Stage.DOWNLOADING, following=True))
 
     def _pull(self, job: PullJob, req: PullRequest) -> ModelRecord:
         model_id = req.model_id
@@ -698,6 +701,7 @@ class Hub:
                     self._check_same_source(existing, req)
                 return existing
             job.publish(Progress(stage=Stage.RESOLVING))
+            t_resolve = time.monotonic()
             plan = resolve(
                 req.source, self.ctx, revision=req.revision, allow_patterns=req.allow_patterns,
                 ignore_patterns=req.ignore_patterns, allow_pickle=req.allow_pickle, requested_format=req.format,
@@ -709,6 +713,7 @@ class Hub:
             self.store.remove_tree(staging)
             staging.mkdir(parents=True)
             tracker.stage(Stage.DOWNLOADING)
+            t_transfer = time.monotonic()
             if plan.gguf is None:
                 entries = self._transfer_all(job, tracker, transfer, staging)
             else:
@@ -722,7 +727,14 @@ class Hub:
                          "skipped_pickle": plan.skipped_pickle},
                 create_time=time.time(), last_used_time=time.time(),
             )
-            return self._commit(rec, staging)
+            t_commit = time.monotonic()
+            out = self._commit(rec, staging)
+            snap = tracker.snapshot()
+            log.info("pulled models/%s from %s: %d files, %d bytes (%d transferred, %d already here); resolve %.2fs, "
+                     "transfer %.2fs, commit %.2fs", model_id, req.source, len(rec.files), rec.size_bytes,
+                     snap.bytes_done - snap.bytes_resumed, snap.bytes_resumed, t_transfer - t_resolve,
+                     t_commit - t_transfer, time.monotonic() - t_commit)
+            return out
         finally:
             with contextlib.suppress(OSError):
                 progress_file.unlink()
@@ -755,7 +767,7 @@ class Hub:
             tracker.skip_file(pf.path, entry.size, pf.size)
             return entry
         lock = self.store.fetch_lock(pf.key)
-        self._acquire_following(lock, job, job.model_id, pf.path)
+        self._acquire_following(lock, job, job.model_id, pf.path, publish=False)
         try:
             entry = self._from_cache(pf, dest)  # fetched by another process meanwhile
             if entry is not None:
@@ -801,11 +813,11 @@ class Hub:
         try:
             if pf.origin["kind"] == "local":
                 gguf_path = Path(pf.origin["path"])
-                tracker.skip_file(pf.path, gguf_path.stat().st_size, pf.size)
+                tracker.skip_file(pf.path, gguf_path.stat().st_size, pf.size, resumed=False)
                 gguf_sha = None
             else:
                 lock = self.store.fetch_lock(pf.key)
-                self._acquire_following(lock, job, job.model_id, pf.path)
+                self._acquire_following(lock, job, job.model_id, pf.path, publish=False)
                 try:
                     tracker.start_file(pf.path)
                     part = self.store.part_path(pf.key)

@@ -12,7 +12,9 @@ cancelled (their partial files stay) before the server exits.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
+import threading
 
 from swiftmesh.hub.v1 import hub_pb2, hub_pb2_grpc
 from swiftmesh.runtime.config import Settings
@@ -23,6 +25,14 @@ from .servicer import HubServicer
 
 SERVICE_NAME = hub_pb2.DESCRIPTOR.services_by_name["HubService"].full_name
 log = logging.getLogger("swiftmesh.hub")
+
+
+def _warm_imports() -> None:
+    for name in ("huggingface_hub.hf_api", "modelscope_hub.api"):
+        try:
+            importlib.import_module(name)
+        except Exception:
+            log.debug("warm-up import of %s failed", name, exc_info=True)
 
 
 def create_service(settings: Settings, hub: Hub | None = None) -> Service:
@@ -37,6 +47,9 @@ def create_service(settings: Settings, hub: Hub | None = None) -> Service:
 
     async def start() -> None:
         await asyncio.to_thread(hub.housekeeping)
+        # import the source clients now, off the event loop, so the first hf:// / ms:// pull
+        # does not pay for them (about a second each)
+        threading.Thread(target=_warm_imports, name="hub-warmup", daemon=True).start()
         log.info("hub cache %s (host id %s, quota %s)", hub.store.root, hub.host_id,
                  settings.hub.quota_bytes or "none")
 

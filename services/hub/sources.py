@@ -297,8 +297,15 @@ def _check_local_root(path: Path, ctx: SourceContext) -> None:
 
 
 def _walk_local(root: Path) -> list[tuple[str, Path]]:
+    """Non-hidden files under ``root`` (symlinks followed, each directory visited once)."""
     out = []
+    seen: set[tuple[int, int]] = set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        st = os.stat(dirpath)
+        if (st.st_dev, st.st_ino) in seen:  # a symlink loop
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             if name.startswith("."):
@@ -311,10 +318,12 @@ def _walk_local(root: Path) -> list[tuple[str, Path]]:
     return out
 
 
-def _local_plan(source: str, path: Path, default_id: str, kind: str) -> Plan:
+def _local_plan(source: str, path: Path, default_id: str, kind: str, ctx: SourceContext | None = None) -> Plan:
     plan = Plan(source=source, kind=kind, default_id=default_id)
     if path.is_dir():
         for rel, p in _walk_local(path):
+            if ctx is not None:
+                _check_local_root(p, ctx)  # a symlink inside may point elsewhere
             plan.files.append(PlannedFile(rel, {"kind": "local", "path": str(p.absolute())}, p.stat().st_size))
         if not plan.files:
             raise _bad_source(f"{path} holds no files", "empty directory")
@@ -377,7 +386,7 @@ def _resolve_local(source: str, ctx: SourceContext) -> Plan:
     path = _local_path(source)
     _check_local_root(path, ctx)
     default = sanitize_model_id(_stem(path.name) if path.is_file() else path.name)
-    return _local_plan(source, path, default, "local")
+    return _local_plan(source, path, default, "local", ctx)
 
 
 def find_package_dir(package: str) -> Path:

@@ -17,7 +17,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from nginx_server import Nginx, nginx_binary  # noqa: E402
+from nginx_server import Nginx, nginx_binary
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -52,7 +52,7 @@ def write_model(root: Path, sizes: dict[str, int], seed: int = 0) -> Path:
 class HubThread:
     """A hub server on its own event loop in a daemon thread (so sync code and the CLI can call it)."""
 
-    def __init__(self, settings) -> None:  # noqa: ANN001
+    def __init__(self, settings) -> None:
         from swiftmesh.services.hub.server import create_service
 
         self.settings = settings

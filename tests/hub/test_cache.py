@@ -21,7 +21,7 @@ from swiftmesh.runtime.errors import (
 )
 
 
-def _cache(hub) -> Path:  # noqa: ANN001
+def _cache(hub) -> Path:
     return hub.settings.hub_cache_dir
 
 

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from swiftmesh.cli.main import app
 
 
-def _run(h, *args: str):  # noqa: ANN001, ANN202
+def _run(h, *args: str):
     env = {"SWIFTMESH_DATA_DIR": str(h.settings.data_dir), "COLUMNS": "200"}
     return CliRunner().invoke(app, list(args), env=env, catch_exceptions=False)
 

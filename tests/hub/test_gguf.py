@@ -12,7 +12,7 @@ from swiftmesh.hub.v1 import hub_pb2
 QUESTION = "What is the capital of France? Answer in one sentence."
 
 
-def _answer(model, tokenizer) -> str:  # noqa: ANN001
+def _answer(model, tokenizer) -> str:
     ids = tokenizer.apply_chat_template(
         [{"role": "user", "content": QUESTION}], add_generation_prompt=True, return_tensors="pt", return_dict=True
     )

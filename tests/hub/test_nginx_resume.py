@@ -108,3 +108,36 @@ async def test_eight_concurrent_pulls_over_two_processes_transfer_each_file_once
     assert gets == {"/shared/a.safetensors": 1, "/shared/b.safetensors": 1, "/shared/config.json": 1,
                     "/shared/tok.json": 1}
     assert any(following)  # the other requests followed the one transfer
+
+
+async def test_a_pull_whose_clients_all_left_stops_and_a_later_pull_resumes(tmp_path, nginx, hub_server):
+    root = tmp_path / "www"
+    model = write_model(root / "slow", {"model.safetensors": 16 << 20})
+    ng = nginx(root, rate="8m")
+    h = hub_server()
+    cache = h.settings.hub_cache_dir
+
+    async def pull(seen: list):
+        async with HubClient(h.settings, h.target) as hub:
+            return await hub.pull(ng.url("slow/"), on_progress=seen.append)
+
+    first: list = []
+    task = asyncio.ensure_future(pull(first))
+    deadline = time.time() + 20
+    while _partial_bytes(cache) < 2 << 20:
+        assert time.time() < deadline and not task.done()
+        await asyncio.sleep(0.02)
+    task.cancel()  # the only client goes away
+    deadline = time.time() + 10
+    while h.hub._jobs:  # the pull notices and stops
+        assert time.time() < deadline, "the pull kept running without clients"
+        await asyncio.sleep(0.05)
+    kept = _partial_bytes(cache)
+    await asyncio.sleep(0.3)
+    assert _partial_bytes(cache) == kept > 0  # stopped, partial file kept
+    async with HubClient(h.settings, h.target) as hub:
+        assert await hub.list() == []
+    seen: list = []
+    m = await pull(seen)
+    assert {f.path: f.sha256 for f in m.files} == {p.name: sha256_file(p) for p in model.iterdir()}
+    assert max(p.bytes_resumed for p in seen) >= kept

@@ -71,6 +71,8 @@ class _Request:
     prepared: PreparedRequest
     queue: asyncio.Queue
     grammar: Any = None
+    # PEFT adapter name ("__base__" for the base model).
+    adapter: str = BASE_ADAPTER
     seqs: list[_Seq] = field(default_factory=list)
     prompt_logprobs: list | None = None
     first_sent: bool = False
@@ -332,7 +334,7 @@ class _Scheduler:
         ids, mask, pos = ids.to(self.device), mask.to(self.device), pos.to(self.device)
         need_full = any(r.prepared.sampling.prompt_logprobs is not None for r in reqs)
         cache = DynamicCache()
-        adapters = [r.prepared.adapter or BASE_ADAPTER for r in reqs]
+        adapters = [r.adapter for r in reqs]
         logits = self._forward(ids, mask, pos, cache, adapters, logits_to_keep=0 if need_full else 1)
         # Zero the padding positions of the new KV so nothing undefined ever enters the batch cache.
         pad = (mask == 0)[:, None, :, None]
@@ -367,7 +369,7 @@ class _Scheduler:
                 proc = SequenceProcessor(
                     p.bundle, c, p.prompt_ids, sp.max_tokens, sp.stop, sp.stop_token_ids, sp.ignore_eos,
                     sp.min_tokens, sp.skip_special_tokens, sp.logprobs)
-                s = _Seq(r, c, proc, sampler, p.adapter or BASE_ADAPTER, pos=lens[i])
+                s = _Seq(r, c, proc, sampler, r.adapter, pos=lens[i])
                 r.seqs.append(s)
                 new.append(s)
                 rows.append(i)
@@ -469,6 +471,9 @@ class TransformersEngine(Engine):
         super().__init__(config)
         self._sched: _Scheduler | None = None
         self._grammar: Any = None
+        # served adapter name -> PEFT adapter name (PEFT names cannot hold "." and other characters)
+        self._peft_names: dict[str, str] = {}
+        self._peft_counter = 0
 
     # ------------------------------------------------------------ models
     def _load_hf(self, path: Path, dtype: str) -> Any:
@@ -494,6 +499,7 @@ class TransformersEngine(Engine):
         self._sched = sched
 
     async def _unload_base(self) -> None:
+        self._peft_names.clear()
         sched, self._sched = self._sched, None
         if sched is not None:
             await asyncio.to_thread(sched.stop)
@@ -505,15 +511,17 @@ class TransformersEngine(Engine):
 
     async def _load_adapter(self, name: str, path: Path) -> None:
         sched = self._require()
+        self._peft_counter += 1
+        peft_name = f"lora_{self._peft_counter}"
 
         def load(s: _Scheduler) -> None:
             from peft import PeftModel
 
             if not s.peft:
-                s.model = PeftModel.from_pretrained(s.model, str(path), adapter_name=name, is_trainable=False)
+                s.model = PeftModel.from_pretrained(s.model, str(path), adapter_name=peft_name, is_trainable=False)
                 s.peft = True
             else:
-                s.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
+                s.model.load_adapter(str(path), adapter_name=peft_name, is_trainable=False)
             s.model.to(s.device)
             s.model.eval()
 
@@ -523,19 +531,21 @@ class TransformersEngine(Engine):
             raise InvalidArgument(f"adapter {name!r} at {path} cannot be loaded on this base model: {e}",
                                   reason="INCOMPATIBLE_ADAPTER",
                                   field_violations=[("hub_model", str(e))]) from None
+        self._peft_names[name] = peft_name
 
     async def _unload_adapter(self, name: str) -> None:
         sched = self._require()
+        peft_name = self._peft_names.pop(name, None)
 
         def unload(s: _Scheduler) -> None:
-            if not s.peft:
+            if not s.peft or peft_name is None:
                 return
-            remaining = [a for a in s.model.peft_config if a != name]
+            remaining = [a for a in s.model.peft_config if a != peft_name]
             if not remaining:
                 s.model = s.model.unload()  # back to the plain base model
                 s.peft = False
             else:
-                s.model.delete_adapter(name)
+                s.model.delete_adapter(peft_name)
 
         await sched.call(unload)
 
@@ -566,7 +576,7 @@ class TransformersEngine(Engine):
             backend = await asyncio.to_thread(self._grammar_backend)
             grammar = await asyncio.to_thread(backend.compile, req.sampling.structured)
         q: asyncio.Queue = asyncio.Queue()
-        r = _Request(req, q, grammar)
+        r = _Request(req, q, grammar, adapter=self._peft_names[req.adapter] if req.adapter else BASE_ADAPTER)
         sched.submit(r)
         while True:
             item = await q.get()

@@ -33,17 +33,18 @@ def import_gguf(gguf_path: str | Path, out_dir: str | Path, *, dtype: str = "bfl
     Returns the output directory. Raises InvalidArgument if the file is not a GGUF model that
     transformers can load (the message names the file and the cause).
     """
+    src = Path(gguf_path)
+    out = Path(out_dir)
+    if dtype not in ("bfloat16", "float16", "float32"):
+        raise InvalidArgument(f"unsupported dtype {dtype!r}", field_violations=[("dtype", "bfloat16, float16 or float32")])
+    with open(src, "rb") as f:  # before the heavy imports: a wrong file fails fast
+        if f.read(4) != b"GGUF":
+            raise InvalidArgument(f"{src.name} is not a GGUF file (bad magic)", field_violations=[("source", "not GGUF")])
+
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-    src = Path(gguf_path)
-    out = Path(out_dir)
-    torch_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}.get(dtype)
-    if torch_dtype is None:
-        raise InvalidArgument(f"unsupported dtype {dtype!r}", field_violations=[("dtype", "bfloat16, float16 or float32")])
-    with open(src, "rb") as f:
-        if f.read(4) != b"GGUF":
-            raise InvalidArgument(f"{src.name} is not a GGUF file (bad magic)", field_violations=[("source", "not GGUF")])
+    torch_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[dtype]
     try:
         tokenizer = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
         gguf_model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
@@ -56,7 +57,7 @@ def import_gguf(gguf_path: str | Path, out_dir: str | Path, *, dtype: str = "bfl
         delattr(config, "quantization_config")
     config.dtype = dtype
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    missing, unexpected = model.load_state_dict(gguf_model.state_dict(), strict=False)
+    missing, _unexpected = model.load_state_dict(gguf_model.state_dict(), strict=False)
     # tied embeddings: lm_head.weight may be absent from the GGUF state dict
     missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
     if missing:

@@ -914,9 +914,9 @@ class Hub:
                 here = rec.path / e.path
                 candidate: Path | None = None
                 # an intact blob that is not the damaged file itself (a separate copy) is enough
-                if blob.is_file() and not (here.exists() and os.path.samefile(blob, here)):
-                    if _sha256_file(blob) == e.sha256:
-                        candidate = blob
+                if (blob.is_file() and not (here.exists() and os.path.samefile(blob, here))
+                        and _sha256_file(blob) == e.sha256):
+                    candidate = blob
                 if candidate is None and e.origin:
                     try:
                         if e.origin.get("kind") == "gguf":
@@ -1202,7 +1202,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path, cancel: threading.Event | None)
     try:
         while True:
             try:
-                out, err = proc.communicate(timeout=0.5)
+                _out, err = proc.communicate(timeout=0.5)
                 break
             except subprocess.TimeoutExpired:
                 if cancel is not None and cancel.is_set():

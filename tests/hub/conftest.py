@@ -33,7 +33,7 @@ def sha256_file(path: Path) -> str:
 def write_model(root: Path, sizes: dict[str, int], seed: int = 0) -> Path:
     """A model directory: config.json plus files of the given sizes (deterministic bytes)."""
     root.mkdir(parents=True, exist_ok=True)
-    (root / "config.json").write_text('{"model_type": "llama", "seed": %d}' % seed)
+    (root / "config.json").write_text(f'{{"model_type": "llama", "seed": {seed}}}')
     for name, size in sizes.items():
         p = root / name
         p.parent.mkdir(parents=True, exist_ok=True)

@@ -192,6 +192,7 @@ def chat(
         help="API key (default $SWIFTMESH_API_KEY, $OPENAI_API_KEY, the service token, or none).")] = None,
     temperature: Annotated[float | None, typer.Option(help="Sampling temperature (0: greedy).")] = None,
     max_tokens: Annotated[int | None, typer.Option(help="Most tokens per answer.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Sampling seed (reproducible answers).")] = None,
 ) -> None:
     """Interactive chat with a served model through the gateway (OpenAI SDK, streamed).
 
@@ -230,6 +231,8 @@ def chat(
             kwargs["temperature"] = temperature
         if max_tokens is not None:
             kwargs["max_tokens"] = max_tokens
+        if seed is not None:
+            kwargs["seed"] = seed
         reply: list[str] = []
         try:
             stream = client.chat.completions.create(model=model, messages=history, stream=True, **kwargs)

@@ -127,8 +127,8 @@ class SamplingFields(OpenAIBaseModel):
     (token id -> bias in [-100, 100]), ``n`` in [1, 128] (default 1), ``seed`` (int64),
     ``stop`` (a string or a list of strings, matched across token boundaries, not included in
     the output), ``stream``, ``stream_options``, ``temperature`` in [0, 2] (default 1; 0 is
-    greedy), ``top_p`` in (0, 1] (default 1), ``user`` (ignored).
-    Extras: ``top_k`` (-1 or 0: off), ``min_p`` in [0, 1], ``repetition_penalty`` in (0, 2]
+    greedy; below 1e-5 counts as 0), ``top_p`` in (0, 1] (default 1), ``user`` (ignored).
+    Extras: ``top_k`` (-1 or 0: off), ``min_p`` in [0, 1], ``repetition_penalty`` in [0.01, 2]
     (1: off), ``ignore_eos``, ``min_tokens`` (no stop before this many tokens),
     ``stop_token_ids``, ``skip_special_tokens`` (default true).
     """
@@ -147,7 +147,7 @@ class SamplingFields(OpenAIBaseModel):
     # Extras (vLLM names).
     top_k: int | None = Field(default=None, ge=-1, le=INT32_MAX)
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
-    repetition_penalty: float | None = Field(default=None, gt=0.0, le=2.0)
+    repetition_penalty: float | None = Field(default=None, ge=0.01, le=2.0)
     ignore_eos: bool | None = False
     min_tokens: int | None = Field(default=0, ge=0, le=INT32_MAX)
     stop_token_ids: list[TokenId] | None = None

@@ -47,6 +47,8 @@ from .protocol import (
 log = logging.getLogger("swiftmesh.gateway.api")
 _tracer = trace.get_tracer("swiftmesh.gateway")
 
+#: Temperatures below this are greedy (vLLM's _SAMPLING_EPS).
+SAMPLING_EPS = 1e-5
 #: Attempts of a non-streamed request whose worker fails after it started (nothing was sent yet).
 NONSTREAM_ATTEMPTS = 3
 
@@ -99,7 +101,8 @@ def _sampling(req: SamplingFields, max_tokens: int, logprobs: int, prompt_logpro
         min_p=req.min_p or 0.0,
     )
     if req.temperature is not None:
-        s.temperature = req.temperature
+        # As vLLM: a temperature this small is greedy (dividing logits by it would overflow).
+        s.temperature = req.temperature if req.temperature >= SAMPLING_EPS else 0.0
     if req.top_p is not None:
         s.top_p = req.top_p
     if req.seed is not None:

@@ -2,7 +2,8 @@
 background event loop so that tests use the synchronous OpenAI SDK (and schemathesis, the CLI)
 over real HTTP on loopback.
 
-* ``stack``: one in-process worker serving the tiny model + the gateway (module scope).
+* ``stack``: in-process workers serving the tiny model (and the tiny model without a chat
+  template) + the gateway (session scope).
 * ``LoopThread.run(coro)`` runs a coroutine on the servers' loop (pool state, worker status).
 """
 
@@ -11,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,6 +65,8 @@ class Stack:
     gateway: object = None
     workers: list = field(default_factory=list)
     model: str = ""
+    raw_model: str = ""
+    model_dir: Path | None = None
 
     @property
     def http(self) -> str:
@@ -87,21 +89,39 @@ class Stack:
         return self.loop.run(coro, timeout)
 
 
-WorkerFactory = Callable[[Settings, Path], object]
-
-
-def start_stack(tmp: Path, worker_factory, n_workers: int = 1, **gateway) -> Stack:
-    from swiftmesh.runtime.server import start_server
+def start_stack(tmp: Path, workers: list[dict], **gateway) -> Stack:
+    """Workers (each a dict of ``settings.worker`` fields: ``model`` ...) served in-process by
+    the real engine worker (``worker_server.create_service``), and a gateway in front of them."""
     from swiftmesh.services.gateway.server import create_service
+    from swiftmesh.services.gateway.worker_server import create_service as create_worker
+
+    from swiftmesh.runtime.server import start_server
 
     loop = LoopThread()
-    ports = [free_port() for _ in range(n_workers)]
+    ports = [free_port() for _ in workers]
     settings = make_settings(tmp / "data", workers=[f"127.0.0.1:{p}" for p in ports], **gateway)
     stack = Stack(settings, loop)
-    for p in ports:
-        ws = settings.model_copy(update={"worker": settings.worker.model_copy(update={"port": p})})
-        service = worker_factory(ws)
-        stack.workers.append(loop.run(start_server(service, ws)))
+
+    async def loaded(running) -> None:
+        """Wait for a worker's start-up load (one at a time: transformers model loading is not
+        thread-safe within one process, and production runs one worker per process)."""
+        from swiftmesh.clients.gateway import WorkerClient
+
+        deadline = loop.loop.time() + 120
+        async with WorkerClient(settings, running.target) as w:
+            while True:
+                status = await w.status(timeout=5)
+                if status.ready and status.models:
+                    return
+                assert loop.loop.time() < deadline, f"worker {running.target} did not load its model"
+                await asyncio.sleep(0.05)
+
+    for port, fields in zip(ports, workers):
+        worker = settings.worker.model_copy(update={"port": port, "device": "cpu", **fields})
+        ws = settings.model_copy(update={"worker": worker})
+        running = loop.run(start_server(create_worker(ws), ws))
+        stack.workers.append(running)
+        loop.run(loaded(running))
     stack.gateway_service = create_service(settings)
     stack.gateway = loop.run(start_server(stack.gateway_service, settings))
     return stack
@@ -109,8 +129,9 @@ def start_stack(tmp: Path, worker_factory, n_workers: int = 1, **gateway) -> Sta
 
 def start_extra_gateway(stack: Stack, tmp: Path, **settings_overrides) -> Stack:
     """Another gateway on ``stack``'s loop and workers, with other settings (auth, limits)."""
-    from swiftmesh.runtime.server import start_server
     from swiftmesh.services.gateway.server import create_service
+
+    from swiftmesh.runtime.server import start_server
 
     gateway = {k: v for k, v in settings_overrides.pop("gateway", {}).items()}
     settings = Settings.load(
@@ -121,7 +142,7 @@ def start_extra_gateway(stack: Stack, tmp: Path, **settings_overrides) -> Stack:
         shutdown_grace_s=1.0,
         **settings_overrides,
     )
-    other = Stack(settings, stack.loop, model=stack.model)
+    other = Stack(settings, stack.loop, model=stack.model, raw_model=stack.raw_model, model_dir=stack.model_dir)
     other.gateway_service = create_service(settings)
     other.gateway = stack.run(start_server(other.gateway_service, settings))
     return other
@@ -137,17 +158,21 @@ def stop_stack(stack: Stack) -> None:
         stack.loop.close()
 
 
-# ------------------------------------------------------------------------------ workers
-def fake_worker_factory(settings: Settings):
-    from tests.gateway.api._fake_worker import create_fake_service  # noqa: PLC0415
+@pytest.fixture(scope="session")
+def tiny_raw_model_dir(tmp_path_factory) -> Path:
+    """The tiny model without a chat template (its tokenizer has none)."""
+    from swiftmesh.testing.tiny import make_tiny_llama
 
-    service, _ = create_fake_service(settings)
-    return service
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny-raw") / "tiny-raw", chat_template=False)
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory) -> Stack:
-    s = start_stack(tmp_path_factory.mktemp("gw"), fake_worker_factory)
-    s.model = "fake"
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory, tiny_model_dir, tiny_raw_model_dir) -> Stack:
+    """The gateway with two in-process workers: the tiny model (``stack.model``) and the tiny
+    model without a chat template (``stack.raw_model``)."""
+    s = start_stack(tmp_path_factory.mktemp("gw"), [{"model": str(tiny_model_dir)}, {"model": str(tiny_raw_model_dir)}])
+    s.model = tiny_model_dir.name
+    s.model_dir = tiny_model_dir
+    s.raw_model = tiny_raw_model_dir.name
     yield s
     stop_stack(s)

@@ -4,15 +4,15 @@ parameter names of validation errors, request translation."""
 from __future__ import annotations
 
 import pytest
-
-from swiftmesh.gateway.v1 import inference_pb2 as pb
-from swiftmesh.runtime.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from swiftmesh.services.gateway.api.errors import param_from_loc
 from swiftmesh.services.gateway.api.protocol import ChatCompletionRequest, CompletionRequest
 from swiftmesh.services.gateway.api.serving import chat_generate_request, completion_generate_requests
 from swiftmesh.services.gateway.keys import ApiKeyStore
 from swiftmesh.services.gateway.ratelimit import RateLimiter
 from swiftmesh.services.gateway.router import Worker, WorkerPool, check_address, worker_id
+
+from swiftmesh.gateway.v1 import inference_pb2 as pb
+from swiftmesh.runtime.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
 
 
 class Clock:

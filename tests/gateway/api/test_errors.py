@@ -211,3 +211,17 @@ def test_admin_endpoint_needs_an_admin_key(secured):
         assert r.status_code == 200 and r.json()["data"][0]["healthy"] is True
     r = httpx.delete(f"{secured.base_url}/admin/adapters/no-such-adapter", headers={"authorization": f"Bearer {admin}"})
     assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+
+
+def test_model_without_chat_template_is_a_clear_400(stack):
+    client = stack.client()
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=stack.raw_model, messages=MESSAGES, max_tokens=2)
+    err = _error(e.value)
+    assert err["code"] == "model_has_no_chat_template" and err["param"] == "model"
+    assert "chat template" in err["message"]
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model=stack.raw_model, messages=MESSAGES, max_tokens=2, stream=True)
+    # The model still serves plain completions, and the other model chat.
+    assert client.completions.create(model=stack.raw_model, prompt="Hello", max_tokens=2).usage.completion_tokens
+    _assert_ok(stack, client)

@@ -85,7 +85,7 @@ def test_traceparent_is_honoured_into_the_worker(stack):
     by_id = {s.context.span_id: s for s in spans}
     http = [s for s in spans if s.parent is not None and format(s.parent.span_id, "016x") == parent_span]
     assert http, [s.name for s in spans]  # the HTTP server span continues the caller's trace
-    chat = next(s for s in spans if s.name == f"chat {stack.model}")
+    chat = next(s for s in spans if s.name == f"chat {stack.model}" and s.instrumentation_scope.name == "swiftmesh.gateway")
     attrs = chat.attributes
     assert attrs["gen_ai.operation.name"] == "chat"
     assert attrs["gen_ai.request.model"] == stack.model
@@ -104,3 +104,9 @@ def test_traceparent_is_honoured_into_the_worker(stack):
     assert server, sorted(s.name for s in spans)
     client_spans = [s for s in spans if s.name.endswith("InferenceService/Generate") and s.kind.name == "CLIENT"]
     assert server[0].parent.span_id in {s.context.span_id for s in client_spans}
+    # ... which descends from the gateway's chat span; and the engine's spans are in the trace too.
+    node = client_spans[0]
+    while node.parent is not None and node.parent.span_id in by_id and node is not chat:
+        node = by_id[node.parent.span_id]
+    assert node is chat
+    assert any(s.instrumentation_scope.name.startswith("swiftmesh.engines") for s in spans)

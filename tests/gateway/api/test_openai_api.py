@@ -51,7 +51,7 @@ def test_max_completion_tokens_is_honoured(stack):
 
 def test_chat_streamed_equals_non_streamed_at_temperature_0(stack):
     client = stack.client()
-    kw = dict(model=stack.model, messages=MESSAGES, max_tokens=16, temperature=0, extra_body=NO_EOS)
+    kw = {"model": stack.model, "messages": MESSAGES, "max_tokens": 16, "temperature": 0, "extra_body": NO_EOS}
     full = client.chat.completions.create(**kw).choices[0].message.content
     text, chunks = _chat_stream_text(client, **kw)
     assert text == full
@@ -74,7 +74,7 @@ def test_stream_ends_with_done_event(stack):
 
 def test_completions_streamed_equals_non_streamed(stack):
     client = stack.client()
-    kw = dict(model=stack.model, prompt="The capital of France is", max_tokens=12, temperature=0, extra_body=NO_EOS)
+    kw = {"model": stack.model, "prompt": "The capital of France is", "max_tokens": 12, "temperature": 0, "extra_body": NO_EOS}
     full = client.completions.create(**kw)
     assert full.object == "text_completion" and full.choices[0].finish_reason == "length"
     chunks = list(client.completions.create(stream=True, **kw))
@@ -89,32 +89,44 @@ def test_completions_default_max_tokens_is_16(stack):
 
 def test_finish_reason_stop_at_a_stop_string_across_tokens(stack):
     client = stack.client()
-    kw = dict(model=stack.model, messages=MESSAGES, temperature=0, extra_body=NO_EOS)
-    ref = client.chat.completions.create(max_tokens=24, logprobs=True, **kw)
+    # Seeded sampling: reproducible, and varied enough to find a stop string across tokens.
+    kw = {"model": stack.model, "messages": MESSAGES, "temperature": 1.0, "seed": 11, "extra_body": NO_EOS}
+    ref = client.chat.completions.create(max_tokens=32, logprobs=True, **kw)
     tokens = [t.token for t in ref.choices[0].logprobs.content]
     text = ref.choices[0].message.content
-    # A stop string spanning a token boundary: the end of one token and the start of the next.
-    for i in range(2, len(tokens) - 1):
+    assert "".join(tokens) == text
+    # A stop string made of the end of one token and the start of the next, first seen there.
+    offset = 0
+    for i in range(len(tokens) - 1):
+        offset += len(tokens[i])
         a, b = tokens[i], tokens[i + 1]
-        if a and b:
-            stop = a[-1] + b[0]
-            break
+        if i >= 1 and a and b:
+            stop = a[-2:] + b[:2]
+            if text.index(stop) == offset - len(a[-2:]):
+                break
     else:
         pytest.fail(f"no usable token boundary in {tokens}")
     expected = text[: text.index(stop)]
-    r = client.chat.completions.create(max_tokens=24, stop=[stop], **kw)
+    r = client.chat.completions.create(max_tokens=32, stop=[stop], **kw)
     assert r.choices[0].finish_reason == "stop"
     assert r.choices[0].message.content == expected
-    assert stop not in r.choices[0].message.content
     # The same through a stream.
-    streamed, chunks = _chat_stream_text(client, max_tokens=24, stop=stop, **kw)
+    streamed, chunks = _chat_stream_text(client, max_tokens=32, stop=stop, **kw)
     assert streamed == expected
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    # And on completions.
+    rc = client.completions.create(model=stack.model, prompt="Hello", max_tokens=32, temperature=1.0, seed=5,
+                                   extra_body=NO_EOS)
+    text_c = rc.choices[0].text
+    stop_c = text_c[10:13]
+    rs = client.completions.create(model=stack.model, prompt="Hello", max_tokens=32, temperature=1.0, seed=5,
+                                   stop=stop_c, extra_body=NO_EOS)
+    assert rs.choices[0].finish_reason == "stop" and rs.choices[0].text == text_c[: text_c.index(stop_c)]
 
 
 def test_include_usage_semantics(stack):
     client = stack.client()
-    kw = dict(model=stack.model, messages=MESSAGES, max_tokens=5, temperature=0, extra_body=NO_EOS)
+    kw = {"model": stack.model, "messages": MESSAGES, "max_tokens": 5, "temperature": 0, "extra_body": NO_EOS}
     chunks = list(client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kw))
     last = chunks[-1]
     assert last.choices == [] and last.usage is not None
@@ -145,7 +157,7 @@ def test_n_2(stack):
 
 def test_seed_reproducibility(stack):
     client = stack.client()
-    kw = dict(model=stack.model, messages=MESSAGES, max_tokens=12, temperature=1.0, extra_body=NO_EOS)
+    kw = {"model": stack.model, "messages": MESSAGES, "max_tokens": 12, "temperature": 1.0, "extra_body": NO_EOS}
     a = client.chat.completions.create(seed=1234, **kw).choices[0].message.content
     b = client.chat.completions.create(seed=1234, **kw).choices[0].message.content
     assert a == b

@@ -3,13 +3,15 @@ every error in OpenAI's envelope."""
 
 from __future__ import annotations
 
+import zlib
+
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.generation.modes import GenerationMode
 
 #: Examples per operation and generation mode (positive and negative).
-MAX_EXAMPLES = 40
+MAX_EXAMPLES = 60
 
 
 def _bound_cost(case, model: str) -> None:
@@ -31,7 +33,7 @@ def _bound_cost(case, model: str) -> None:
         body["prompt"] = prompt[:3]
     if isinstance(body.get("messages"), list) and len(body["messages"]) > 4:
         body["messages"] = body["messages"][:4]
-    if isinstance(body.get("model"), str) and hash(str(sorted(body))) % 2 == 0:
+    if isinstance(body.get("model"), str) and zlib.crc32(repr(sorted(body)).encode()) % 3 != 0:
         body["model"] = model
 
 
@@ -63,6 +65,7 @@ def test_no_server_errors(stack, operation, mode):
             assert set(error) == {"message", "type", "param", "code"} and error["message"]
 
     check()
+    print(operation, mode.value, {c: seen.count(c) for c in sorted(set(seen))})
     assert seen
     if mode is GenerationMode.NEGATIVE:
         assert any(400 <= c < 500 for c in seen)  # invalid requests were rejected, not served

@@ -17,11 +17,28 @@ ROOT = Path(__file__).resolve().parents[3]
 
 
 def spawn_worker(stack, port: int, log_path: Path) -> subprocess.Popen:
+    """``swiftmesh serve worker`` serving the stack's model (a local directory) on ``port``."""
     env = os.environ.copy()
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update({
+        "PYTHONPATH": str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
+        "SWIFTMESH_DATA_DIR": str(log_path.parent / f"worker-{port}"),
+        "SWIFTMESH_WORKER__PORT": str(port),
+        "SWIFTMESH_WORKER__METRICS_PORT": "0",
+        "SWIFTMESH_WORKER__MODEL": str(stack.model_dir),
+        "SWIFTMESH_WORKER__DEVICE": "cpu",
+        "SWIFTMESH_TELEMETRY__LOG_LEVEL": "WARNING",
+        "OMP_NUM_THREADS": "1",
+    })
     with open(log_path, "ab") as log:
-        return subprocess.Popen([sys.executable, "-m", "tests.gateway.api._fake_worker", str(port)], env=env,
-                                stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        proc = subprocess.Popen([sys.executable, "-m", "swiftmesh.cli.main", "serve", "worker"], env=env,
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT)
+    proc.log_path = log_path  # type: ignore[attr-defined]
+    return proc
+
+
+def _tail(proc: subprocess.Popen) -> str:
+    path = getattr(proc, "log_path", None)
+    return path.read_text(errors="replace")[-2000:] if path and path.exists() else ""
 
 
 def wait_worker(stack, port: int, proc: subprocess.Popen, timeout: float = 180.0) -> None:
@@ -38,7 +55,7 @@ def wait_worker(stack, port: int, proc: subprocess.Popen, timeout: float = 180.0
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            pytest.fail(f"worker on port {port} exited with {proc.returncode}")
+            pytest.fail(f"worker on port {port} exited with {proc.returncode}: {_tail(proc)}")
         if asyncio.run(ready()):
             return
         time.sleep(0.3)

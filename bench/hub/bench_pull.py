@@ -124,6 +124,14 @@ class HubProc:
             if self.proc.poll() is not None or time.time() > deadline:
                 raise RuntimeError(self.log.read_text())
             time.sleep(0.1)
+        # let the start-up work (warm-up imports of the hf/ms clients) finish before measuring
+        last = proc_cpu(self.proc.pid)
+        while time.time() < deadline:
+            time.sleep(0.3)
+            now = proc_cpu(self.proc.pid)
+            if now - last < 0.03:
+                break
+            last = now
 
     @property
     def target(self) -> str:

@@ -131,9 +131,12 @@ class Stack:
         self.procs: dict[str, subprocess.Popen] = {}
         self.log_dir = settings.data_dir / "logs"
         self._known: dict[int, psutil.Process] = {}
+        # Extra environment for the children (e.g. SWIFTMESH_WORKER__ENGINE=vllm).
+        self.extra_env: dict[str, str] = {}
 
     def env(self) -> dict[str, str]:
         env = os.environ.copy()
+        env.update(self.extra_env)
         env["SWIFTMESH_DATA_DIR"] = str(self.settings.data_dir)
         if self.config:
             env["SWIFTMESH_CONFIG"] = str(Path(self.config).absolute())
@@ -145,16 +148,15 @@ class Stack:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         env = self.env()
         for name in self.services:
-            log = open(self.log_dir / f"{name}.log", "ab")
-            self.procs[name] = subprocess.Popen(
-                [sys.executable, "-m", "swiftmesh.cli.main", "serve", name],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-            log.close()
+            with open(self.log_dir / f"{name}.log", "ab") as log:
+                self.procs[name] = subprocess.Popen(
+                    [sys.executable, "-m", "swiftmesh.cli.main", "serve", name],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
 
     def remember_descendants(self) -> None:
         for p in self.procs.values():
@@ -205,6 +207,33 @@ class Stack:
                 pass
 
 
+class StackError(RuntimeError):
+    """A service of the stack exited or did not become healthy; the message has its log tail."""
+
+
+def wait_healthy(stack: Stack, settings: Settings, services: list[str], timeout: float,
+                 stop_requested=lambda: False) -> dict[str, str]:
+    """Poll the services' health until all are SERVING. Raises StackError (with log tails) when
+    one exits or ``timeout`` seconds pass; returns early (not all healthy) if ``stop_requested()``."""
+    health: dict[str, str] = {}
+    deadline = time.monotonic() + timeout
+    with console.status("starting services ...") as spinner:
+        while not stop_requested():
+            if dead := stack.dead():
+                raise StackError("; ".join(
+                    f"{name} exited with code {rc}; last log lines:\n{stack.log_tail(name)}" for name, rc in dead.items()))
+            health = asyncio.run(_health_all(settings, services))
+            waiting = [s for s, h in health.items() if h != "SERVING"]
+            if not waiting:
+                return health
+            if time.monotonic() > deadline:
+                raise StackError(f"not healthy after {timeout:.0f}s: {', '.join(waiting)}\n" + "\n".join(
+                    f"{name} log:\n{stack.log_tail(name)}" for name in waiting))
+            spinner.update(f"starting services ... waiting for {', '.join(waiting)}")
+            time.sleep(0.5)
+    return health
+
+
 def up(
     ctx: typer.Context,
     service: Annotated[
@@ -219,7 +248,7 @@ def up(
 ) -> None:
     """Start every service and one engine worker on localhost with embedded defaults
     (local Ray, SQLite state, a cache under the data dir), print the endpoints, and stop
-    everything cleanly on Ctrl-C. Logs go to <data-dir>/logs/<service>.log."""
+    everything cleanly on Ctrl-C. Logs go to `<data-dir>/logs/<service>.log`."""
     settings = settings_from(ctx, **({"data_dir": data_dir} if data_dir else {}))
     services = service or STACK_ORDER
     for s in services:
@@ -228,7 +257,7 @@ def up(
     stack = Stack(settings, services, (ctx.find_root().obj or {}).get("config"))
     stop_requested = False
 
-    def on_signal(signum, frame) -> None:  # noqa: ARG001
+    def on_signal(signum, frame) -> None:
         nonlocal stop_requested
         stop_requested = True
 
@@ -236,27 +265,11 @@ def up(
     code = 0
     try:
         stack.start()
-        health: dict[str, str] = {}
-        deadline = time.monotonic() + timeout
-        with console.status("starting services ...") as spinner:
-            while not stop_requested:
-                if dead := stack.dead():
-                    for name, rc in dead.items():
-                        err_console.print(f"[red]{name} exited with code {rc}[/red]; last log lines:\n{stack.log_tail(name)}")
-                    code = 1
-                    break
-                health = asyncio.run(_health_all(settings, services))
-                waiting = [s for s, h in health.items() if h != "SERVING"]
-                if not waiting:
-                    break
-                if time.monotonic() > deadline:
-                    err_console.print(f"[red]not healthy after {timeout:.0f}s:[/red] {', '.join(waiting)}")
-                    for name in waiting:
-                        err_console.print(f"[bold]{name}[/bold] log:\n{stack.log_tail(name)}")
-                    code = 1
-                    break
-                spinner.update(f"starting services ... waiting for {', '.join(waiting)}")
-                time.sleep(0.5)
+        try:
+            health = wait_healthy(stack, settings, services, timeout, lambda: stop_requested)
+        except StackError as e:
+            err_console.print(f"[red]{e}[/red]")
+            code = 1
         if code == 0 and not stop_requested:
             stack.remember_descendants()
             console.print(_endpoint_rows(settings, services, health))

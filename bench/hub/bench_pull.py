@@ -37,9 +37,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests" / "hub"))
+sys.path.insert(0, str(REPO))
 
-from nginx_server import Nginx
+from tests.hub.nginx_server import Nginx
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 HF_REPO = "bench/model"

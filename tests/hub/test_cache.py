@@ -8,7 +8,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import sha256_file, write_model
 
 from swiftmesh.clients.hub import HubClient
 from swiftmesh.hub.v1 import hub_pb2
@@ -19,6 +18,7 @@ from swiftmesh.runtime.errors import (
     NotFound,
     ResourceExhausted,
 )
+from tests.hub.helpers import sha256_file, write_model
 
 
 def _cache(hub) -> Path:

@@ -6,10 +6,10 @@ import json
 import os
 from pathlib import Path
 
-from conftest import sha256_file
 from typer.testing import CliRunner
 
 from swiftmesh.cli.main import app
+from tests.hub.helpers import sha256_file
 
 
 def _run(h, *args: str):

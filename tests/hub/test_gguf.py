@@ -57,14 +57,14 @@ async def test_remote_gguf_is_fetched_converted_verified_and_repaired(hub_server
     import json
     from pathlib import Path
 
-    from http_fixtures import FileServer
-
     from swiftmesh.services.hub import hub as hub_module
+
+    from tests.hub.http_fixtures import FileServer
 
     gguf = b"GGUF" + bytes(range(256)) * 400
     calls: list[bytes] = []
 
-    def fake_convert(path: Path, out: Path, cancel) -> None:  # noqa: ANN001
+    def fake_convert(path: Path, out: Path, cancel) -> None:
         calls.append(path.read_bytes())
         out.mkdir(parents=True)
         (out / "config.json").write_text(json.dumps({"model_type": "llama", "from": hashlib.sha256(calls[-1]).hexdigest()}))

@@ -9,14 +9,14 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import sha256_file, write_model
 from swiftmesh.services.hub.hub import BYTES_SERVED
-from tcp_proxy import CuttingProxy
 
 from swiftmesh.clients import hub as hub_client
 from swiftmesh.clients.hub import HubClient, materialize_sync
 from swiftmesh.hub.v1 import hub_pb2
 from swiftmesh.runtime.errors import NotFound, Unavailable
+from tests.hub.helpers import sha256_file, write_model
+from tests.hub.tcp_proxy import CuttingProxy
 
 SIZE = 24 << 20
 CHUNK = 4 << 20  # the chunk size hub:// transfers ask for

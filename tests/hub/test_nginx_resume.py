@@ -14,11 +14,10 @@ import asyncio
 import time
 from pathlib import Path
 
-from conftest import sha256_file, write_model
-
 from swiftmesh.clients.hub import HubClient
 from swiftmesh.runtime.config import Settings
 from swiftmesh.runtime.errors import SwiftMeshError
+from tests.hub.helpers import sha256_file, write_model
 
 CHUNK = 1 << 20  # what a resumed transfer may repeat at most
 

@@ -10,12 +10,12 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import sha256_file, write_model
-from http_fixtures import FileServer, hf_mirror, ms_mirror
 
 from swiftmesh.clients.hub import HubClient
 from swiftmesh.hub.v1 import hub_pb2
 from swiftmesh.runtime.errors import DataLoss, InvalidArgument, NotFound, Unavailable
+from tests.hub.helpers import sha256_file, write_model
+from tests.hub.http_fixtures import FileServer, hf_mirror, ms_mirror
 
 
 async def test_http_directory_listing_with_sha256sums(hub_server, nginx, tmp_path):

@@ -145,9 +145,12 @@ class RewardSettings:
 class PpoSettings:
     """PPO for RLHF (see :class:`swiftmesh.services.aligner.ppo.PPOConfig` for the details)."""
 
-    # Reward model directory (a sequence classifier with one label); or reward_funcs.
+    # Reward model directory (a sequence classifier with one label, or a PEFT adapter of one);
+    # or reward_funcs.
     reward_model: str | None = None
     reward_funcs: list[str] = field(default_factory=list)
+    # Base model directory when reward_model is a PEFT adapter (default: its recorded base).
+    reward_model_base: str | None = None
     # Rollouts per PPO update, per worker (default 8).
     rollout_batch_size: int = 8
     num_ppo_epochs: int = 4
@@ -171,6 +174,8 @@ class GrpoSettings:
 
     reward_model: str | None = None
     reward_funcs: list[str] = field(default_factory=list)
+    # Base model directory when reward_model is a PEFT adapter (default: its recorded base).
+    reward_model_base: str | None = None
     # Completions per prompt (default 4).
     num_generations: int = 4
     # KL coefficient (default 0.04; TRL's default is 0.0).
@@ -221,6 +226,10 @@ class AlignmentConfig:
     deepspeed: dict | str | None = None
     # transformers report_to integrations (default none; jobkit adds "tensorboard").
     report_to: list[str] = field(default_factory=list)
+    # TrainingArguments keyword arguments from the job machinery
+    # (swiftmesh.jobkit.hf.training_arguments_kwargs); when set they replace the ones derived
+    # from ``training`` (report_to and deepspeed above are then ignored).
+    hf_args: dict[str, Any] | None = None
     # Extra TrainingArguments / TRL config fields (expert overrides).
     extra_args: dict[str, Any] = field(default_factory=dict)
 

@@ -20,6 +20,10 @@ prompt      ppo grpo         ``prompt`` (text or messages); ``messages`` ending 
                              paired/unpaired format (its responses are ignored)
 ==========  ===============  =========================================================
 
+Files are read with the trainer's reader (:func:`swiftmesh.services.trainer.data.read_rows`:
+local ``.jsonl``/``.json``/``.csv``/``.parquet`` files, directories of them, ``save_to_disk``
+directories, ``models/{name}`` datasets in the hub), with ms-swift's ``#N`` sampling.
+
 Rows are converted to the columns TRL's trainers read: ``prompt``/``chosen``/``rejected``
 (plus ``margin`` for reward models), ``prompt``/``completion``/``label`` for KTO and
 ``prompt`` for PPO/GRPO (plus the row's other scalar columns, which GRPO passes to reward
@@ -38,12 +42,13 @@ from __future__ import annotations
 
 import difflib
 import json
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from swiftmesh.runtime.errors import FieldViolation, InvalidArgument
-from swiftmesh.services.aligner.datafiles import load_spec
 
 Kind = Literal["paired", "unpaired", "prompt"]
 Style = Literal["conversational", "standard"]
@@ -645,6 +650,25 @@ class ConvertedFile:
     example_rows: dict[str, int] = field(default_factory=dict)
 
 
+_MESSAGE_FIELDS = ("messages", "rejected_messages", "prompt", "chosen", "rejected", "completion", "conversations")
+
+
+def _decode_json_cells(row: dict) -> dict:
+    """CSV and some exports store message lists as JSON strings: decode those cells."""
+    out = row
+    for k in _MESSAGE_FIELDS:
+        v = row.get(k)
+        if isinstance(v, str) and v.lstrip().startswith("[{"):
+            try:
+                decoded = json.loads(v)
+            except ValueError:
+                continue
+            if _is_messages(decoded):
+                out = dict(out) if out is row else out
+                out[k] = decoded
+    return out
+
+
 def _style_of(out: dict) -> Style:
     v = out.get("prompt")
     if isinstance(v, list):
@@ -671,6 +695,7 @@ def convert_records(
     fmts = formats_for(method)
     out = ConvertedFile(name=name, rows=[])
     for row_number, row in records:
+        row = _decode_json_cells(row)
         fmt = next((f for f in fmts if f.matches(row)), None)
         if fmt is None:
             raise no_format_error(method, name, row_number, row, field_prefix=field_prefix,
@@ -751,25 +776,95 @@ class AlignmentData:
         return f"{len(self.rows)} {self.style} rows for {self.method} ({'; '.join(parts)})"
 
 
+def sample_rows(rows: list, n: int | None, seed: int = 42) -> list:
+    """ms-swift ``#N`` sampling: ``n`` rows from a seeded shuffle, repeating the whole dataset
+    (reshuffled each time) when ``n`` exceeds it. ``None`` keeps every row in order."""
+    if n is None:
+        return list(rows)
+    rng = random.Random(seed)
+    out: list = []
+    while len(out) < n:
+        perm = list(rows)
+        rng.shuffle(perm)
+        out.extend(perm[: n - len(out)])
+    return out
+
+
+def read_source(spec: str, idx: int, *, models=None, seed: int = 42,
+                field: str = "spec.datasets") -> dict[str, list[tuple[int, dict]]]:
+    """Read one dataset source into ``{file: [(row number, record), ...]}`` (``#N`` sampled).
+
+    File reading is the trainer's (:func:`swiftmesh.services.trainer.data.read_rows`): local
+    ``.jsonl``/``.json``/``.csv``/``.parquet`` files, directories of them, ``datasets``'
+    ``save_to_disk`` directories, and ``models/{name}`` datasets registered in the hub.
+
+    Raises:
+        InvalidArgument: bad ``#N``, missing path (reason ``DATASET_NOT_FOUND``), unreadable rows
+            (the trainer's violations, naming file and row), a row that is not a JSON object.
+        NotFound: a ``models/`` dataset the hub lacks.
+    """
+    from swiftmesh.services.trainer import data as tdata
+
+    where = f"{field}[{idx}]"
+    try:
+        path_str, count = tdata.parse_source(spec)
+    except ValueError as e:
+        raise InvalidArgument(f"dataset {spec!r}: {e}", reason="BAD_DATASET_SPEC",
+                              field_violations=[(where, str(e))]) from None
+    if path_str.startswith("models/"):
+        if models is None:
+            raise InvalidArgument(f"dataset {path_str}: hub datasets need the hub", reason="BAD_DATASET_SPEC",
+                                  field_violations=[(where, "no hub")])
+        info = models.get(path_str)  # NotFound propagates
+        if info.format != "dataset":
+            raise InvalidArgument(f"{path_str} is a {info.format} model in the hub, not a dataset",
+                                  reason="BAD_DATASET_SPEC", field_violations=[(where, "not a dataset")])
+        path = Path(models.materialize(path_str))
+    else:
+        path = Path(path_str).expanduser()
+        if not path.exists():
+            raise InvalidArgument(f"dataset {path_str!r}: no such file or directory", reason="DATASET_NOT_FOUND",
+                                  field_violations=[(where, f"{path_str}: no such file or directory")])
+    errors: list = []
+    raw = tdata.read_rows(path, path_str, idx, errors)
+    if errors:
+        tdata.raise_violations(errors, reason="BAD_DATASET_FILE")
+    if not raw:
+        raise InvalidArgument(f"dataset {path_str!r} holds no rows", reason="EMPTY_DATASET",
+                              field_violations=[(where, "no rows")])
+    for file, n, value in raw:
+        if not isinstance(value, dict):
+            raise InvalidArgument(
+                f"dataset {file!r}, row {n}: a row must be a JSON object, got a {type(value).__name__}",
+                reason="BAD_DATASET_ROW", field_violations=[(where, f"{file} row {n}: not an object")])
+    files: dict[str, list[tuple[int, dict]]] = {}
+    for file, n, value in sample_rows(raw, count, seed):
+        files.setdefault(file, []).append((n, value))
+    return files
+
+
 def load_alignment_data(
     specs: Sequence[str],
     method: str,
     *,
     seed: int = 42,
+    models=None,
     field: str = "spec.datasets",
 ) -> AlignmentData:
     """Read, sample (``#N``), validate and convert the datasets of an alignment job.
 
     Args:
-        specs: dataset paths, each optionally with ``#N`` (ms-swift sampling).
+        specs: dataset sources (see :func:`read_source`), each optionally with ``#N``.
         method: ``dpo``, ``kto``, ``orpo``, ``cpo``, ``simpo``, ``rm``, ``ppo`` or ``grpo``.
         seed: seed of the ``#N`` sampling (default 42).
+        models: the model source, for ``models/{name}`` datasets in the hub.
         field: the request field the specs came from, for field violations.
 
     Raises:
         InvalidArgument: no datasets; a file is missing or unreadable; a row fits no format of
             ``method`` or has a bad value (the message names dataset, row, the fields expected and a
             hint); the datasets mix plain-text and conversational rows.
+        NotFound: a hub dataset that does not exist.
     """
     formats_for(method)  # unknown method -> InvalidArgument
     if not specs:
@@ -784,22 +879,23 @@ def load_alignment_data(
     style: Style | None = None
     style_source = ""
     for i, spec in enumerate(specs):
-        try:
-            parsed, records = load_spec(spec, seed=seed)
-            conv = convert_records(records, method, parsed.name)
-        except InvalidArgument as e:
-            e.field_violations.insert(0, FieldViolation(f"{field}[{i}]", e.message.split("\n", 1)[0]))
-            raise
-        if style is None:
-            style, style_source = conv.style, parsed.name
-        elif conv.style != style:
-            raise InvalidArgument(
-                f"dataset {parsed.name!r} is {conv.style} but {style_source!r} is {style}; "
-                "all datasets of a job must be plain text, or all conversational (lists of messages)",
-                reason="MIXED_DATASET_STYLES",
-                field_violations=[(f"{field}[{i}]", f"{conv.style} rows after {style} rows")],
-            )
-        rows.extend(conv.rows)
-        formats[parsed.name] = conv.formats
+        files = read_source(spec, i, models=models, seed=seed, field=field)
+        for name, records in files.items():
+            try:
+                conv = convert_records(records, method, name)
+            except InvalidArgument as e:
+                e.field_violations.insert(0, FieldViolation(f"{field}[{i}]", e.message.split("\n", 1)[0]))
+                raise
+            if style is None:
+                style, style_source = conv.style, name
+            elif conv.style != style:
+                raise InvalidArgument(
+                    f"dataset {name!r} is {conv.style} but {style_source!r} is {style}; "
+                    "all datasets of a job must be plain text, or all conversational (lists of messages)",
+                    reason="MIXED_DATASET_STYLES",
+                    field_violations=[(f"{field}[{i}]", f"{conv.style} rows after {style} rows")],
+                )
+            rows.extend(conv.rows)
+            formats[name] = conv.formats
     assert style is not None
     return AlignmentData(method=method, rows=rows, style=style, formats=formats)

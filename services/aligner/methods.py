@@ -121,6 +121,12 @@ def training_kwargs(cfg: AlignmentConfig, *, has_eval: bool) -> dict[str, Any]:
     import torch
 
     t = cfg.training
+    if cfg.hf_args is not None:
+        # The job machinery's arguments (jobkit.hf.training_arguments_kwargs: DeepSpeed config,
+        # DDP backend, checkpoint cadence, tokens/s accounting).
+        kw = dict(cfg.hf_args)
+        kw.update(cfg.extra_args)
+        return kw
     lr = t.learning_rate or (1e-4 if cfg.is_peft else 1e-5)
     kw: dict[str, Any] = dict(
         output_dir=cfg.output_dir,
@@ -224,25 +230,6 @@ def _method_args(cfg: AlignmentConfig, kw: dict[str, Any]):
 # --------------------------------------------------------------------------- models
 
 
-def _lora_plus(trainer_cls, ratio: float):
-    """A subclass of ``trainer_cls`` whose optimizer is LoRA+'s (peft.optimizers)."""
-
-    class LoraPlus(trainer_cls):  # type: ignore[misc, valid-type]
-        def create_optimizer(self, model=None):
-            if self.optimizer is None:
-                import torch
-                from peft.optimizers import create_loraplus_optimizer
-
-                self.optimizer = create_loraplus_optimizer(
-                    model=self.model, optimizer_cls=torch.optim.AdamW, lr=self.args.learning_rate,
-                    loraplus_lr_ratio=ratio, weight_decay=self.args.weight_decay,
-                )
-            return self.optimizer
-
-    LoraPlus.__name__ = f"LoraPlus{trainer_cls.__name__}"
-    return LoraPlus
-
-
 def _policy(cfg: AlignmentConfig, *, bf16: bool, seq_cls: bool = False):
     """(model, peft_config_for_trl) for the method: a fresh adapter goes to TRL as peft_config
     (reference = adapter disabled); an existing adapter is loaded trainable (TRL adds the
@@ -304,7 +291,7 @@ def _split(data: AlignmentData, ratio: float, seed: int):
 
 
 def build_trainer(cfg: AlignmentConfig, data: AlignmentData | None = None, *, callbacks=None,
-                  eval_data: AlignmentData | None = None):
+                  eval_data: AlignmentData | None = None, prompts_truncated: bool = False):
     """Build the TRL (or our PPO) trainer of the job, ready for ``train()``.
 
     Args:
@@ -312,6 +299,8 @@ def build_trainer(cfg: AlignmentConfig, data: AlignmentData | None = None, *, ca
         data: the converted training data (default: loaded from ``cfg.datasets``).
         callbacks: ``transformers.TrainerCallback`` objects (events, cancel, ...).
         eval_data: evaluation data; default: ``training.split_dataset_ratio`` of ``data``.
+        prompts_truncated: the prompts are already cut to ``max_prompt_length`` (the service
+            does it before the job starts).
 
     Raises:
         InvalidArgument: a bad setting or dataset (see :func:`data.load_alignment_data`).
@@ -333,9 +322,11 @@ def build_trainer(cfg: AlignmentConfig, data: AlignmentData | None = None, *, ca
             "set spec.chat_template or use plain-text rows",
             reason="NO_CHAT_TEMPLATE", field_violations=[("spec.chat_template", "required for messages")],
         )
-    truncate_prompts(data, tokenizer, cfg.max_prompt_length)
+    if not prompts_truncated:
+        truncate_prompts(data, tokenizer, cfg.max_prompt_length)
     if eval_data is not None:
-        truncate_prompts(eval_data, tokenizer, cfg.max_prompt_length)
+        if not prompts_truncated:
+            truncate_prompts(eval_data, tokenizer, cfg.max_prompt_length)
         train_ds, eval_ds = data.to_dataset(), eval_data.to_dataset()
     else:
         train_ds, eval_ds = _split(data, cfg.training.split_dataset_ratio, cfg.training.seed)
@@ -374,25 +365,30 @@ def build_trainer(cfg: AlignmentConfig, data: AlignmentData | None = None, *, ca
     elif m == "grpo":
         from trl import GRPOTrainer as cls
 
-        common["reward_funcs"] = _grpo_rewards(cfg)
+        common["reward_funcs"], reward_classes = _grpo_rewards(cfg)
+        if reward_classes is not None:
+            common["reward_processing_classes"] = reward_classes
     else:  # pragma: no cover - validate() guards
         raise InvalidArgument(f"unknown rlhf_type {m!r}")
     if cfg.tuner == "lora+":
-        cls = _lora_plus(cls, cfg.lora.lora_plus_lr_ratio)
+        from swiftmesh.jobkit.hf import with_loraplus
+
+        cls = with_loraplus(cls, cfg.lora.lora_plus_lr_ratio)
     log.info("building %s for %s: %s", cls.__name__, m, data.summary())
     return cls(model=model, **common)
 
 
-def _grpo_rewards(cfg: AlignmentConfig) -> list:
-    from swiftmesh.services.aligner.rewards import make_reward_funcs
+def _grpo_rewards(cfg: AlignmentConfig) -> tuple[list, list | None]:
+    """GRPO's reward functions (built-ins, then the reward model) and their processing classes."""
+    from swiftmesh.services.aligner.rewards import load_reward_model, make_reward_funcs
 
     funcs: list = make_reward_funcs(cfg.grpo.reward_funcs)
+    classes: list = [None] * len(funcs)
     if cfg.grpo.reward_model:
-        from transformers import AutoModelForSequenceClassification
-
-        rm = AutoModelForSequenceClassification.from_pretrained(cfg.grpo.reward_model, num_labels=1)
-        funcs.append(rm)
-    return funcs
+        model, tok = load_reward_model(cfg.grpo.reward_model, base=cfg.grpo.reward_model_base)
+        funcs.append(model)
+        classes.append(tok)
+    return funcs, (classes if cfg.grpo.reward_model else None)
 
 
 def _build_ppo(cfg: AlignmentConfig, args, tokenizer, train_ds, eval_ds, callbacks, bf16: bool):
@@ -401,7 +397,7 @@ def _build_ppo(cfg: AlignmentConfig, args, tokenizer, train_ds, eval_ds, callbac
 
     rewards: list = make_reward_funcs(cfg.ppo.reward_funcs)
     if cfg.ppo.reward_model:
-        rewards.append(RewardModelScorer.from_pretrained(cfg.ppo.reward_model))
+        rewards.append(RewardModelScorer.from_pretrained(cfg.ppo.reward_model, base=cfg.ppo.reward_model_base))
     model, peft_cfg, source = _policy(cfg, bf16=bf16)
     ref = _ref_model(cfg, source)
     return PPOTrainer(
@@ -422,12 +418,14 @@ def save_result(trainer, out_dir: str | Path) -> str:
     model = trainer.accelerator.unwrap_model(trainer.model)
     kind = "adapter" if _is_peft(model) else "full"
     if getattr(trainer, "is_deepspeed_enabled", False):
-        # ZeRO shards the weights: the Trainer gathers them (collective), then drop the "ref" copy.
+        # ZeRO shards the weights: the Trainer gathers them (collective), then drop the "ref" copy
+        # and the pickled training arguments (a model directory holds no pickles).
         trainer.save_model(str(out_dir))
         if trainer.args.should_save:
             ref = Path(out_dir) / "ref"
             if (ref / "adapter_config.json").exists():
                 shutil.rmtree(ref)
+            (Path(out_dir) / "training_args.bin").unlink(missing_ok=True)
             if trainer.processing_class is not None:
                 trainer.processing_class.save_pretrained(str(out_dir))
         return kind

@@ -66,25 +66,14 @@ def load_tokenizer(model_dir: str, adapter_dir: str | None = None, chat_template
 
 
 def peft_config(tuner: str, lora: LoraSettings, task_type: str = "CAUSAL_LM"):
-    """A ``peft.LoraConfig`` for a PEFT tuner: lora, qlora, dora (Liu et al. 2024,
-    arXiv:2402.09353), rslora (Kalajdzievski 2023, arXiv:2312.03732) or lora+ (LoRA with a
-    separate optimizer; Hayou et al. 2024)."""
-    from peft import LoraConfig
+    """A ``peft.LoraConfig`` for a PEFT tuner (lora, qlora, dora, rslora, lora+), built by the
+    shared :func:`swiftmesh.jobkit.hf.lora_config` (DoRA: Liu et al. 2024, arXiv:2402.09353;
+    rsLoRA: Kalajdzievski 2023, arXiv:2312.03732)."""
+    from dataclasses import asdict
 
-    targets: Any = lora.target_modules or ["all-linear"]
-    if targets == ["all-linear"]:
-        targets = "all-linear"
-    return LoraConfig(
-        r=lora.r,
-        lora_alpha=lora.lora_alpha,
-        lora_dropout=lora.lora_dropout,
-        target_modules=targets,
-        modules_to_save=list(lora.modules_to_save) or None,
-        bias=lora.bias,
-        use_dora=tuner == "dora",
-        use_rslora=tuner == "rslora",
-        task_type=task_type,
-    )
+    from swiftmesh.jobkit import hf
+
+    return hf.lora_config(hf.TUNER_BY_NAME[tuner], hf.Lora(**asdict(lora)), task_type)
 
 
 def quantization_config(tuner: str, bf16: bool):
@@ -167,3 +156,20 @@ def save_policy(model, tokenizer, out_dir: str | Path) -> str:
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
     return kind
+
+
+def merge_seq_cls_adapter(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path) -> Path:
+    """Merge a sequence-classification LoRA adapter (a reward model, its ``score`` head saved
+    with it) into ``base_dir`` and save the full one-label classifier plus tokenizer."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(str(base_dir), num_labels=1, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    merged.save_pretrained(out)
+    src = adapter_dir if has_tokenizer(adapter_dir) else base_dir
+    AutoTokenizer.from_pretrained(str(src)).save_pretrained(out)
+    return out

@@ -166,26 +166,10 @@ class RewardModelScorer:
         self.__name__ = "reward_model"
 
     @classmethod
-    def from_pretrained(cls, path: str, *, dtype=None, device=None, **kwargs) -> RewardModelScorer:
-        """Load a reward model directory (full model, or a PEFT adapter of one)."""
-        import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        from swiftmesh.services.aligner.models import is_adapter_dir, read_adapter_base
-
-        dtype = dtype or torch.float32
-        if is_adapter_dir(path):
-            from peft import PeftModel
-
-            base = read_adapter_base(path)
-            model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, dtype=dtype)
-            model = PeftModel.from_pretrained(model, path).merge_and_unload()
-            tok_dir = path if _has_tokenizer(path) else base
-        else:
-            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype)
-            tok_dir = path
-        tokenizer = AutoTokenizer.from_pretrained(tok_dir)
-        model.eval().requires_grad_(False)
+    def from_pretrained(cls, path: str, *, base: str | None = None, dtype=None, device=None, **kwargs) -> RewardModelScorer:
+        """Load a reward model directory: a full sequence classifier, or a PEFT adapter of one
+        (on ``base``, default the adapter's recorded base) merged for scoring."""
+        model, tokenizer = load_reward_model(path, base=base, dtype=dtype)
         if device is not None:
             model.to(device)
         return cls(model, tokenizer, **kwargs)
@@ -218,6 +202,33 @@ class RewardModelScorer:
         finally:
             self.tokenizer.padding_side = padding_side
         return out
+
+
+def load_reward_model(path: str, *, base: str | None = None, dtype=None):
+    """``(model, tokenizer)`` of a reward model: ``AutoModelForSequenceClassification`` with one
+    label, frozen, in eval mode. A PEFT adapter (an ``rm`` job's output) is merged into ``base``."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from swiftmesh.services.aligner.models import is_adapter_dir, read_adapter_base
+
+    dtype = dtype or torch.float32
+    if is_adapter_dir(path):
+        from peft import PeftModel
+
+        base = base or read_adapter_base(path)
+        model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, dtype=dtype)
+        model = PeftModel.from_pretrained(model, path).merge_and_unload()
+        tok_dir = path if _has_tokenizer(path) else base
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype)
+        tok_dir = path
+    tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.eval().requires_grad_(False)
+    return model, tokenizer
 
 
 def _has_tokenizer(path: str) -> bool:

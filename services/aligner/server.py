@@ -1,22 +1,37 @@
-"""Aligner service process: JobService + AlignerService on the shared gRPC runtime."""
+"""Aligner service process: AlignerService (CreateJob, EstimateJob) and the shared JobService
+(Get, List, Cancel, Resume, Delete, Watch) over one jobkit JobManager with the alignment kinds
+dpo, kto, orpo, cpo, simpo, rm, ppo and grpo. Jobs run on Ray Train (embedded local Ray, or
+``settings.aligner.ray_address`` / ``RAY_ADDRESS``); models and artifacts go through the hub at
+``settings.hub.target``.
+"""
 
 from __future__ import annotations
 
-from swiftmesh.jobs.v1 import jobs_pb2, jobs_pb2_grpc
-from swiftmesh.runtime.config import Settings
-from swiftmesh.runtime.placeholder import unimplemented
-from swiftmesh.runtime.server import Service
 from swiftmesh.aligner.v1 import aligner_pb2, aligner_pb2_grpc
+from swiftmesh.jobkit import JOB_SERVICE_NAME, JobManager, JobServicer, ModelSource
+from swiftmesh.jobs.v1 import jobs_pb2_grpc
+from swiftmesh.runtime.config import Settings
+from swiftmesh.runtime.server import Service
 
 SERVICE_NAME = aligner_pb2.DESCRIPTOR.services_by_name["AlignerService"].full_name
-JOB_SERVICE_NAME = jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name
 
 
-def create_service(settings: Settings) -> Service:
+def create_manager(settings: Settings, models: ModelSource | None = None, runtime=None) -> JobManager:
+    """The aligner's JobManager (every alignment kind); ``models`` defaults to the hub."""
+    from swiftmesh.services.aligner.kinds import kinds
+
+    return JobManager(settings, "aligner", kinds(), models=models, runtime=runtime)
+
+
+def create_service(settings: Settings, *, models: ModelSource | None = None, runtime=None) -> Service:
     """The aligner's Service description for ``runtime.server.serve``."""
+    from swiftmesh.services.aligner.servicer import AlignerServicer
+
+    manager = create_manager(settings, models, runtime)
     service = Service("aligner", endpoint=settings.aligner)
-    service.add(unimplemented(aligner_pb2_grpc.AlignerServiceServicer, SERVICE_NAME),
-                aligner_pb2_grpc.add_AlignerServiceServicer_to_server, SERVICE_NAME)
-    service.add(unimplemented(jobs_pb2_grpc.JobServiceServicer, JOB_SERVICE_NAME),
-                jobs_pb2_grpc.add_JobServiceServicer_to_server, JOB_SERVICE_NAME)
+    service.add(AlignerServicer(manager), aligner_pb2_grpc.add_AlignerServiceServicer_to_server, SERVICE_NAME)
+    service.add(JobServicer(manager), jobs_pb2_grpc.add_JobServiceServicer_to_server, JOB_SERVICE_NAME)
+    service.on_start.append(manager.start)
+    service.on_stop.append(manager.stop)
+    service.manager = manager  # type: ignore[attr-defined]  (tests and tools reach the domain)
     return service

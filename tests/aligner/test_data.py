@@ -8,8 +8,7 @@ import json
 import pytest
 
 from swiftmesh.runtime.errors import InvalidArgument
-from swiftmesh.services.aligner.data import load_alignment_data
-from swiftmesh.services.aligner.datafiles import parse_spec, read_records, sample_records
+from swiftmesh.services.aligner.data import load_alignment_data, sample_rows
 from tests.aligner.conftest import write_jsonl
 
 U = {"role": "user", "content": "What is 2+2?"}
@@ -103,28 +102,45 @@ def test_file_types_and_sampling(tmp_path):
         w = csv.DictWriter(f, fieldnames=["messages", "rejected_response"])
         w.writeheader()
         w.writerow({"messages": json.dumps([U, A_GOOD]), "rejected_response": "5"})
+    with open(tmp_path / "c.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["prompt", "chosen", "rejected"])
+        w.writeheader()
+        w.writerow({"prompt": json.dumps([U]), "chosen": json.dumps([A_GOOD]), "rejected": json.dumps([A_BAD])})
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet")
     assert len(load_alignment_data([str(tmp_path / "d.json")], "dpo")) == 10
     assert load_alignment_data([str(tmp_path / "d.csv")], "dpo").rows[0]["chosen"] == [A_GOOD]
+    assert load_alignment_data([str(tmp_path / "c.csv")], "dpo").rows == [{"prompt": [U], "chosen": [A_GOOD],
+                                                                            "rejected": [A_BAD]}]
     assert len(load_alignment_data([str(tmp_path / "d.parquet") + "#4"], "dpo")) == 4
     # #N larger than the file repeats it; sampling is seeded and draws every row once per pass.
     big = load_alignment_data([str(tmp_path / "d.json") + "#25"], "dpo")
     assert len(big) == 25 and len({r["prompt"] for r in big.rows[:10]}) == 10
     assert [r["prompt"] for r in load_alignment_data([str(tmp_path / "d.json#5")], "dpo", seed=1).rows] == \
         [r["prompt"] for r in load_alignment_data([str(tmp_path / "d.json#5")], "dpo", seed=1).rows]
-    assert parse_spec("a/b.jsonl#12").sample == 12 and parse_spec("a#b.jsonl").sample is None
-    assert sample_records(list(range(3)), None) == [0, 1, 2]
+    assert sample_rows(list(range(3)), None) == [0, 1, 2]
+    assert sorted(sample_rows(list(range(3)), 7, seed=0)) == [0, 0, 0, 1, 1, 2, 2]
+    # A directory of files is read file by file (rows named by their file).
+    d = tmp_path / "dir"
+    write_jsonl(d / "a.jsonl", rows[:2])
+    write_jsonl(d / "b.jsonl", rows[2:5])
+    data = load_alignment_data([str(d)], "dpo")
+    assert len(data) == 5 and set(data.formats) == {f"{d}/a.jsonl", f"{d}/b.jsonl"}
 
 
 def test_jsonl_parse_errors_name_the_row(tmp_path):
     f = tmp_path / "broken.jsonl"
     f.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n\n{"prompt": "a", "chosen": \n')
     with pytest.raises(InvalidArgument) as e:
-        read_records(f)
-    assert "row 3 is not valid JSON" in e.value.message and e.value.reason == "BAD_DATASET_FILE"
+        load_alignment_data([str(f)], "dpo")
+    assert "row 3" in e.value.message and "invalid JSON" in e.value.message
+    assert e.value.reason == "BAD_DATASET_FILE"
+    with pytest.raises(InvalidArgument, match="row 1: a row must be a JSON object"):
+        load_alignment_data([str(write_jsonl(tmp_path / "list.jsonl", [[1, 2]]))], "dpo")
+    with pytest.raises(InvalidArgument, match="row count must be > 0"):
+        load_alignment_data([str(f) + "#0"], "dpo")
     with pytest.raises(InvalidArgument) as e:
         load_alignment_data([str(tmp_path / "missing.jsonl")], "dpo")
     assert e.value.reason == "DATASET_NOT_FOUND" and e.value.field_violations[0].field == "spec.datasets[0]"

@@ -476,6 +476,9 @@ class PPOTrainer(Trainer):
             train_stats = self.ppo_epochs(batch)
             self.lr_scheduler.step()
             self.state.global_step += 1
+            # Tokens of the rollouts (prompt + response, no padding), all workers: tokens/s.
+            self.state.num_input_tokens_seen += int(
+                acc.gather_for_metrics(batch["attention_mask"].sum().reshape(1)).sum().item())
             self.state.epoch = self.state.global_step / updates_per_epoch
             metrics = self._update_metrics(batch, train_stats, time.time() - start, start_step)
             losses.append(train_stats["loss"])

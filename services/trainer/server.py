@@ -1,22 +1,36 @@
-"""Trainer service process: JobService + TrainerService on the shared gRPC runtime."""
+"""Trainer service process: TrainerService (CreateJob, EstimateJob) and the shared JobService
+(Get, List, Cancel, Resume, Delete, Watch) over one jobkit JobManager with the sft, pt and merge
+kinds. Jobs run on Ray Train (embedded local Ray, or ``settings.trainer.ray_address`` /
+``RAY_ADDRESS``); models and artifacts go through the hub at ``settings.hub.target``.
+"""
 
 from __future__ import annotations
 
-from swiftmesh.jobs.v1 import jobs_pb2, jobs_pb2_grpc
+from swiftmesh.jobkit import JOB_SERVICE_NAME, JobManager, JobServicer, ModelSource
+from swiftmesh.jobs.v1 import jobs_pb2_grpc
 from swiftmesh.runtime.config import Settings
-from swiftmesh.runtime.placeholder import unimplemented
 from swiftmesh.runtime.server import Service
 from swiftmesh.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 
 SERVICE_NAME = trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"].full_name
-JOB_SERVICE_NAME = jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name
 
 
-def create_service(settings: Settings) -> Service:
+def create_manager(settings: Settings, models: ModelSource | None = None, runtime=None) -> JobManager:
+    """The trainer's JobManager (kinds sft, pt, merge); ``models`` defaults to the hub."""
+    from swiftmesh.services.trainer.kinds import kinds
+
+    return JobManager(settings, "trainer", kinds(), models=models, runtime=runtime)
+
+
+def create_service(settings: Settings, *, models: ModelSource | None = None, runtime=None) -> Service:
     """The trainer's Service description for ``runtime.server.serve``."""
+    from swiftmesh.services.trainer.servicer import TrainerServicer
+
+    manager = create_manager(settings, models, runtime)
     service = Service("trainer", endpoint=settings.trainer)
-    service.add(unimplemented(trainer_pb2_grpc.TrainerServiceServicer, SERVICE_NAME),
-                trainer_pb2_grpc.add_TrainerServiceServicer_to_server, SERVICE_NAME)
-    service.add(unimplemented(jobs_pb2_grpc.JobServiceServicer, JOB_SERVICE_NAME),
-                jobs_pb2_grpc.add_JobServiceServicer_to_server, JOB_SERVICE_NAME)
+    service.add(TrainerServicer(manager), trainer_pb2_grpc.add_TrainerServiceServicer_to_server, SERVICE_NAME)
+    service.add(JobServicer(manager), jobs_pb2_grpc.add_JobServiceServicer_to_server, JOB_SERVICE_NAME)
+    service.on_start.append(manager.start)
+    service.on_stop.append(manager.stop)
+    service.manager = manager  # type: ignore[attr-defined]  (tests and tools reach the domain)
     return service

@@ -65,7 +65,7 @@ from swiftmesh.jobkit.kinds import Artifact, ClusterResources, JobKind, JobPlan,
 from swiftmesh.jobkit.manager import JobManager, job_name
 from swiftmesh.jobkit.models import HubModelSource, LocalModelSource, ModelInfo, ModelSource
 from swiftmesh.jobkit.servicer import JOB_SERVICE_NAME, JobServicer
-from swiftmesh.jobkit.worker import FAIL_AT_STEP_LABEL, WorkerContext
+from swiftmesh.jobkit.worker import FAIL_AT_STEP_LABEL, NonRetryableError, WorkerContext
 
 __all__ = [
     "Artifact",
@@ -81,6 +81,7 @@ __all__ = [
     "LocalModelSource",
     "ModelInfo",
     "ModelSource",
+    "NonRetryableError",
     "PrepareContext",
     "WorkerContext",
     "job_name",

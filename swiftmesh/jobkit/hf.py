@@ -225,8 +225,8 @@ def deepspeed_config(
 
     ZeRO stage 2 partitions optimizer states and gradients, stage 3 also the parameters;
     ``zero3_offload`` keeps optimizer states and parameters in CPU memory (Rajbhandari et al.
-    2020; ZeRO-Offload, Ren et al. 2021, arXiv:2101.06840). ``train_batch_size`` is explicit:
-    micro batch x accumulation x world size (HF's "auto" would use world size 1 under Ray).
+    2020; ZeRO-Offload, Ren et al. 2021, arXiv:2101.06840). ``train_batch_size`` is left to
+    DeepSpeed (micro batch x accumulation x world size of the process group).
     """
     if strategy in (D.DISTRIBUTION_STRATEGY_NONE, D.DISTRIBUTION_STRATEGY_DDP, 0):
         return None
@@ -241,7 +241,6 @@ def deepspeed_config(
     return {
         "train_micro_batch_size_per_gpu": micro_batch,
         "gradient_accumulation_steps": grad_accum,
-        "train_batch_size": micro_batch * grad_accum * world_size,
         "gradient_clipping": max_grad_norm,
         "zero_optimization": zero,
         "bf16": {"enabled": bool(bf16)},
@@ -267,12 +266,16 @@ def training_arguments_kwargs(
     Local checkpoints: one (``save_total_limit=1``); the job machinery keeps the last K in
     its storage. ``use_cpu`` is False under DeepSpeed (HF ignores DeepSpeed otherwise).
     """
+    bf16 = args.bf16
+    if not use_gpu and strategy in (D.DISTRIBUTION_STRATEGY_ZERO2, D.DISTRIBUTION_STRATEGY_ZERO3,
+                                    D.DISTRIBUTION_STRATEGY_ZERO3_OFFLOAD):
+        bf16 = False  # HF refuses bf16 with use_cpu=False on a CPU; DeepSpeed on CPU runs fp32
     ds = deepspeed_config(
         strategy,
         micro_batch=args.per_device_train_batch_size,
         grad_accum=args.gradient_accumulation_steps,
         world_size=world_size,
-        bf16=args.bf16,
+        bf16=bf16,
         max_grad_norm=args.max_grad_norm,
     )
     kw: dict[str, Any] = dict(
@@ -288,7 +291,7 @@ def training_arguments_kwargs(
         gradient_checkpointing=args.gradient_checkpointing,
         seed=args.seed,
         data_seed=args.seed,
-        bf16=args.bf16,
+        bf16=bf16,
         weight_decay=args.weight_decay,
         max_grad_norm=args.max_grad_norm,
         logging_steps=args.logging_steps,
@@ -317,7 +320,32 @@ def training_arguments_kwargs(
         kw["ddp_find_unused_parameters"] = False
     if ds is not None:
         kw["deepspeed"] = ds
+        if not use_gpu:
+            prepare_cpu_deepspeed_state()
+            kw["accelerator_config"] = {"use_configured_state": True}
     return kw
+
+
+def prepare_cpu_deepspeed_state() -> None:
+    """Set up accelerate's process state for DeepSpeed on CPU workers (gloo).
+
+    HF ``TrainingArguments`` with ``deepspeed=`` and ``use_cpu=False`` builds accelerate's
+    ``PartialState`` without a backend; on a machine without GPUs that state falls back to
+    "not distributed" (one process), while DeepSpeed runs over the torch.distributed group Ray
+    set up, and the first collective fails. Building the state first with ``backend="gloo"``
+    (and ``use_configured_state``) gives HF the real world size. Idempotent.
+    """
+    import os
+
+    from accelerate import PartialState
+
+    if PartialState._shared_state:
+        return
+    os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+    try:
+        PartialState(backend="gloo")
+    finally:
+        os.environ.pop("ACCELERATE_USE_DEEPSPEED", None)
 
 
 def lora_config(tuner: int, lora: Lora, task_type: str = "CAUSAL_LM"):

@@ -80,7 +80,18 @@ class RayRuntime:
                 ray.init(address=self.address, **kwargs)
             else:
                 log.info("starting an embedded local Ray (%s CPUs)", self.num_cpus or "all")
-                ray.init(num_cpus=self.num_cpus or None, include_dashboard=False, **kwargs)
+                for attempt in range(3):
+                    try:
+                        ray.init(num_cpus=self.num_cpus or None, include_dashboard=False, **kwargs)
+                        break
+                    except RuntimeError as e:  # a loaded machine can miss Ray's start-up deadlines
+                        log.warning("starting Ray failed (%s); retrying", e)
+                        try:
+                            ray.shutdown()
+                        except Exception:  # noqa: BLE001
+                            pass
+                        if attempt == 2:
+                            raise
                 self._started_here = True
             self._connected = True
 

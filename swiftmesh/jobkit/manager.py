@@ -399,6 +399,7 @@ class _Run:
         self.thread = threading.Thread(target=self._main, name=f"job-{name}", daemon=True)
         self.tb = TensorBoardWriter(mgr._job_dir(name) / "tensorboard")
         self._pinned: list[str] = []
+        self.fatal_error = ""
         self.keep = 2
         self.plan_total = 0
 
@@ -499,6 +500,9 @@ class _Run:
             self.tb.close()
             job = mgr.store.get(name)
             status = result.get("status")
+            if self.fatal_error and status != "ok" and not self.cancel_event.is_set():
+                result = {"status": "error", "error": self.fatal_error}
+                status = "error"
             if self.interrupt_event.is_set() and status != "ok":
                 msg = f"the {mgr.service} service stopped; ResumeJob continues from the last checkpoint"
                 target = states.FAILED if job.state != states.CANCELLING else states.CANCELLED
@@ -507,7 +511,7 @@ class _Run:
                 if job.state == states.QUEUED:
                     mgr._set_state(name, states.RUNNING, "running")
                 mgr._set_state(name, states.SUCCEEDED, "succeeded")
-            elif self.cancel_event.is_set() or job.state == states.CANCELLING or status == "aborted":
+            elif self.cancel_event.is_set() or job.state == states.CANCELLING or (status == "aborted" and not self.fatal_error):
                 if job.state != states.CANCELLING:
                     mgr._set_state(name, states.CANCELLING, "cancel requested")
                 step = job.checkpoints[-1].step if job.checkpoints else 0
@@ -560,6 +564,12 @@ class _Run:
 
                 mgr.store.update(name, mutate)
                 mgr._publish(name, checkpoint=jobs_pb2.CheckpointSaved(checkpoint=ck))
+            elif t == "fatal":
+                if not self.fatal_error:
+                    self.fatal_error = str(ev.get("error", "worker error"))
+                    mgr._log(name, f"non-retryable error on {ev.get('source')}; stopping the run", "ERROR", "driver")
+                    if self.launched is not None:
+                        self.launched.cancel()
             elif t == "log":
                 mgr._log(name, str(ev.get("message", "")), str(ev.get("level", "INFO")), str(ev.get("source", "worker")))
             elif t == "artifact":

@@ -30,6 +30,13 @@ log = logging.getLogger("swiftmesh.jobkit.worker")
 FAIL_AT_STEP_LABEL = "swiftmesh.test/fail-at-step"
 
 
+class NonRetryableError(Exception):
+    """Raise from ``JobKind.train`` for an error a restart cannot fix: the job fails at once
+    instead of being restarted by Ray's failure handling. (Errors raised before training
+    starts, i.e. before the first metrics report, checkpoint or HF ``on_train_begin``, and
+    every SwiftMeshError, count as non-retryable too.)"""
+
+
 @dataclass
 class WorkerContext:
     """Everything a kind's ``train`` gets in a Ray Train worker.
@@ -64,6 +71,8 @@ class WorkerContext:
     _sink: Any = None
     _storage: str = ""
     _run_name: str = ""
+    _in_ray: bool = False
+    _started: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -94,6 +103,7 @@ class WorkerContext:
 
         ``metrics`` keys are TensorBoard tags ("train/loss", "rewards/margins"); values floats.
         """
+        self._started = True
         if not self.is_main:
             return
         clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and v == v}
@@ -119,6 +129,15 @@ class WorkerContext:
         Every worker must call this at the same steps (it is a barrier); each passes its own
         local directory (or None), and Ray merges them into ``<storage>/<job>/checkpoint-<step>``.
         """
+        self._started = True
+        path = os.path.join(self._storage, self._run_name, f"checkpoint-{int(step)}")
+        if not self._in_ray:
+            # Outside Ray Train (direct runs, tests): copy into the storage directory if any.
+            if self._storage and local_dir is not None and Path(local_dir).is_dir():
+                shutil.copytree(local_dir, path, dirs_exist_ok=True)
+            if self.is_main and self._storage:
+                self._push({"type": "checkpoint", "step": int(step), "path": path})
+            return
         import ray.train
 
         ckpt = None
@@ -131,7 +150,6 @@ class WorkerContext:
             delete_local_checkpoint_after_upload=False,
         )
         if self.is_main:
-            path = os.path.join(self._storage, self._run_name, f"checkpoint-{int(step)}")
             self._push({"type": "checkpoint", "step": int(step), "path": path})
 
     def hf_callback(self):
@@ -159,6 +177,7 @@ def make_hf_callback(ctx: WorkerContext):
             self._last_tokens = 0
 
         def on_train_begin(self, args, state, control, **kwargs):
+            ctx._started = True
             self._t0 = self._last_t = time.time()
             self._step0 = state.global_step
             self._last_tokens = getattr(state, "num_input_tokens_seen", 0) or 0
@@ -180,18 +199,25 @@ def make_hf_callback(ctx: WorkerContext):
                 return
             now = time.time()
             metrics = {}
+            summary = "train_runtime" in logs and "train_loss" in logs  # the end-of-training summary
             for k, v in logs.items():
-                if not isinstance(v, (int, float)) or k == "epoch":
+                if not isinstance(v, (int, float)) or isinstance(v, bool) or k == "epoch":
                     continue
                 if k.startswith("eval_"):
                     metrics["eval/" + k[5:]] = v
-                elif k.startswith("train_") or k in ("total_flos",):
+                elif k == "train_loss":
+                    metrics["train/mean_loss"] = v
+                elif k == "num_input_tokens_seen":
+                    metrics["train/tokens_seen"] = v
+                elif summary or k in ("train_tokens_per_second", "train_runtime"):
                     metrics["train/" + k.removeprefix("train_")] = v
                 else:
                     metrics["train/" + k] = v
+            if summary:
+                metrics.pop("train/tokens_per_second", None)
             tokens = getattr(state, "num_input_tokens_seen", 0) or 0
             tps = None
-            if self._last_t is not None and now > self._last_t and tokens > self._last_tokens:
+            if not summary and self._last_t is not None and now > self._last_t and tokens > self._last_tokens:
                 tps = (tokens - self._last_tokens) / (now - self._last_t)
                 metrics["train/tokens_per_second"] = tps
                 self._last_t, self._last_tokens = now, tokens
@@ -301,6 +327,7 @@ def train_loop(config: dict[str, Any]) -> None:
         _sink=sink,
         _storage=config["storage_path"],
         _run_name=config["run_name"],
+        _in_ray=True,
     )
     try:
         sink.register_worker.remote(ctx.rank, ray.get_runtime_context().current_actor)
@@ -330,6 +357,11 @@ def train_loop(config: dict[str, Any]) -> None:
         ctx._push({"type": "finished"})
     except BaseException as e:
         ctx.log(f"{type(e).__name__}: {e}\n{''.join(traceback.format_exc()[-3000:])}", "ERROR")
+        from swiftmesh.runtime.errors import SwiftMeshError
+
+        if not ctx._started or isinstance(e, (SwiftMeshError, NonRetryableError)):
+            # Deterministic (set-up, configuration) errors: a restart would fail the same way.
+            ctx._push({"type": "fatal", "error": f"{type(e).__name__}: {e}"})
         raise
     finally:
         logging.getLogger().removeHandler(handler)

@@ -482,11 +482,21 @@ class WorkerPool:
     async def load_adapter(
         self, adapter: str, served_name: str = "", base: str = "", workers: list[str] | None = None
     ) -> tuple[inference_pb2.ServedModel, list[str]]:
-        """Load a hub adapter (``models/{model}`` or ``{model}``) on every healthy worker serving
-        ``base`` (default: every healthy worker with a base model), or on ``workers``. Returns the served adapter and the
-        addresses it was loaded on. Unavailable if no worker qualifies; the first worker error
-        if any load fails (the others are kept)."""
-        targets = [w for w in self._targets(workers)
+        """Load an adapter (a hub name, ``models/{model}`` or ``{model}``, or a directory on the
+        workers' hosts: the worker resolves it) on every healthy worker serving ``base``
+        (required when the workers serve several base models), or on ``workers``.
+
+        Returns the served adapter and the addresses it was loaded on. InvalidArgument without
+        ``base`` when it is ambiguous; NotFound for an unknown ``base``; Unavailable if no worker
+        qualifies; the first worker error if any load fails (the others stay loaded)."""
+        candidates = self._targets(workers)
+        if not base:
+            bases = sorted({m.id for w in candidates for m in w.models.values() if not m.parent})
+            if len(bases) > 1:
+                raise InvalidArgument(
+                    f"the workers serve several base models ({', '.join(bases)}): name the adapter's base",
+                    field_violations=[("base", "required when the workers serve several base models")])
+        targets = [w for w in candidates
                    if any(not m.parent and (not base or m.id == base) for m in w.models.values())]
         if not targets:
             what = f"base model {base!r}" if base else "a base model"
@@ -494,8 +504,7 @@ class WorkerPool:
                 raise NotFound(f"The model `{base}` does not exist or you do not have access to it.",
                                reason="MODEL_NOT_FOUND", metadata={"param": "base", "openai_code": "model_not_found"})
             raise Unavailable(f"no healthy worker serves {what}", reason="NO_HEALTHY_WORKER")
-        hub_model = adapter if adapter.startswith("models/") else f"models/{adapter}"
-        req = inference_pb2.LoadAdapterRequest(hub_model=hub_model, served_name=served_name, base=base)
+        req = inference_pb2.LoadAdapterRequest(hub_model=adapter, served_name=served_name, base=base)
         results = await asyncio.gather(*(self.call(w, "LoadAdapter", req) for w in targets), return_exceptions=True)
         await asyncio.gather(*(self.refresh(w) for w in targets))
         errors = [r for r in results if isinstance(r, BaseException)]

@@ -33,8 +33,18 @@ keys_app = typer.Typer(help="API keys of the gateway (stored hashed; the secret 
 workers_app = typer.Typer(help="Engine workers behind the gateway.", no_args_is_help=True)
 
 
-def _hub_name(model: str) -> str:
-    return model if model.startswith("models/") else f"models/{model}"
+def _is_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or Path(name).expanduser().is_dir()
+
+
+def _source(name: str) -> str:
+    """What the worker is told to load: a local directory (made absolute) or a hub name."""
+    return str(Path(name).expanduser().resolve()) if _is_path(name) else name
+
+
+def _served_id(name: str) -> str:
+    """The name a worker serves a model under: a directory's name, or the hub model id."""
+    return Path(name).expanduser().name if _is_path(name) else name.removeprefix("models/")
 
 
 def _ts(ts) -> str:
@@ -46,7 +56,7 @@ def _ts(ts) -> str:
 # --------------------------------------------------------------------------------- deploy
 async def _wait_ready(settings: Settings, address: str, want: list[str], timeout: float,
                       proc: subprocess.Popen | None, log_path: Path | None) -> list:
-    """Poll a worker until it is ready and serves every model in ``want`` (hub names)."""
+    """Poll a worker until it is ready and serves every model in ``want`` (served ids)."""
     deadline = time.monotonic() + timeout
     last = ""
     while True:
@@ -56,11 +66,11 @@ async def _wait_ready(settings: Settings, address: str, want: list[str], timeout
         try:
             async with WorkerClient(settings, address) as w:
                 status = await w.status(timeout=5.0)
-            hubs = {m.hub_model for m in status.models}
-            missing = [m for m in want if m not in hubs]
+            ids = {m.id for m in status.models}
+            missing = [m for m in want if m not in ids]
             if status.ready and not missing:
                 return list(status.models)
-            last = f"not ready (models loaded: {', '.join(sorted(hubs)) or 'none'})"
+            last = f"not ready (models loaded: {', '.join(sorted(ids)) or 'none'})"
         except SwiftMeshError as e:
             last = e.message
         if time.monotonic() > deadline:
@@ -77,8 +87,8 @@ def _start_worker(settings: Settings, config: str | None, model: str, adapters: 
     env.update({
         "SWIFTMESH_DATA_DIR": str(settings.data_dir),
         "SWIFTMESH_WORKER__ENGINE": engine,
-        "SWIFTMESH_WORKER__MODEL": _hub_name(model),
-        "SWIFTMESH_WORKER__ADAPTERS": json.dumps([_hub_name(a) for a in adapters]),
+        "SWIFTMESH_WORKER__MODEL": _source(model),
+        "SWIFTMESH_WORKER__ADAPTERS": json.dumps([_source(a) for a in adapters]),
         "SWIFTMESH_WORKER__PORT": str(port),
         "SWIFTMESH_WORKER__REGISTER_WITH": settings.gateway.target,
     })
@@ -100,9 +110,11 @@ def _start_worker(settings: Settings, config: str | None, model: str, adapters: 
 
 def deploy(
     ctx: typer.Context,
-    model: Annotated[str, typer.Option("--model", "-m", help="Hub model to serve (models/{model} or {model}).")],
+    model: Annotated[str, typer.Option("--model", "-m", help=(
+        "Model to serve: a hub name (models/{model} or {model}) or a model directory on the worker's host."))],
     adapters: Annotated[list[str] | None, typer.Option(
-        "--adapters", "-a", help="Hub adapters (PEFT LoRA) to serve on top: --adapters a b (or repeat the flag).")] = None,
+        "--adapters", "-a", help="Adapters (PEFT LoRA; hub names or directories) to serve on top: --adapters a b "
+                                 "(or repeat the flag).")] = None,
     engine: Annotated[str, typer.Option(help="transformers | vllm | lmdeploy (for a new worker).")] = "transformers",
     worker: Annotated[str | None, typer.Option(
         help="host:port of a running worker to instruct (LoadModel/LoadAdapter) instead of starting one.")] = None,
@@ -128,7 +140,7 @@ def deploy(
         fail(f"unknown engine {engine!r}: choose transformers, vllm or lmdeploy", 2)
     settings = settings_from(ctx)
     config = (ctx.find_root().obj or {}).get("config")
-    want = [_hub_name(model), *(_hub_name(a) for a in adapter_list)]
+    want = [_served_id(model), *(_served_id(a) for a in adapter_list)]
 
     @run_async
     async def go() -> None:
@@ -147,16 +159,16 @@ def deploy(
                 if status.engine and status.engine != engine:
                     err_console.print(f"[yellow]note:[/yellow] worker {address} runs engine {status.engine!r}, "
                                       f"not {engine!r}; deploying on it anyway")
-                served = {m.hub_model: m for m in status.models}
-                base = served.get(_hub_name(model))
+                served = {m.id: m for m in status.models}
+                base = served.get(_served_id(model))
                 if base is None:
                     with console.status(f"loading {model} on {address} ..."):
-                        base = await w.load_model(_hub_name(model), max_model_len=max_model_len or 0,
+                        base = await w.load_model(_source(model), max_model_len=max_model_len or 0,
                                                   dtype=dtype or "")
                 for a in adapter_list:
-                    if _hub_name(a) not in served:
+                    if _served_id(a) not in served:
                         with console.status(f"loading adapter {a} on {address} ..."):
-                            await w.load_adapter(_hub_name(a), base=base.id)
+                            await w.load_adapter(_source(a), base=base.id)
         with console.status(f"waiting for {address} to serve {', '.join(want)} ..."):
             models = await _wait_ready(settings, address, want, timeout, proc, log_path)
         async with GatewayClient(settings) as gw:

@@ -157,18 +157,16 @@ class WorkerClient(_Client):
 
     async def load_model(self, hub_model: str, served_name: str = "", *, max_model_len: int = 0,
                          dtype: str = "") -> inference_pb2.ServedModel:
-        """Load a base model from the hub (``models/{model}`` or ``{model}``)."""
-        if not hub_model.startswith("models/"):
-            hub_model = f"models/{hub_model}"
+        """Load a base model: a hub name (``models/{model}`` or ``{model}``) or a directory on
+        the worker's host (the worker resolves it)."""
         with raise_domain_errors():
             return await self.stub.LoadModel(inference_pb2.LoadModelRequest(
                 hub_model=hub_model, served_name=served_name, max_model_len=max_model_len, dtype=dtype),
                 timeout=LOAD_TIMEOUT_S)
 
     async def load_adapter(self, hub_model: str, served_name: str = "", base: str = "") -> inference_pb2.ServedModel:
-        """Load a PEFT adapter from the hub on top of the worker's base model."""
-        if not hub_model.startswith("models/"):
-            hub_model = f"models/{hub_model}"
+        """Load a PEFT adapter (hub name or directory on the worker's host) on top of the
+        worker's base model."""
         with raise_domain_errors():
             return await self.stub.LoadAdapter(inference_pb2.LoadAdapterRequest(
                 hub_model=hub_model, served_name=served_name, base=base), timeout=LOAD_TIMEOUT_S)

@@ -480,9 +480,10 @@ class CompletionResponse(BaseModel):
 # ----------------------------------------------------------------------------------- admin
 class LoadAdapterBody(BaseModel):
     """``POST /v1/admin/adapters``: load a PEFT adapter from the hub on the workers serving its
-    base model. ``adapter`` is the hub model ("models/{model}" or "{model}"); ``served_name``
-    defaults to the adapter's model id; ``base`` (served name of the base model) defaults to
-    the workers' base model; ``workers`` (addresses) limits the load to those workers."""
+    base model. ``adapter`` is the hub model ("models/{model}" or "{model}") or a directory on
+    the workers' hosts; ``served_name`` defaults to the adapter's model id (or directory name);
+    ``base`` (served name of the base model) is needed only when the workers serve several base
+    models; ``workers`` (addresses) limits the load to those workers."""
 
     model_config = ConfigDict(extra="forbid")
 

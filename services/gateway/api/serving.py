@@ -394,7 +394,8 @@ class OpenAIServing:
                     stream = await _watch_disconnect(ctx.request, self.pool.generate(greq))
                     if stream is None:
                         raise ClientDisconnected
-                    return self._stream_response(self._chat_events(req, stream, request_id, timer, span, ctx, mode), ctx)
+                    closer = _StreamCloser([stream], timer, span, ctx)
+                    return _event_stream(self._chat_events(req, stream, request_id, timer, closer, mode), closer, ctx)
                 result = await _watch_disconnect(ctx.request, self._chat_full(req, greq, request_id, timer, mode))
                 if result is None:
                     raise ClientDisconnected
@@ -482,8 +483,7 @@ class OpenAIServing:
         return body, usage, [c["finish_reason"] or "" for c in out_choices], worker
 
     async def _chat_events(self, req: ChatCompletionRequest, stream: GenerationStream, request_id: str,
-                           timer: RequestTimer, span: Span, ctx: RequestContext, mode: str | None
-                           ) -> AsyncIterator[bytes]:
+                           timer: RequestTimer, closer: _StreamCloser, mode: str | None) -> AsyncIterator[bytes]:
         created = int(time.time())
         include_usage = req.include_usage
         n = req.n or 1
@@ -561,11 +561,9 @@ class OpenAIServing:
             status, error = 499, e
             raise
         finally:
-            await stream.aclose()
-            timer.finish(status, usage.prompt, usage.completion if usage.seen else sum(counts.values()))
-            _end_span(span, usage, [reasons.get(i, "") for i in range(n)], stream.worker.address, error)
-            if ctx.on_usage:
-                ctx.on_usage(usage.prompt + (usage.completion if usage.seen else sum(counts.values())))
+            if not usage.seen:
+                usage.completion = sum(counts.values())
+            await closer.close(status, usage, [reasons.get(i, "") for i in range(n)], error)
 
     # ------------------------------------------------------------------ completions
     async def completions(self, req: CompletionRequest, ctx: RequestContext):
@@ -584,7 +582,8 @@ class OpenAIServing:
                     streams = await _watch_disconnect(ctx.request, self._start_all(greqs))
                     if streams is None:
                         raise ClientDisconnected
-                    return self._stream_response(self._completion_events(req, streams, request_id, timer, span, ctx), ctx)
+                    closer = _StreamCloser(streams, timer, span, ctx)
+                    return _event_stream(self._completion_events(req, streams, request_id, timer, closer), closer, ctx)
                 result = await _watch_disconnect(ctx.request, self._completion_full(req, greqs, request_id, timer))
                 if result is None:
                     raise ClientDisconnected
@@ -653,7 +652,7 @@ class OpenAIServing:
         return body, total, reasons, worker
 
     async def _completion_events(self, req: CompletionRequest, streams: list[GenerationStream], request_id: str,
-                                 timer: RequestTimer, span: Span, ctx: RequestContext) -> AsyncIterator[bytes]:
+                                 timer: RequestTimer, closer: _StreamCloser) -> AsyncIterator[bytes]:
         created = int(time.time())
         include_usage = req.include_usage
         n = req.n or 1
@@ -726,22 +725,61 @@ class OpenAIServing:
             status, error = 499, e
             raise
         finally:
-            for s in streams:
-                await s.aclose()
             total = _Usage()
             total.prompt = sum(u.prompt for u in usages)
             total.completion = sum(u.completion for u in usages) if all(u.seen for u in usages) else sum(counts.values())
-            timer.finish(status, total.prompt, total.completion)
-            _end_span(span, total, [reasons.get(i, "") for i in range(len(streams) * n)],
-                      streams[0].worker.address if streams else None, error)
-            if ctx.on_usage:
-                ctx.on_usage(total.prompt + total.completion)
+            await closer.close(status, total, [reasons.get(i, "") for i in range(len(streams) * n)], error)
 
-    # ---------------------------------------------------------------------- helpers
-    @staticmethod
-    def _stream_response(events: AsyncIterator[bytes], ctx: RequestContext) -> StreamingResponse:
-        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **ctx.headers}
-        return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+
+class _StreamCloser:
+    """Ends a streamed request exactly once: closes its generations (aborting unfinished engine
+    requests), reports metrics, the span and the token usage. The event generator calls it when
+    it ends; the response calls it too, for a client gone before the generator ever ran."""
+
+    def __init__(self, streams: list[GenerationStream], timer: RequestTimer, span: Span, ctx: RequestContext) -> None:
+        self.streams = streams
+        self.timer = timer
+        self.span = span
+        self.ctx = ctx
+        self.closed = False
+
+    async def close(self, status: int = 499, usage: _Usage | None = None, reasons: list[str] | None = None,
+                    error: BaseException | None = None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            for s in self.streams:
+                await s.aclose()
+        finally:
+            usage = usage or _Usage()
+            self.timer.finish(status, usage.prompt, usage.completion)
+            _end_span(self.span, usage, reasons or [], self.streams[0].worker.address if self.streams else None,
+                      error if error is not None or status == 200 else ClientDisconnected("client disconnected"))
+            if self.ctx.on_usage:
+                self.ctx.on_usage(usage.prompt + usage.completion)
+
+
+class _EventStreamResponse(StreamingResponse):
+    """A text/event-stream whose request is closed whatever happens to the response."""
+
+    def __init__(self, events: AsyncIterator[bytes], closer: _StreamCloser, headers: dict[str, str]) -> None:
+        super().__init__(events, media_type="text/event-stream", headers=headers)
+        self._events = events
+        self._closer = closer
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with contextlib.suppress(Exception):
+                await self._events.aclose()  # runs the generator's own cleanup if it was suspended
+            await self._closer.close()
+
+
+def _event_stream(events: AsyncIterator[bytes], closer: _StreamCloser, ctx: RequestContext) -> StreamingResponse:
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **ctx.headers}
+    return _EventStreamResponse(events, closer, headers)
 
 
 async def _merge(streams: list[GenerationStream]) -> AsyncIterator[tuple[int, pb.GenerateResponse]]:

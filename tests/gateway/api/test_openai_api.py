@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import httpx
@@ -234,3 +235,53 @@ def test_health_and_openapi(stack):
     schema = httpx.get(f"{stack.http}/openapi.json").json()
     assert {"/v1/chat/completions", "/v1/completions", "/v1/models"} <= set(schema["paths"])
     assert not any(p.startswith("/v1/admin") for p in schema["paths"])
+
+
+CITY_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather of a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string", "enum": ["Paris", "Rome"]}},
+                       "required": ["city"], "additionalProperties": False},
+    },
+}
+
+
+def test_response_format_json_schema_and_json_object(stack):
+    client = stack.client()
+    schema = {"type": "object", "properties": {"answer": {"type": "boolean"}}, "required": ["answer"],
+              "additionalProperties": False}
+    r = client.chat.completions.create(
+        model=stack.model, messages=MESSAGES, max_tokens=40, temperature=1.0, seed=2,
+        response_format={"type": "json_schema", "json_schema": {"name": "yes_no", "schema": schema}})
+    assert r.choices[0].finish_reason == "stop"
+    assert isinstance(json.loads(r.choices[0].message.content)["answer"], bool)
+    r = client.chat.completions.create(model=stack.model, messages=MESSAGES, max_tokens=40, temperature=0,
+                                       response_format={"type": "json_object"})
+    content = r.choices[0].message.content
+    assert content.startswith("{")  # constrained from the first token
+    if r.choices[0].finish_reason == "stop":
+        assert isinstance(json.loads(content), dict)
+    # Completions accept it too (a vLLM extra).
+    rc = client.completions.create(model=stack.model, prompt="JSON:", max_tokens=40, temperature=1.0, seed=2,
+                                   extra_body={"response_format": {"type": "json_schema",
+                                                                   "json_schema": {"name": "x", "schema": schema}}})
+    assert isinstance(json.loads(rc.choices[0].text)["answer"], bool)
+
+
+def test_named_tool_choice_calls_the_function(stack):
+    client = stack.client()
+    kw = {"model": stack.model, "messages": MESSAGES, "max_tokens": 40, "temperature": 1.0, "seed": 4,
+          "tools": [CITY_TOOL], "tool_choice": {"type": "function", "function": {"name": "get_weather"}}}
+    r = client.chat.completions.create(**kw)
+    message = r.choices[0].message
+    assert message.content is None and len(message.tool_calls) == 1
+    call = message.tool_calls[0]
+    assert call.type == "function" and call.function.name == "get_weather" and call.id.startswith("call_")
+    assert json.loads(call.function.arguments)["city"] in ("Paris", "Rome")
+    # Streamed: the name first, then the arguments in pieces that add up to the same call.
+    chunks = list(client.chat.completions.create(stream=True, **kw))
+    deltas = [tc for c in chunks if c.choices and c.choices[0].delta.tool_calls for tc in c.choices[0].delta.tool_calls]
+    assert deltas[0].function.name == "get_weather"
+    assert "".join(d.function.arguments or "" for d in deltas) == call.function.arguments

@@ -59,8 +59,8 @@ class EngineConfig:
 
     Attributes:
         device: "cpu", "cuda", "cuda:1", or "auto" (CUDA when available).
-        dtype: "auto" (bfloat16 on CUDA, float32 on CPU for transformers; the engine's own
-            choice for vLLM / LmDeploy), "bfloat16", "float16", "float32".
+        dtype: "auto" (transformers: bfloat16 on CUDA, and on CPUs with native bfloat16, else
+            float32; vLLM / LmDeploy: their own choice), "bfloat16", "float16", "float32".
         max_model_len: context length cap, tokens (0: the model's).
         max_num_seqs: most sequences decoded together (continuous batching).
         max_loras: most LoRA adapters active in one batch (vLLM, LmDeploy).

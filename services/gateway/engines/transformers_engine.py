@@ -53,17 +53,26 @@ BASE_ADAPTER = "__base__"
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
-def resolve_dtype(dtype: str, device: str, checkpoint_dtype: Any = None) -> torch.dtype:
-    """Torch dtype for ``dtype`` ("auto": bfloat16 on CUDA, float32 on CPU, whatever the checkpoint
-    holds). InvalidArgument for an unknown name."""
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU has native bfloat16 matmuls (AVX512-BF16 / AMX) through oneDNN."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    """Torch dtype for ``dtype``. "auto": bfloat16 on CUDA (float16 where bfloat16 is missing);
+    on CPU bfloat16 where the CPU has native bfloat16 matmuls (as vLLM's CPU backend does), else
+    float32. InvalidArgument for an unknown name."""
     if dtype in _DTYPES:
         return _DTYPES[dtype]
     if dtype not in ("auto", "", None):
         raise InvalidArgument(f"dtype must be auto, bfloat16, float16 or float32, got {dtype!r}",
                               field_violations=[("dtype", "unknown dtype")])
     if device.startswith("cuda"):
-        return torch.bfloat16
-    return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_supports_bf16() else torch.float32
 
 
 @dataclass
@@ -462,7 +471,10 @@ class TransformersEngine(Engine):
     """Hugging Face ``AutoModelForCausalLM`` with continuous batching and multi-LoRA (PEFT).
 
     ``config.extra`` may set ``max_num_batched_tokens`` (prompt tokens prefilled in one step,
-    default 4096) and ``attn_implementation`` (default "sdpa").
+    default 4096), ``attn_implementation`` (default "sdpa") and ``torch_threads`` (torch's
+    intra-op threads for the process; default: torch's choice). On a CPU shared with other
+    busy processes, OpenMP's spinning threads can slow batched matmuls by an order of magnitude:
+    run such workers with ``OMP_WAIT_POLICY=PASSIVE`` or fewer ``torch_threads``.
     """
 
     kind = "transformers"
@@ -477,20 +489,19 @@ class TransformersEngine(Engine):
 
     # ------------------------------------------------------------ models
     def _load_hf(self, path: Path, dtype: str) -> Any:
-        import json
-
         from transformers import AutoModelForCausalLM
 
-        cfg = json.loads((path / "config.json").read_text()) if (path / "config.json").is_file() else {}
-        torch_dtype = resolve_dtype(dtype, self.device, cfg.get("torch_dtype") or cfg.get("dtype"))
         model = AutoModelForCausalLM.from_pretrained(
-            str(path), dtype=torch_dtype,
+            str(path), dtype=resolve_dtype(dtype, self.device),
             attn_implementation=self.config.extra.get("attn_implementation", "sdpa"))
         model.to(self.device)
         model.eval()
         return model
 
     async def _load_base(self, path: Path, bundle: TokenizerBundle, dtype: str) -> None:
+        threads = self.config.extra.get("torch_threads")
+        if threads:
+            torch.set_num_threads(int(threads))
         model = await asyncio.to_thread(self._load_hf, path, dtype)
         sched = _Scheduler(model, bundle, torch.device(self.device), self.config.max_num_seqs,
                            int(self.config.extra.get("max_num_batched_tokens", 4096)), asyncio.get_running_loop())

@@ -31,7 +31,8 @@ LONG = {"temperature": 0, "ignore_eos": True}
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def engine(tiny_model_dir):
-    eng = TransformersEngine(EngineConfig(device="cpu", max_num_seqs=8))
+    # float32: outputs are compared with a float32 reference
+    eng = TransformersEngine(EngineConfig(device="cpu", dtype="float32", max_num_seqs=8))
     await eng.load_model(tiny_model_dir, "m")
     yield eng
     await eng.shutdown()
@@ -270,7 +271,7 @@ async def test_multi_lora_in_one_batch(tiny_model_dir, hf_model, tmp_path_factor
     root = tmp_path_factory.mktemp("adapters")
     a = make_lora_adapter(tiny_model_dir, root / "lora-a", seed=1)
     b = make_lora_adapter(tiny_model_dir, root / "lora-b", seed=2)
-    eng = TransformersEngine(EngineConfig(device="cpu", max_num_seqs=8))
+    eng = TransformersEngine(EngineConfig(device="cpu", dtype="float32", max_num_seqs=8))
     await eng.load_model(tiny_model_dir, "base")
     try:
         info = await eng.load_adapter(a, "a")

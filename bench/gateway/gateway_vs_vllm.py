@@ -75,11 +75,11 @@ def smollm2_dir(cache: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------ load
-async def one_stream(client: httpx.AsyncClient, url: str, body: dict) -> tuple[float, int, float]:
-    """One streamed chat completion: (ttft seconds, completion tokens, end time)."""
+async def one_stream(client: httpx.AsyncClient, url: str, body: dict) -> tuple[float, int, int]:
+    """One streamed chat completion: (ttft seconds, completion tokens, prompt tokens)."""
     start = time.perf_counter()
     ttft = None
-    tokens = 0
+    tokens = prompt = 0
     async with client.stream("POST", url, json=body) as r:
         if r.status_code != 200:
             raise RuntimeError(f"HTTP {r.status_code}: {(await r.aread())[:300]!r}")
@@ -94,13 +94,14 @@ async def one_stream(client: httpx.AsyncClient, url: str, body: dict) -> tuple[f
                 ttft = time.perf_counter() - start
             if chunk.get("usage"):
                 tokens = chunk["usage"]["completion_tokens"]
-    return (ttft if ttft is not None else float("nan")), tokens, time.perf_counter()
+                prompt = chunk["usage"]["prompt_tokens"]
+    return (ttft if ttft is not None else float("nan")), tokens, prompt
 
 
 async def run_load(base_url: str, model: str, concurrency: int, requests: int, max_tokens: int) -> dict:
     url = f"{base_url}/v1/chat/completions"
     limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
-    results: list[tuple[float, int, float]] = []
+    results: list[tuple[float, int, int]] = []
     counter = iter(range(requests))
 
     async with httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=limits) as client:
@@ -120,7 +121,8 @@ async def run_load(base_url: str, model: str, concurrency: int, requests: int, m
     ttfts = [r[0] for r in results]
     tokens = sum(r[1] for r in results)
     return {
-        "requests": len(results), "completion_tokens": tokens, "wall_s": wall, "throughput_tok_s": tokens / wall,
+        "requests": len(results), "completion_tokens": tokens, "prompt_tokens": sum(r[2] for r in results),
+        "wall_s": wall, "throughput_tok_s": tokens / wall,
         "ttft_median_ms": statistics.median(ttfts) * 1000, "ttft_p90_ms": sorted(ttfts)[int(0.9 * len(ttfts))] * 1000,
     }
 

@@ -180,6 +180,13 @@ def test_chat_logprobs_shapes(stack):
         assert t.top_logprobs[0].token == t.token
         assert t.top_logprobs[0].logprob == pytest.approx(t.logprob, abs=1e-4)
         assert [a.logprob for a in t.top_logprobs] == sorted((a.logprob for a in t.top_logprobs), reverse=True)
+    # Streamed: the same tokens, spread over the chunks.
+    chunks = list(stack.client().chat.completions.create(
+        model=stack.model, messages=MESSAGES, max_tokens=6, temperature=0, logprobs=True, top_logprobs=3,
+        stream=True, extra_body=NO_EOS))
+    streamed = [t for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content]
+    assert [(t.token, round(t.logprob, 4)) for t in streamed] == [(t.token, round(t.logprob, 4)) for t in content]
+    assert all(len(t.top_logprobs) == 3 for t in streamed)
     # Without logprobs: none.
     r = stack.client().chat.completions.create(model=stack.model, messages=MESSAGES, max_tokens=2)
     assert r.choices[0].logprobs is None
@@ -200,6 +207,11 @@ def test_completion_echo_with_logprobs(stack):
     assert all(x is not None and x <= 0 for x in lp.token_logprobs[1:])
     assert all(1 <= len(t) <= 3 for t in lp.top_logprobs[1:])  # top 2, plus the chosen token when not among them
     assert lp.text_offset == sorted(lp.text_offset) and lp.text_offset[0] == 0
+    # Streamed echo: the prompt (and its logprobs) come first.
+    chunks = list(client.completions.create(model=stack.model, prompt=prompt, max_tokens=1, echo=True, logprobs=2,
+                                            temperature=0, stream=True, extra_body=NO_EOS))
+    assert "".join(ch.choices[0].text for ch in chunks) == c.text
+    assert [t for ch in chunks if ch.choices[0].logprobs for t in ch.choices[0].logprobs.tokens] == lp.tokens
     # max_tokens 0: only the prompt is scored, nothing generated.
     r0 = client.completions.create(model=stack.model, prompt=prompt, max_tokens=0, echo=True, logprobs=0)
     assert r0.choices[0].text.startswith(prompt) and len(r0.choices[0].logprobs.tokens) == n_prompt

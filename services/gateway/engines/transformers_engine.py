@@ -190,6 +190,7 @@ class _Scheduler:
                 try:
                     with torch.inference_mode():
                         self._admit()
+                        self._flush()  # first tokens out before the next decoding step
                         if self.running:
                             self._decode()
                 except Exception as e:
@@ -219,21 +220,30 @@ class _Scheduler:
             try:
                 result = fn(self)
             except BaseException as e:  # noqa: BLE001 - handed to the caller
-                self.loop.call_soon_threadsafe(_set_exception, fut, e)
+                self._call_soon(_set_exception, fut, e)
             else:
-                self.loop.call_soon_threadsafe(_set_result, fut, result)
+                self._call_soon(_set_result, fut, result)
         elif kind == "stop":
             return True
         return False
 
     # ------------------------------------------------------------ outputs
+    def _call_soon(self, fn: Callable, *args: Any) -> None:
+        try:
+            self.loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # the event loop is closed
+            log.debug("event loop closed; result of %s dropped", fn)
+
     def _post(self, req: _Request, item: Any) -> None:
         self._pending.append((req.queue, item))
 
     def _flush(self) -> None:
         if self._pending:
             items, self._pending = self._pending, []
-            self.loop.call_soon_threadsafe(_deliver, items)
+            try:
+                self.loop.call_soon_threadsafe(_deliver, items)
+            except RuntimeError:  # the event loop is closed: nobody is listening any more
+                log.debug("dropping %d outputs: event loop closed", len(items))
 
     def _emit(self, req: _Request) -> None:
         deltas: list[CompletionDelta] = []

@@ -100,7 +100,7 @@ class WorkerRuntime:
 
     async def unload_model(self, served_name: str) -> None:
         await self.engine.unload_model(served_name)
-        for name, resource in list(self._pins.items()):
+        for resource in set(self._pins.values()):
             await self.source.pin(resource, self.holder, False)
         self._pins.clear()
 
@@ -184,6 +184,9 @@ class WorkerRuntime:
     async def stop(self) -> None:
         self.accepting = False
         await self._deregister()
+        for resource in set(self._pins.values()):
+            await self.source.pin(resource, self.holder, False)
+        self._pins.clear()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:

@@ -1,0 +1,56 @@
+"""A worker that takes its model and adapter from the hub by name (both services in process,
+on loopback): the hub materializes them, the worker serves them under their model ids, pins them
+while it serves and unpins them when it stops."""
+
+from __future__ import annotations
+
+import pytest
+from swiftmesh.services.gateway.worker_server import create_service
+
+from swiftmesh.clients.hub import HubClient
+from swiftmesh.gateway.v1 import inference_pb2 as pb
+from swiftmesh.gateway.v1 import inference_pb2_grpc
+from swiftmesh.hub.v1 import hub_pb2
+from swiftmesh.runtime.client import channel
+from swiftmesh.runtime.server import start_server
+
+from .engines.helpers import make_lora_adapter
+from .test_worker import _settings, wait_serving
+
+
+@pytest.mark.asyncio
+async def test_model_and_adapter_from_the_hub(tiny_model_dir, tmp_path):
+    from swiftmesh.services.hub.server import create_service as create_hub
+
+    adapter = make_lora_adapter(tiny_model_dir, tmp_path / "adapter", seed=7)
+    settings = _settings(tmp_path / "data", model="tiny", adapters=["models/tiny-sft"])
+    hub = await start_server(create_hub(settings), settings)
+    worker = None
+    try:
+        async with HubClient(settings, hub.target) as client:
+            await client.upload_dir(tiny_model_dir, "tiny", format=hub_pb2.MODEL_FORMAT_FULL)
+            await client.upload_dir(adapter, "tiny-sft", format=hub_pb2.MODEL_FORMAT_PEFT_ADAPTER,
+                                    lineage={"base_model": "models/tiny"})
+            worker = await start_server(create_service(settings), settings)
+            await wait_serving(worker.target, settings)
+            async with channel(worker.target, settings) as ch:
+                stub = inference_pb2_grpc.InferenceServiceStub(ch)
+                models = {m.id: m for m in (await stub.ListModels(pb.ListModelsRequest())).models}
+                assert set(models) == {"tiny", "tiny-sft"}
+                assert models["tiny"].hub_model == "models/tiny" and models["tiny-sft"].hub_model == "models/tiny-sft"
+                assert models["tiny-sft"].parent == "tiny"
+                sampling = pb.SamplingParams(max_tokens=8, temperature=0, ignore_eos=True, logprobs=-1, prompt_logprobs=-1)
+                base = [m async for m in stub.Generate(pb.GenerateRequest(model="tiny", text="hello", sampling=sampling))]
+                sft = [m async for m in stub.Generate(pb.GenerateRequest(model="tiny-sft", text="hello", sampling=sampling))]
+                assert base[0].outputs[0].token_ids != sft[0].outputs[0].token_ids
+            holder = f"workers/{settings.worker.target}"
+            assert holder in (await client.get("models/tiny")).pins
+            assert holder in (await client.get("models/tiny-sft")).pins
+            await worker.stop(1)
+            worker = None
+            assert holder not in (await client.get("models/tiny")).pins
+            assert holder not in (await client.get("models/tiny-sft")).pins
+    finally:
+        if worker is not None:
+            await worker.stop(0)
+        await hub.stop(0)

@@ -233,9 +233,14 @@ def _tree(pids: list[int]) -> dict[int, tuple[str, float]]:
             continue
         for proc in procs:
             try:
-                name = " ".join(proc.cmdline()[:3]) + " " + proc.name()
+                name = " ".join(proc.cmdline()[:6]) + " " + proc.name()
                 t = proc.cpu_times()
-                role = "engine" if ("EngineCore" in name or "VLLM::" in name or "multiprocessing" in name) else "frontend"
+                if "EngineCore" in name or "VLLM::" in name or "multiprocessing" in name:
+                    role = "engine"
+                elif "serve gateway" in name:
+                    role = "gateway"
+                else:
+                    role = "frontend"
                 out[proc.pid] = (role, t.user + t.system)
             except psutil.NoSuchProcess:
                 pass
@@ -243,9 +248,13 @@ def _tree(pids: list[int]) -> dict[int, tuple[str, float]]:
 
 
 def cpu_split(before: dict, after: dict) -> dict[str, float]:
-    split = {"frontend": 0.0, "engine": 0.0}
+    """CPU seconds by role between two snapshots; ``frontend`` includes the gateway process."""
+    split = {"frontend": 0.0, "engine": 0.0, "gateway": 0.0}
     for pid, (role, t) in after.items():
-        split[role] += t - before.get(pid, (role, 0.0))[1]
+        used = t - before.get(pid, (role, 0.0))[1]
+        split[role] += used
+        if role == "gateway":
+            split["frontend"] += used
     return split
 
 
@@ -286,8 +295,9 @@ def measure(bases: dict[str, str], pids: dict[str, list[int]], args) -> dict[str
             results[name].append(res)
             c = res["cpu_s_per_1k_tokens"]
             print(f"   round {r + 1} {name:8s}: {res['throughput_tok_s']:6.1f} tok/s, median TTFT "
-                  f"{res['ttft_median_ms']:7.1f} ms; CPU s per 1k tokens: frontend {c['frontend']:.2f}, "
-                  f"engine {c['engine']:.2f} (load avg {res['load_avg_1m']:.1f})", flush=True)
+                  f"{res['ttft_median_ms']:7.1f} ms; CPU s per 1k tokens: frontend {c['frontend']:.2f} "
+                  f"(gateway {c['gateway']:.2f}), engine {c['engine']:.2f} (load avg {res['load_avg_1m']:.1f})",
+                  flush=True)
         # Time to first token of single requests on an otherwise idle server: the hop's own cost.
         for name in order:
             res = asyncio.run(run_load(bases[name], SERVED, 1, args.idle_requests, 8))
@@ -346,7 +356,7 @@ def main() -> None:
         "vllm_idle_ttft_median_ms": idle_v, "gateway_idle_ttft_median_ms": idle_g,
         "added_idle_ttft_median_ms": idle_g - idle_v,
         "cpu_s_per_1k_tokens": {name: {role: statistics.median(r["cpu_s_per_1k_tokens"][role] for r in results[name])
-                                       for role in ("frontend", "engine")} for name in ("vllm", "gateway")},
+                                       for role in ("frontend", "gateway", "engine")} for name in ("vllm", "gateway")},
         "load_avg_1m": [r["load_avg_1m"] for name in ("vllm", "gateway") for r in results[name]],
         "runs": results, "logs": str(workdir),
     }

@@ -82,6 +82,7 @@ def quickstart(
     dpo_epochs: Annotated[float, typer.Option(help="DPO epochs over the preference pairs.")] = QuickstartPlan.dpo_epochs,
     dpo_max_steps: Annotated[int, typer.Option(help="DPO steps (overrides epochs when > 0).")] = 0,
     dpo_rows: Annotated[int, typer.Option(help="DPO pairs to use (0: all).")] = 0,
+    save_steps: Annotated[int, typer.Option(help="Checkpoint every N steps (resume point after Ctrl-C).")] = QuickstartPlan.save_steps,
     question: Annotated[str, typer.Option(help="What to ask the model before and after.")] = QuickstartPlan.question,
     keep_serving: Annotated[bool, typer.Option("--keep-serving", help="Keep the services up at the end (Ctrl-C stops).")] = False,
     data_dir: Annotated[Path | None, typer.Option(help="State, caches and logs (default ~/.swiftmesh).")] = None,
@@ -100,7 +101,7 @@ def quickstart(
         source=source, model_id=model_id, name=name, author=author, sft="sft" in tasks, dpo="dpo" in tasks,
         num_workers=num_workers, cpus_per_worker=cpus_per_worker, strategy=strategy, engine=engine,
         sft_epochs=sft_epochs, sft_max_steps=sft_max_steps, sft_rows=sft_rows, dpo_epochs=dpo_epochs,
-        dpo_max_steps=dpo_max_steps, dpo_rows=dpo_rows, question=question, keep_serving=keep_serving,
+        dpo_max_steps=dpo_max_steps, dpo_rows=dpo_rows, save_steps=save_steps, question=question, keep_serving=keep_serving,
     )
     if tasks not in ("sft+dpo", "sft", "dpo", "dpo+sft"):
         err_console.print(f"[red]error:[/red] --tasks: {tasks!r} is not one of sft+dpo, sft, dpo")

@@ -37,9 +37,11 @@ from swiftmesh.clients.hub import HubClient
 from swiftmesh.clients.jobs import JobsClient, state_name
 from swiftmesh.clients.trainer import STRATEGIES, TrainerClient, build_spec
 from swiftmesh.data.identity import render_identity_dataset
+from swiftmesh.gateway.v1 import inference_pb2
 from swiftmesh.hub.v1 import hub_pb2
 from swiftmesh.jobs.v1 import jobs_pb2, training_pb2
 from swiftmesh.quickstart.plan import QuickstartPlan
+from swiftmesh.runtime.client import raise_domain_errors
 from swiftmesh.runtime.config import Settings
 from swiftmesh.runtime.errors import FailedPrecondition, NotFound
 
@@ -153,13 +155,29 @@ class Pipeline:
         finally:
             await client.close()
 
+    async def _ensure_loaded(self, hub_model: str, *, adapter: bool) -> str:
+        """Served id of ``hub_model`` on the worker, loading it unless it is loaded already. A
+        different base model on the worker is unloaded first (one base model per worker)."""
+        async with WorkerClient(self.settings, self.settings.worker.target) as worker:
+            served = await worker.list_models()
+            for m in served:
+                if m.hub_model == hub_model:
+                    return m.id
+            if adapter:
+                return (await worker.load_adapter(hub_model, base=self.result.served_model)).id
+            for m in served:
+                if not m.parent:
+                    self.console.print(f"  unloading {m.id} from the engine worker to serve {hub_model}")
+                    with raise_domain_errors():
+                        await worker.stub.UnloadModel(inference_pb2.UnloadModelRequest(served_name=m.id))
+            return (await worker.load_model(hub_model)).id
+
     async def ask_before(self) -> str:
         with self.console.status("loading the base model on the engine worker ..."):
-            async with WorkerClient(self.settings, self.settings.worker.target) as worker:
-                served = await worker.load_model(self.result.base_model)
-            await self._wait_served(served.id)
-        self.result.served_model = served.id
-        answer, _, _ = await self._chat(served.id, self.plan.question)
+            served_id = await self._ensure_loaded(self.result.base_model, adapter=False)
+            await self._wait_served(served_id)
+        self.result.served_model = served_id
+        answer, _, _ = await self._chat(served_id, self.plan.question)
         self.result.answer_before = answer
         self.console.print(f"  before: [italic]{answer}[/italic]")
         return answer
@@ -168,10 +186,8 @@ class Pipeline:
         model = self.result.served_model
         if adapter:
             with self.console.status(f"loading {adapter} on the engine worker ..."):
-                async with WorkerClient(self.settings, self.settings.worker.target) as worker:
-                    served = await worker.load_adapter(adapter, base=self.result.served_model)
-                await self._wait_served(served.id)
-            model = served.id
+                model = await self._ensure_loaded(adapter, adapter=True)
+                await self._wait_served(model)
         answer, _, _ = await self._chat(model, self.plan.question)
         self.result.answer_after = answer
         self.result.serving_tokens_per_second = await self._serving_throughput(model)
@@ -262,7 +278,7 @@ class Pipeline:
                     progress.update(task, total=p.total_steps or None, completed=p.step, figures=figures(latest))
                 elif kind == "state_change":
                     progress.update(task, figures=state_name(ev.state_change.state).lower())
-                elif kind == "log" and ev.log.level in ("ERROR", "WARNING"):
+                elif kind == "log" and ev.log.level == "ERROR":
                     progress.console.print(f"  [yellow]{ev.log.source}: {ev.log.message}[/yellow]")
 
     def _distribution(self) -> training_pb2.Distribution:
@@ -288,7 +304,7 @@ class Pipeline:
                     num_workers=p.num_workers, cpus_per_worker=p.cpus_per_worker, output_model_id=p.sft_model_id,
                     num_train_epochs=p.sft_epochs, max_steps=p.sft_max_steps, learning_rate=p.sft_learning_rate,
                     per_device_train_batch_size=p.batch_size, max_length=p.max_length, seed=p.seed,
-                    warmup_ratio=0.05, lr_scheduler_type="cosine", r=p.lora_r, lora_alpha=p.lora_alpha,
+                    save_steps=p.save_steps, warmup_ratio=0.05, lr_scheduler_type="cosine", r=p.lora_r, lora_alpha=p.lora_alpha,
                     lora_dropout=0.0, target_modules=["all-linear"],
                 )
                 return await trainer.create_job(spec, job_id=job_id, labels={"swiftmesh.quickstart": p.key()})
@@ -324,7 +340,7 @@ class Pipeline:
                     args=training_pb2.TrainingArguments(
                         num_train_epochs=p.dpo_epochs, max_steps=p.dpo_max_steps, learning_rate=p.dpo_learning_rate,
                         per_device_train_batch_size=p.batch_size, max_length=p.max_length, seed=p.seed,
-                        lr_scheduler_type="cosine", warmup_ratio=0.05,
+                        save_steps=p.save_steps, lr_scheduler_type="cosine", warmup_ratio=0.05,
                     ),
                     distribution=self._distribution(),
                     dpo=aligner_pb2.DpoConfig(beta=p.dpo_beta, loss_type=["sigmoid"]),

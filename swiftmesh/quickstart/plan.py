@@ -46,6 +46,8 @@ class QuickstartPlan:
     dpo_learning_rate: float = 2e-4
     dpo_beta: float = 0.1
     dpo_rows: int = 0
+    # Checkpoint every N optimizer steps (the jobs resume from the last one after Ctrl-C).
+    save_steps: int = 10
     batch_size: int = 4
     max_length: int = 256
     # Resources and parallel strategy of the jobs (Ray Train workers).

@@ -28,7 +28,7 @@ from grpc_reflection.v1alpha import reflection
 from swiftmesh.runtime.config import Endpoint, Settings
 from swiftmesh.runtime.interceptors import AuthInterceptor, StatusInterceptor
 from swiftmesh.runtime.metrics import start_metrics_server
-from swiftmesh.runtime.telemetry import setup_tracing
+from swiftmesh.runtime.telemetry import flush_tracing, setup_tracing
 
 log = logging.getLogger("swiftmesh.server")
 
@@ -169,6 +169,7 @@ class RunningServer:
                 log.exception("%s: stop hook failed", self.service.name)
         if self._metrics is not None:
             self._metrics.shutdown()
+        flush_tracing()
         log.info("%s: stopped", self.service.name)
         self._stopped.set()
 

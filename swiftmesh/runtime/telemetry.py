@@ -68,6 +68,12 @@ def setup_tracing(service_name: str, namespace: str = "swiftmesh") -> TracerProv
         return _provider
 
 
+def flush_tracing(timeout_ms: int = 5000) -> None:
+    """Export the spans still buffered (call before a process exits)."""
+    if _provider is not None:
+        _provider.force_flush(timeout_ms)
+
+
 def add_span_processor(processor: SpanProcessor) -> None:
     """Attach a span processor (e.g. SimpleSpanProcessor(InMemorySpanExporter())) to the provider."""
     setup_tracing("process").add_span_processor(processor)

@@ -75,6 +75,78 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     return torch.bfloat16 if cpu_supports_bf16() else torch.float32
 
 
+def _make_cache_classes() -> tuple[type, type]:
+    from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+
+    class GrowingLayer(DynamicLayer):
+        """A KV-cache layer whose ``keys``/``values`` ([B, H, T, D]) are views of buffers with
+        spare room along T: a decoding step writes its token in place instead of concatenating
+        (copying) the whole cache of the layer."""
+
+        SPARE = 64  # extra positions reserved at each reallocation
+
+        def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+            super().lazy_initialization(key_states, value_states)
+            self._kbuf: torch.Tensor | None = None
+            self._vbuf: torch.Tensor | None = None
+
+        def _length(self) -> int:
+            return 0 if self._kbuf is None else self.keys.shape[-2]
+
+        def assign(self, keys: torch.Tensor, values: torch.Tensor, spare: int | None = None) -> None:
+            """Replace the contents with ``keys``/``values`` (copied into new buffers)."""
+            if not self.is_initialized:
+                self.lazy_initialization(keys, values)
+            n = keys.shape[-2]
+            cap = n + (self.SPARE if spare is None else spare)
+            shape = (keys.shape[0], keys.shape[1], cap, keys.shape[3])
+            self._kbuf = keys.new_empty(shape)
+            self._vbuf = values.new_empty((values.shape[0], values.shape[1], cap, values.shape[3]))
+            self._kbuf[:, :, :n].copy_(keys)
+            self._vbuf[:, :, :n].copy_(values)
+            self.keys, self.values = self._kbuf[:, :, :n], self._vbuf[:, :, :n]
+
+        def select(self, rows: torch.Tensor, start: int) -> None:
+            """Keep batch ``rows`` and drop the first ``start`` positions (one copy, spare room kept)."""
+            n = self._length()
+            self._kbuf = self._kbuf.index_select(0, rows)[:, :, start:]
+            self._vbuf = self._vbuf.index_select(0, rows)[:, :, start:]
+            self.keys, self.values = self._kbuf[:, :, : n - start], self._vbuf[:, :, : n - start]
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            n, m = self._length(), key_states.shape[-2]
+            if self._kbuf is None:
+                self.assign(key_states, value_states)
+                return self.keys, self.values
+            if n + m > self._kbuf.shape[-2]:
+                self.assign(self.keys, self.values, spare=m + self.SPARE)
+            self._kbuf[:, :, n:n + m].copy_(key_states)
+            self._vbuf[:, :, n:n + m].copy_(value_states)
+            self.keys, self.values = self._kbuf[:, :, :n + m], self._vbuf[:, :, :n + m]
+            return self.keys, self.values
+
+    class BatchCache(DynamicCache):
+        """A ``DynamicCache`` of :class:`GrowingLayer` layers (full attention in every layer; the
+        model's masks still apply sliding windows)."""
+
+        def __init__(self) -> None:
+            Cache.__init__(self, layer_class_to_replicate=GrowingLayer)
+
+    return GrowingLayer, BatchCache
+
+
+_CACHE_CLASSES: tuple[type, type] | None = None
+
+
+def _batch_cache() -> Any:
+    global _CACHE_CLASSES
+    if _CACHE_CLASSES is None:
+        _CACHE_CLASSES = _make_cache_classes()
+    return _CACHE_CLASSES[1]()
+
+
 @dataclass
 class _Request:
     prepared: PreparedRequest
@@ -339,8 +411,6 @@ class _Scheduler:
             self._prefill(batch)
 
     def _prefill(self, reqs: list[_Request]) -> None:
-        from transformers import DynamicCache
-
         lens = [len(r.prepared.prompt_ids) for r in reqs]
         L = max(lens)
         b = len(reqs)
@@ -352,7 +422,7 @@ class _Scheduler:
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         ids, mask, pos = ids.to(self.device), mask.to(self.device), pos.to(self.device)
         need_full = any(r.prepared.sampling.prompt_logprobs is not None for r in reqs)
-        cache = DynamicCache()
+        cache = _batch_cache()
         adapters = [r.adapter for r in reqs]
         logits = self._forward(ids, mask, pos, cache, adapters, logits_to_keep=0 if need_full else 1)
         # Zero the padding positions of the new KV so nothing undefined ever enters the batch cache.
@@ -408,7 +478,7 @@ class _Scheduler:
                seqs: list[_Seq]) -> None:
         if self.cache is None or not self.running:
             for layer, (k, v) in zip(cache.layers, new_kv):
-                layer.keys, layer.values = k, v
+                layer.assign(k, v)
             self.cache, self.mask, self.running = cache, new_mask, list(seqs)
             return
         T, L = self.mask.shape[1], new_mask.shape[1]
@@ -422,8 +492,8 @@ class _Scheduler:
             return torch.cat([t.new_zeros(shape), t], dim=dim)
 
         for layer, (k, v) in zip(self.cache.layers, new_kv):
-            layer.keys = torch.cat([lpad(layer.keys, width - T, 2), lpad(k, width - L, 2)], dim=0)
-            layer.values = torch.cat([lpad(layer.values, width - T, 2), lpad(v, width - L, 2)], dim=0)
+            layer.assign(torch.cat([lpad(layer.keys, width - T, 2), lpad(k, width - L, 2)], dim=0),
+                         torch.cat([lpad(layer.values, width - T, 2), lpad(v, width - L, 2)], dim=0))
         self.mask = torch.cat([lpad(self.mask, width - T, 1), lpad(new_mask, width - L, 1)], dim=0)
         self.running.extend(seqs)
 
@@ -455,8 +525,7 @@ class _Scheduler:
         used = mask.any(dim=0).nonzero()
         start = int(used[0]) if used.numel() else 0
         for layer in self.cache.layers:
-            layer.keys = layer.keys.index_select(0, idx)[:, :, start:]
-            layer.values = layer.values.index_select(0, idx)[:, :, start:]
+            layer.select(idx, start)
         self.mask = mask[:, start:]
         self.running = [self.running[i] for i in keep]
 
@@ -480,7 +549,8 @@ class TransformersEngine(Engine):
     """Hugging Face ``AutoModelForCausalLM`` with continuous batching and multi-LoRA (PEFT).
 
     ``config.extra`` may set ``max_num_batched_tokens`` (prompt tokens prefilled in one step,
-    default 4096), ``attn_implementation`` (default "sdpa") and ``torch_threads`` (torch's
+    default 4096), ``attn_implementation`` (default: :mod:`.attention`'s decode kernel on top of
+    transformers' SDPA) and ``torch_threads`` (torch's
     intra-op threads for the process; default: torch's choice). On a CPU shared with other
     busy processes, OpenMP's spinning threads can slow batched matmuls by an order of magnitude:
     run such workers with ``OMP_WAIT_POLICY=PASSIVE`` or fewer ``torch_threads``.
@@ -500,9 +570,11 @@ class TransformersEngine(Engine):
     def _load_hf(self, path: Path, dtype: str) -> Any:
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(
-            str(path), dtype=resolve_dtype(dtype, self.device),
-            attn_implementation=self.config.extra.get("attn_implementation", "sdpa"))
+        from .attention import register
+
+        attn = self.config.extra.get("attn_implementation") or register()
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=resolve_dtype(dtype, self.device),
+                                                     attn_implementation=attn)
         model.to(self.device)
         model.eval()
         return model

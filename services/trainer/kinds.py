@@ -262,6 +262,7 @@ class TrainKind(JobKind):
             "merge_lora": bool(spec.merge_lora),
             "chat_template": spec.chat_template,
             "use_gpu": spec.distribution.gpus_per_worker > 0,
+            "cpus_per_worker": spec.distribution.cpus_per_worker or 1.0,
             "has_eval": bool(evals),
         }
         notes.append(
@@ -299,7 +300,8 @@ def run_training(ctx) -> list[Artifact]:
     tuner, strategy = cfg["tuner"], cfg["strategy"]
     set_seed(args.seed)
     if not cfg["use_gpu"]:
-        torch.set_num_threads(max(1, int(torch.get_num_threads())))
+        # As many intra-op threads as CPUs reserved for this worker (Ray sets OMP_NUM_THREADS too).
+        torch.set_num_threads(max(1, int(round(cfg.get("cpus_per_worker", 1.0)))))
     base_dir = Path(ctx.models.materialize(cfg["base_model"]))
     adapter_dir = Path(ctx.models.materialize(cfg["adapter_model"])) if cfg["adapter_model"] else None
     tokenizer = load_tokenizer(base_dir, adapter_dir, cfg["chat_template"])

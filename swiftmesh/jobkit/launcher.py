@@ -41,9 +41,13 @@ class RayRuntime:
         num_cpus: CPUs of the embedded local Ray (0: all of the machine's).
     """
 
-    def __init__(self, address: str | None = None, num_cpus: int = 0) -> None:
+    def __init__(self, address: str | None = None, num_cpus: int = 0, temp_dir: str | None = None) -> None:
         self.address = address or os.environ.get("RAY_ADDRESS") or None
         self.num_cpus = num_cpus
+        # Embedded Ray's session directory root: one per service state directory, so what a
+        # killed service left behind can be found and ended on the next start (short: Ray's
+        # Unix socket paths live under it).
+        self.temp_dir = temp_dir
         self._lock = threading.Lock()
         self._started_here = False
         self._connected = False
@@ -62,6 +66,8 @@ class RayRuntime:
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
             os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
             os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+            # A loaded machine can take longer than Ray's default 30 s to bring its GCS up.
+            os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "180")
             # Workers inherit these through the runtime env of the driver.
             env = {k: os.environ[k] for k in ("DS_ACCELERATOR", "TOKENIZERS_PARALLELISM", "HF_HUB_OFFLINE") if k in os.environ}
             env.setdefault("DS_ACCELERATOR", "cpu")
@@ -80,6 +86,11 @@ class RayRuntime:
                 ray.init(address=self.address, **kwargs)
             else:
                 log.info("starting an embedded local Ray (%s CPUs)", self.num_cpus or "all")
+                if self.temp_dir:
+                    ended = end_stale_ray_processes(self.temp_dir)
+                    if ended:
+                        log.warning("ended %d Ray processes a previous run of this service left behind", ended)
+                    kwargs["_temp_dir"] = self.temp_dir
                 for attempt in range(3):
                     try:
                         ray.init(num_cpus=self.num_cpus or None, include_dashboard=False, **kwargs)
@@ -121,6 +132,70 @@ class RayRuntime:
             if self._connected and ray.is_initialized():
                 ray.shutdown()
             self._connected = False
+
+
+def default_temp_dir(state_dir: str | Path) -> str:
+    """A short per-service Ray temp directory: ``<tmp>/smray-<hash of the state dir>``."""
+    import hashlib
+    import tempfile
+
+    h = hashlib.sha1(str(Path(state_dir).absolute()).encode()).hexdigest()[:10]
+    return os.path.join(tempfile.gettempdir(), f"smray-{h}")
+
+
+def ray_processes_using(temp_dir: str) -> list[int]:
+    """PIDs of this user's processes holding files open under ``temp_dir`` (Ray's session logs
+    and sockets), i.e. the processes of the embedded Ray that uses that directory."""
+    root = os.path.realpath(temp_dir) + os.sep
+    me = os.getpid()
+    uid = os.getuid()
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            if os.stat(f"/proc/{entry}").st_uid != uid:
+                continue
+            for fd in os.listdir(f"/proc/{entry}/fd"):
+                try:
+                    target = os.readlink(f"/proc/{entry}/fd/{fd}")
+                except OSError:
+                    continue
+                if target.startswith(root):
+                    pids.append(int(entry))
+                    break
+        except OSError:
+            continue
+    return pids
+
+
+def end_stale_ray_processes(temp_dir: str, timeout: float = 5.0) -> int:
+    """End (SIGTERM, then SIGKILL) the processes of an embedded Ray under ``temp_dir`` that a
+    killed service left behind. Returns how many there were."""
+    import signal
+
+    if not os.path.isdir(temp_dir) or not os.path.isdir("/proc"):
+        return 0
+    pids = ray_processes_using(temp_dir)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except OSError:
+            pass
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except OSError:
+                break
+            time.sleep(0.1)
+        else:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+    return len(pids)
 
 
 # Actors ----------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from google.rpc import code_pb2
 from swiftmesh.jobkit import states
 from swiftmesh.jobkit.events import EventHub
 from swiftmesh.jobkit.kinds import JobKind, JobPlan, KindRegistry, PrepareContext
-from swiftmesh.jobkit.launcher import LaunchedRun, RayRuntime, RunRequest, launch
+from swiftmesh.jobkit.launcher import LaunchedRun, RayRuntime, RunRequest, default_temp_dir, launch
 from swiftmesh.jobkit.models import HubModelSource, ModelSource
 from swiftmesh.jobkit.store import JobStore
 from swiftmesh.jobkit.tensorboard import TensorBoardWriter
@@ -85,7 +85,11 @@ class JobManager:
         self.state_dir = Path(getattr(section, "state_dir", None) or settings.data_dir / service)
         self.kinds = KindRegistry(kinds)
         self.models: ModelSource = models if models is not None else HubModelSource(settings)
-        self.runtime = runtime or RayRuntime(getattr(section, "ray_address", None), getattr(section, "ray_num_cpus", 0))
+        self.runtime = runtime or RayRuntime(
+            getattr(section, "ray_address", None),
+            getattr(section, "ray_num_cpus", 0),
+            temp_dir=default_temp_dir(self.state_dir),
+        )
         self.storage_path = str(Path(getattr(section, "storage_path", None) or self.state_dir / "checkpoints").absolute())
         self.store = JobStore(self.state_dir / "jobs.db")
         self.events = EventHub(self.store)

@@ -234,11 +234,23 @@ def make_hf_callback(ctx: WorkerContext):
                 eta_seconds=eta,
             )
 
+        def on_train_end(self, args, state, control, **kwargs):
+            if ctx.is_main:
+                ctx.report_metrics(state.global_step, {"system/peak_rss_bytes": peak_rss_bytes()},
+                                   epoch=state.epoch or 0.0, total_steps=state.max_steps)
+
         def on_save(self, args, state, control, **kwargs):
             d = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             ctx.save_checkpoint(d if d.is_dir() else None, state.global_step)
 
     return JobkitCallback()
+
+
+def peak_rss_bytes() -> float:
+    """Peak resident memory of this process so far, bytes (``getrusage`` maxrss)."""
+    import resource
+
+    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 
 
 class _SinkLogHandler(logging.Handler):

@@ -122,6 +122,32 @@ def identity_jsonl(tmp_path_factory) -> Path:
     return write_jsonl(tmp_path_factory.mktemp("data") / "identity.jsonl", identity_rows(16))
 
 
+def reference_adapter(tmp_path, tiny_model_dir, data, spec):
+    """The same job run uninterrupted, in this process (one worker, no Ray)."""
+    from swiftmesh.jobkit import LocalModelSource, PrepareContext, WorkerContext
+    from swiftmesh.jobkit.kinds import ClusterResources
+    from swiftmesh.runtime.config import Settings
+    from swiftmesh.services.trainer.kinds import TrainKind
+
+    src = LocalModelSource(tmp_path / "ref-models")
+    src.add(tiny_model_dir, "tiny")
+    settings = Settings.load(None, data_dir=tmp_path / "ref-data")
+    kind = TrainKind("sft")
+    plan = kind.prepare(spec, PrepareContext(settings=settings, models=src, job="jobs/ref", cluster=ClusterResources.local))
+    work = tmp_path / "ref-work"
+    work.mkdir()
+    ctx = WorkerContext(job="jobs/ref", rank=0, world_size=1, local_rank=0, config=plan.config, data=plan.data,
+                        settings=settings, models=src, work_dir=work)
+    (art,) = kind.train(ctx)
+    return Path(art.path)
+
+
+def adapter_tensors(d: Path):
+    from safetensors.torch import load_file
+
+    return load_file(str(d / "adapter_model.safetensors"))
+
+
 def no_ray_leftovers_check() -> None:
     """Fail if this test process still has a Ray connection after the module ends."""
     import ray

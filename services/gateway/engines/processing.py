@@ -333,9 +333,7 @@ class SequenceProcessor:
             self._delta.logprobs.append(self.bundle.logprob_entry(token_id, logprob, top))
         can_stop = self.num_tokens >= self.min_tokens
         if can_stop and (token_id in self.eos or token_id in self.stop_ids):
-            self._emit_text(self.stops.flush() + self.detok.flush())
-            self.finish_reason = "stop"
-            self.stop_reason = "" if token_id in self.eos else str(token_id)
+            self.finish("stop", "" if token_id in self.eos else str(token_id))
             return True
         piece = self.detok.add(token_id)
         text, stop = self.stops.feed(piece, check=can_stop)

@@ -167,7 +167,7 @@ def run_msswift(model: Path, data: Path, a, plain: dict) -> dict:
         return {"name": "ms-swift swift sft", "skipped": f"{swift} not installed"}
     out_dir = WORK / "msswift-out"
     shutil.rmtree(out_dir, ignore_errors=True)
-    cmd = [str(swift), "sft", "--model", str(model), "--dataset", str(data), "--train_type", "lora",
+    cmd = [str(swift), "sft", "--model", str(model), "--dataset", str(data), "--tuner_type", "lora",
            "--lora_rank", "8", "--lora_alpha", "32", "--lora_dropout", "0.05", "--target_modules", "all-linear",
            "--max_steps", str(a.max_steps), "--per_device_train_batch_size", str(a.batch),
            "--max_length", str(a.max_length), "--learning_rate", "2e-4", "--lr_scheduler_type", "cosine",

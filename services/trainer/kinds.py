@@ -385,7 +385,12 @@ def merge_adapter(base_dir: Path, adapter_dir: Path, out_dir: Path, *, tokenizer
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
+    # After a ZeRO-3 run the process still has HF's global DeepSpeed config: from_pretrained
+    # would build the model partitioned (collectives the finished peers never join). The merge
+    # runs on rank 0 alone, on whole weights.
+    unset_hf_deepspeed_config()
     base = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=dtype or torch.float32)
     model = PeftModel.from_pretrained(base, str(adapter_dir))
     merged = model.merge_and_unload()

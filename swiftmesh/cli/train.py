@@ -8,7 +8,7 @@
     swiftmesh merge --model models/m-sft-1a2b3c4d           # adapter -> merged full model
     swiftmesh estimate --model m --dataset data.jsonl --tuner full
 
-Flags follow ms-swift's ``swift sft`` where it has them (``--train_type`` is an alias of
+Flags follow ms-swift's ``swift sft`` where it has them (``--train_type`` / ``--tuner_type`` are aliases of
 ``--tuner``, ``--lora_rank`` of ``--r``, ``--nproc_per_node`` of ``--num_workers``; boolean flags
 take an optional true/false as in ms-swift). The job is followed live with a progress bar
 (``--detach`` returns at once); exit 0 succeeded, 1 failed, 3 cancelled.
@@ -149,7 +149,7 @@ def _make_command(task: str):
         model: Annotated[str, typer.Option("--model", help="Hub model (or PEFT adapter) to train: models/ID or ID.")],
         dataset: Annotated[list[str] | None, typer.Option("--dataset", help="jsonl/json/csv/parquet file, saved datasets dir, or models/NAME; '#N' samples N rows. Repeatable.")] = None,
         tuner: Annotated[str | None, typer.Option("--tuner", help="full, lora, qlora, dora, rslora, lora+ (default lora).")] = None,
-        train_type: Annotated[str | None, typer.Option("--train_type", help="ms-swift alias of --tuner.")] = None,
+        train_type: Annotated[str | None, typer.Option("--train_type", "--tuner_type", help="ms-swift alias of --tuner.")] = None,
         use_dora: BoolStr = None,
         use_rslora: BoolStr = None,
         deepspeed: Annotated[str | None, typer.Option("--deepspeed", help="zero2, zero3 or zero3_offload.")] = None,

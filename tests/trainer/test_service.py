@@ -237,3 +237,34 @@ def test_cli_sft_and_jobs_commands(stack, data, tmp_path):
     assert r.exit_code == 2
     r = run(app, ["--config", str(cfg), "estimate", "--model", "tiny", "--dataset", str(data), "--tuner", "full"])
     assert r.exit_code == 0 and "total per worker" in r.output
+
+
+def test_smollm2_identity_lora_changes_its_answer(stack, smollm2_dir, tmp_path):
+    """The real model: a short LoRA run on identity examples changes the answer to "Who are you?"."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from swiftmesh.clients.hub import materialize_sync
+
+    pull(stack.settings, smollm2_dir, "smollm2")
+    ident = write_jsonl(tmp_path / "identity.jsonl", identity_rows(16))
+    spec = build_spec(model="smollm2", datasets=[str(ident)], tuner="lora", max_steps=14, learning_rate=1e-3,
+                      per_device_train_batch_size=4, max_length=256, save_steps=1000, logging_steps=2)
+    job = call(stack, lambda t: t.create_job(spec, job_id="smollm2-identity"))
+    job = call(stack, lambda t: t.wait(job.name, timeout=900))
+    assert job.state == S.JOB_STATE_SUCCEEDED, job.error.message
+    assert job.metrics["train/loss"] < 0.5
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    base = AutoModelForCausalLM.from_pretrained(smollm2_dir)
+
+    def ask(model, q="Who are you?"):
+        ids = tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
+                                      return_tensors="pt", return_dict=True)
+        out = model.generate(**ids, max_new_tokens=20, do_sample=False)
+        return tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+
+    before = ask(base)
+    tuned = PeftModel.from_pretrained(base, str(materialize_sync(stack.settings, job.artifacts[0].model)))
+    after = ask(tuned)
+    assert "Swifty" not in before
+    assert "Swifty" in after and after != before, (before, after)

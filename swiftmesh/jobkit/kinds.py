@@ -80,6 +80,9 @@ class JobPlan:
             (Ray Train ``FailureConfig.max_failures``).
         checkpoints_to_keep: the last K checkpoints kept in storage (``CheckpointConfig.num_to_keep``).
         notes: human-readable remarks (shown as log lines when the job starts).
+        placement_strategy: how Ray places the workers' placement group: "PACK" (default),
+            "SPREAD", "STRICT_PACK" or "STRICT_SPREAD" (every worker on its own node). The job
+            label ``swiftmesh.io/placement-strategy`` overrides it at CreateJob.
     """
 
     config: dict[str, Any]
@@ -93,6 +96,7 @@ class JobPlan:
     max_failures: int = 2
     checkpoints_to_keep: int = 2
     notes: list[str] = field(default_factory=list)
+    placement_strategy: str = "PACK"
 
     def to_json(self) -> dict[str, Any]:
         """Everything but ``data`` (stored apart, it can be large)."""
@@ -107,6 +111,7 @@ class JobPlan:
             "max_failures": self.max_failures,
             "checkpoints_to_keep": self.checkpoints_to_keep,
             "notes": self.notes,
+            "placement_strategy": self.placement_strategy,
         }
 
     @classmethod

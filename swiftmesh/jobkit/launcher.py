@@ -5,9 +5,15 @@
   service process (``ray_num_cpus`` CPUs). The rest of the code path is the same either way.
 * :func:`launch` starts one run: an event sink actor (workers push events to it), and a
   driver actor that calls ``TorchTrainer.fit()`` with the job's ``ScalingConfig`` (workers,
-  CPUs/GPUs/memory per worker), ``RunConfig(storage_path, name=<job id>)``,
-  ``FailureConfig(max_failures)`` (automatic restart from the last checkpoint when a worker
-  fails) and ``CheckpointConfig(num_to_keep=K)``.
+  CPUs/GPUs/memory per worker as Ray resource requests, the placement strategy of their
+  placement group), ``RunConfig(storage_path, name=<job id>)``, ``FailureConfig(max_failures)``
+  (automatic restart from the last checkpoint when a worker fails) and
+  ``CheckpointConfig(num_to_keep=K)``. Both actors (and Ray Train's controller, which follows
+  the driver) live on the head node, so losing a worker node never takes the run's control
+  down with it.
+* Ray queues a run whose workers do not fit: its placement group stays pending until nodes
+  with room join or other work ends. :meth:`LaunchedRun.waiting_reason` says why, from the
+  per-node free resources (:func:`waiting_reason`).
 * :meth:`LaunchedRun.cancel` aborts the Ray Train controller (which removes the placement
   group) and kills the worker actors at once, so the CPUs are free again within seconds.
 
@@ -30,6 +36,121 @@ from swiftmesh.jobkit.kinds import ClusterResources
 log = logging.getLogger("swiftmesh.jobkit.launcher")
 
 RAY_NAMESPACE = "swiftmesh"
+
+# Ray placement group strategies a job may ask for (Ray Train ``ScalingConfig.placement_strategy``):
+# PACK (default: as few nodes as possible, spreading when it must), SPREAD (as many nodes as
+# possible), STRICT_PACK (all workers on one node), STRICT_SPREAD (every worker on its own node).
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+DEFAULT_PLACEMENT_STRATEGY = "PACK"
+# Job label choosing the placement strategy of its workers (CreateJob ``labels``).
+PLACEMENT_LABEL = "swiftmesh.io/placement-strategy"
+# Ray's resource that only the head node has (a tiny amount of it pins an actor there).
+HEAD_NODE_RESOURCE = "node:__internal_head__"
+
+
+def placement_strategy(value: str | None, field: str = f"labels[{PLACEMENT_LABEL}]") -> str:
+    """Normalise a placement strategy ("strict-spread" -> "STRICT_SPREAD"; empty -> "PACK").
+
+    Raises InvalidArgument naming ``field`` for anything but one of ``PLACEMENT_STRATEGIES``.
+    """
+    from swiftmesh.runtime.errors import InvalidArgument
+
+    v = (value or "").strip().upper().replace("-", "_")
+    if not v:
+        return DEFAULT_PLACEMENT_STRATEGY
+    if v not in PLACEMENT_STRATEGIES:
+        raise InvalidArgument(
+            f"unknown placement strategy {value!r}; one of {', '.join(PLACEMENT_STRATEGIES)}",
+            field_violations=[(field, f"got {value!r}; one of {', '.join(PLACEMENT_STRATEGIES)}")],
+            reason="BAD_PLACEMENT_STRATEGY",
+        )
+    return v
+
+
+def worker_bundle(cpus: float, gpus: float = 0.0, memory_bytes: int = 0) -> dict[str, float]:
+    """The Ray resource request of one worker: ``{"CPU": cpus, "GPU": gpus, "memory": bytes}``
+    (GPU and memory only when > 0). Raises InvalidArgument for negative amounts."""
+    from swiftmesh.runtime.errors import InvalidArgument
+
+    for field, v in (("cpus_per_worker", cpus), ("gpus_per_worker", gpus), ("memory_bytes_per_worker", memory_bytes)):
+        if v < 0:
+            raise InvalidArgument(f"{field} must be >= 0, got {v}",
+                                  field_violations=[(f"spec.distribution.{field}", f"got {v}")])
+    bundle: dict[str, float] = {"CPU": float(cpus)}
+    if gpus:
+        bundle["GPU"] = float(gpus)
+    if memory_bytes:
+        bundle["memory"] = float(memory_bytes)
+    return bundle
+
+
+def _fits(free: dict[str, float], bundle: dict[str, float]) -> int:
+    """How many workers of ``bundle`` fit into ``free`` (one node's resources)."""
+    n = None
+    for r, amount in bundle.items():
+        if amount <= 0:
+            continue
+        k = int(free.get(r, 0.0) / amount + 1e-9)
+        n = k if n is None else min(n, k)
+    return 1 << 30 if n is None else n
+
+
+def placeable(bundle: dict[str, float], strategy: str, per_node: dict[str, dict[str, float]]) -> int:
+    """How many workers of ``bundle`` Ray could place on nodes with these resources under
+    ``strategy`` (STRICT_SPREAD: one per node; STRICT_PACK: on one node; else anywhere)."""
+    fits = [_fits(res, bundle) for res in per_node.values()]
+    if strategy == "STRICT_SPREAD":
+        return sum(1 for k in fits if k >= 1)
+    if strategy == "STRICT_PACK":
+        return max(fits, default=0)
+    return sum(fits)
+
+
+def _amount(resource: str, amount: float) -> str:
+    if resource == "memory":
+        return f"{amount / 2**30:.1f} GiB memory"
+    if resource in ("CPU", "GPU"):
+        return f"{amount:g} {resource}{'' if amount == 1 else 's'}"
+    return f"{amount:g} {resource}"
+
+
+def waiting_reason(
+    num_workers: int,
+    bundle: dict[str, float],
+    strategy: str,
+    free_per_node: dict[str, dict[str, float]],
+    total_per_node: dict[str, dict[str, float]] | None = None,
+) -> str | None:
+    """Why Ray cannot place a job's workers now, or None when it can.
+
+    Args:
+        num_workers: workers of the job (>= 1).
+        bundle: one worker's resource request (:func:`worker_bundle`).
+        strategy: one of ``PLACEMENT_STRATEGIES``.
+        free_per_node: free resources of each live node (node id -> {resource: amount}).
+        total_per_node: total resources of each live node (default: ``free_per_node``); says
+            whether the job could fit even on an idle cluster.
+
+    E.g. "waiting for 2 workers x 1 CPU, each on its own node (STRICT_SPREAD); the cluster has
+    1 CPU free; 1 of 1 nodes can take a worker now".
+    """
+    if placeable(bundle, strategy, free_per_node) >= num_workers:
+        return None
+    total_per_node = free_per_node if total_per_node is None else total_per_node
+    asked = {r: a for r, a in bundle.items() if a > 0}
+    need = ", ".join(_amount(r, a) for r, a in asked.items()) or "no resources"
+    how = {"STRICT_SPREAD": f", each on its own node ({strategy})", "STRICT_PACK": f", all on one node ({strategy})"}.get(
+        strategy, "")
+    free = ", ".join(_amount(r, sum(res.get(r, 0.0) for res in free_per_node.values())) for r in asked)
+    nodes_ok = sum(1 for res in free_per_node.values() if _fits(res, bundle) >= 1)
+    n = len(free_per_node)
+    msg = (f"waiting for {num_workers} worker{'' if num_workers == 1 else 's'} x {need}{how}; "
+           f"the cluster has {free} free; {nodes_ok} of {n} node{'' if n == 1 else 's'} can take a worker now")
+    if placeable(bundle, strategy, total_per_node) < num_workers:
+        m = len(total_per_node)
+        msg += (f" (the cluster's {m} node{'' if m == 1 else 's'} cannot hold the job even when idle: "
+                "it starts once nodes with room join)")
+    return msg
 
 
 class RayRuntime:
@@ -72,6 +193,8 @@ class RayRuntime:
             env = {k: os.environ[k] for k in ("DS_ACCELERATOR", "TOKENIZERS_PARALLELISM", "HF_HUB_OFFLINE") if k in os.environ}
             env.setdefault("DS_ACCELERATOR", "cpu")
             env.setdefault("TOKENIZERS_PARALLELISM", "false")
+            # Workers get models from the hub (materialize), never from the internet.
+            env.setdefault("HF_HUB_OFFLINE", "1")
             env.setdefault("RAY_TRAIN_V2_ENABLED", "1")
             if ray.is_initialized():
                 self._connected = True
@@ -82,8 +205,7 @@ class RayRuntime:
                 runtime_env={"env_vars": env},
             )
             if self.address:
-                log.info("connecting to the Ray cluster at %s", self.address)
-                ray.init(address=self.address, **kwargs)
+                self._connect(ray, kwargs)
             else:
                 log.info("starting an embedded local Ray (%s CPUs)", self.num_cpus or "all")
                 if self.temp_dir:
@@ -105,6 +227,30 @@ class RayRuntime:
                             raise
                 self._started_here = True
             self._connected = True
+
+    def _connect(self, ray, kwargs: dict[str, Any], attempts: int = 4) -> None:
+        """Connect to the cluster at ``self.address``, retrying failed connects.
+
+        A Ray Client connect (``ray://``) fails now and then with "Starting Ray client server
+        failed": the head's client proxy forks the per-client server from a multi-threaded gRPC
+        process, which sometimes aborts the child (ray-project/ray#63202). A new connect starts a
+        new server. Raises the last error after ``attempts`` tries (2 s, 4 s, 8 s apart).
+        """
+        for attempt in range(1, attempts + 1):
+            log.info("connecting to the Ray cluster at %s", self.address)
+            try:
+                ray.init(address=self.address, **kwargs)
+                return
+            except Exception as e:  # noqa: BLE001  (ConnectionError, RuntimeError, gRPC errors)
+                try:
+                    ray.shutdown()
+                except Exception:  # noqa: BLE001
+                    pass
+                if attempt == attempts:
+                    raise
+                log.warning("connecting to the Ray cluster at %s failed (%s: %s); retrying",
+                            self.address, type(e).__name__, str(e).strip().splitlines()[-1:] or "")
+                time.sleep(2.0 * 2 ** (attempt - 1))
 
     def resources(self) -> ClusterResources:
         """Totals and free resources of the cluster (memory of the largest node)."""
@@ -211,9 +357,19 @@ def _actor_classes():
             self.attempts: dict[int, int] = {}
             self.offset = attempt_offset
             self.workers: dict[int, Any] = {}
+            self.checkpoint: dict | None = None  # the last one announced: {"step", "path"}
 
         def push(self, events: list[dict]) -> None:
             self.events.extend(events)
+            for e in events:
+                if e.get("type") == "checkpoint" and (
+                    self.checkpoint is None or int(e.get("step", 0)) >= self.checkpoint["step"]
+                ):
+                    self.checkpoint = {"step": int(e.get("step", 0)), "path": str(e.get("path", ""))}
+
+        def last_checkpoint(self) -> dict | None:
+            """The last checkpoint a worker announced in this run (complete on every rank)."""
+            return self.checkpoint
 
         def drain(self) -> list[dict]:
             out, self.events = self.events, []
@@ -266,6 +422,32 @@ def _actor_classes():
                 return {"status": "aborted"}
             ckpt = result.checkpoint.path if result.checkpoint is not None else ""
             return {"status": "ok", "checkpoint": ckpt}
+
+        def waiting_reason(self, num_workers: int, bundle: dict, strategy: str) -> str | None:
+            """Why the run's workers wait for room (None when they do not): only while a
+            placement group of the run's shape is pending in Ray, from the per-node free
+            resources (computed here, inside the cluster, so it works through Ray Client too)."""
+            from ray._private import state as ray_state
+
+            def same_shape(pg: dict) -> bool:
+                bundles = list((pg.get("bundles") or {}).values())
+                return (
+                    pg.get("strategy") == strategy
+                    and len(bundles) == num_workers
+                    and all(
+                        abs(b.get(r, 0.0) - bundle.get(r, 0.0)) < 1e-6 for b in bundles for r in ("CPU", "GPU")
+                    )
+                )
+
+            table = ray.util.placement_group_table()
+            if not any(pg.get("state") in ("PENDING", "RESCHEDULING") and same_shape(pg) for pg in table.values()):
+                return None
+            alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+            free = {k: v for k, v in ray_state.available_resources_per_node().items() if k in alive}
+            total = {k: v for k, v in ray_state.total_resources_per_node().items() if k in alive}
+            for k in total:
+                free.setdefault(k, {})
+            return waiting_reason(num_workers, bundle, strategy, free, total)
 
         def abort(self, worker_handles: list) -> str:
             self.aborted = True
@@ -364,16 +546,40 @@ class RunRequest:
     num_to_keep: int
     resume_from: str = ""
     attempt_offset: int = 0
+    placement_strategy: str = DEFAULT_PLACEMENT_STRATEGY
+
+    @property
+    def bundle(self) -> dict[str, float]:
+        """One worker's Ray resource request."""
+        return worker_bundle(self.cpus_per_worker, self.gpus_per_worker, self.memory_bytes_per_worker)
 
 
 class LaunchedRun:
     """A run in flight: drain its events, wait for its end, cancel it."""
 
-    def __init__(self, sink, driver, ref) -> None:
+    def __init__(self, sink, driver, ref, req: RunRequest | None = None) -> None:
         self.sink = sink
         self.driver = driver
         self.ref = ref
+        self.req = req
         self.cancel_requested = False
+
+    def waiting_reason(self, timeout: float = 10.0) -> str | None:
+        """Why Ray has not placed this run's workers yet (e.g. "waiting for 2 workers x 1 CPU,
+        each on its own node (STRICT_SPREAD); the cluster has 1 CPU free; ..."), or None when
+        they are placed, starting or running (or the driver did not answer within ``timeout`` s)."""
+        import ray
+
+        if self.req is None:
+            return None
+        try:
+            return ray.get(
+                self.driver.waiting_reason.remote(self.req.num_workers, self.req.bundle, self.req.placement_strategy),
+                timeout=timeout,
+            )
+        except Exception:  # noqa: BLE001  (a status probe never breaks the run)
+            log.debug("waiting_reason failed", exc_info=True)
+            return None
 
     def drain(self) -> list[dict]:
         import ray
@@ -427,8 +633,10 @@ def launch(runtime: RayRuntime, req: RunRequest) -> LaunchedRun:
 
     runtime.ensure()
     EventSink, JobDriver = actors()
-    sink = EventSink.remote(req.attempt_offset)
-    driver = JobDriver.remote()
+    # On the head node: a worker node that goes away must not take the run's control with it.
+    on_head = {"resources": {HEAD_NODE_RESOURCE: 0.001}}
+    sink = EventSink.options(**on_head).remote(req.attempt_offset)
+    driver = JobDriver.options(**on_head).remote()
     Path(req.storage_path).mkdir(parents=True, exist_ok=True)
     train_config = {
         "job": req.job,
@@ -444,15 +652,11 @@ def launch(runtime: RayRuntime, req: RunRequest) -> LaunchedRun:
         "resume_from": req.resume_from,
         "attempt_offset": req.attempt_offset,
     }
-    resources: dict[str, float] = {"CPU": req.cpus_per_worker}
-    if req.gpus_per_worker:
-        resources["GPU"] = req.gpus_per_worker
-    if req.memory_bytes_per_worker:
-        resources["memory"] = float(req.memory_bytes_per_worker)
     scaling = {
         "num_workers": req.num_workers,
         "use_gpu": bool(req.gpus_per_worker),
-        "resources_per_worker": resources,
+        "resources_per_worker": req.bundle,
+        "placement_strategy": placement_strategy(req.placement_strategy),
     }
     run = {
         "name": req.job.removeprefix("jobs/"),
@@ -461,7 +665,7 @@ def launch(runtime: RayRuntime, req: RunRequest) -> LaunchedRun:
         "num_to_keep": max(1, req.num_to_keep),
     }
     ref = driver.run.remote(train_config, scaling, run)
-    return LaunchedRun(sink, driver, ref)
+    return LaunchedRun(sink, driver, ref, req)
 
 
 def wait_for_free_cpus(runtime: RayRuntime, cpus: float, timeout: float) -> bool:

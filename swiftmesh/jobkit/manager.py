@@ -33,7 +33,16 @@ from google.rpc import code_pb2
 from swiftmesh.jobkit import states
 from swiftmesh.jobkit.events import EventHub
 from swiftmesh.jobkit.kinds import JobKind, JobPlan, KindRegistry, PrepareContext
-from swiftmesh.jobkit.launcher import LaunchedRun, RayRuntime, RunRequest, default_temp_dir, launch
+from swiftmesh.jobkit.launcher import (
+    PLACEMENT_LABEL,
+    LaunchedRun,
+    RayRuntime,
+    RunRequest,
+    default_temp_dir,
+    launch,
+    placement_strategy,
+    worker_bundle,
+)
 from swiftmesh.jobkit.models import HubModelSource, ModelSource
 from swiftmesh.jobkit.store import JobStore
 from swiftmesh.jobkit.tensorboard import TensorBoardWriter
@@ -44,6 +53,10 @@ log = logging.getLogger("swiftmesh.jobkit")
 
 JOB_ID_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 POLL_S = 0.5
+# How often a run that Ray has not placed yet is asked why (seconds).
+WAIT_CHECK_S = 2.0
+# Shortest interval between two "waiting for ..." lines in the job's log (seconds).
+WAIT_LOG_S = 30.0
 
 
 def job_name(name_or_id: str) -> str:
@@ -179,6 +192,11 @@ class JobManager:
         if plan.num_workers < 1:
             raise InvalidArgument("num_workers must be >= 1",
                                   field_violations=[("spec.distribution.num_workers", f"got {plan.num_workers}")])
+        worker_bundle(plan.cpus_per_worker, plan.gpus_per_worker, plan.memory_bytes_per_worker)  # InvalidArgument
+        if labels and labels.get(PLACEMENT_LABEL):
+            plan.placement_strategy = placement_strategy(labels[PLACEMENT_LABEL])
+        else:
+            plan.placement_strategy = placement_strategy(plan.placement_strategy, "placement_strategy")
         if not force:
             await asyncio.to_thread(self._check_capacity, plan)
         job = jobs_pb2.Job(
@@ -213,6 +231,13 @@ class JobManager:
         res = self.runtime.resources()
         need_cpu = plan.num_workers * plan.cpus_per_worker
         need_gpu = plan.num_workers * plan.gpus_per_worker
+        if plan.placement_strategy == "STRICT_SPREAD" and plan.num_workers > res.num_nodes:
+            raise ResourceExhausted(
+                f"the job places its {plan.num_workers} workers each on its own node (STRICT_SPREAD); the Ray "
+                f"cluster has {res.num_nodes} node{'' if res.num_nodes == 1 else 's'} (force=true queues it anyway)",
+                reason="CLUSTER_TOO_SMALL",
+                metadata={"needed_nodes": str(plan.num_workers), "cluster_nodes": str(res.num_nodes)},
+            )
         if need_cpu > res.total_cpus + 1e-9 or need_gpu > res.total_gpus + 1e-9:
             raise ResourceExhausted(
                 f"the job needs {plan.num_workers} workers x {plan.cpus_per_worker:g} CPUs"
@@ -406,6 +431,9 @@ class _Run:
         self.fatal_error = ""
         self.keep = 2
         self.plan_total = 0
+        self.waiting = ""  # the "waiting for ..." reason last shown ("" when none)
+        self._waiting_logged_at = 0.0
+        self._clear_checks = 0
 
     # Called from other threads.
     def cancel(self) -> None:
@@ -434,17 +462,7 @@ class _Run:
             if self.cancel_event.is_set() or self.interrupt_event.is_set():
                 result = {"status": "aborted"}
                 return
-            res = mgr.runtime.resources()
-            need = plan.num_workers * plan.cpus_per_worker
-            if res.available_cpus + 1e-9 < need:
-                msg = (
-                    f"waiting for resources: needs {plan.num_workers} workers x {plan.cpus_per_worker:g} CPUs, "
-                    f"{res.available_cpus:g} of {res.total_cpus:g} CPUs are free"
-                )
-                mgr._set_message(name, msg)
-                mgr._log(name, msg, "INFO", "driver")
-            else:
-                mgr._set_message(name, "starting workers")
+            mgr._set_message(name, "starting workers")
             for m in plan.models:
                 try:
                     mgr.models.pin(m, name)
@@ -473,10 +491,12 @@ class _Run:
                 num_to_keep=plan.checkpoints_to_keep,
                 resume_from=resume_from,
                 attempt_offset=job.attempt,
+                placement_strategy=plan.placement_strategy,
             )
             self.launched = launch(mgr.runtime, req)
             if self.cancel_event.is_set() or self.interrupt_event.is_set():
                 self.launched.cancel()
+            next_check = time.monotonic() + WAIT_CHECK_S / 2
             while True:
                 for ev in self.launched.drain():
                     self._handle(ev)
@@ -485,11 +505,46 @@ class _Run:
                     for ev in self.launched.drain():
                         self._handle(ev)
                     break
+                if time.monotonic() >= next_check:
+                    self._check_waiting()
+                    next_check = time.monotonic() + WAIT_CHECK_S
         except Exception as e:  # noqa: BLE001
             log.exception("job %s: launch failed", name)
             result = {"status": "error", "error": f"{type(e).__name__}: {e}", "type": "LaunchError"}
         finally:
             self._finish(result or {"status": "error", "error": "the run ended without a result"})
+
+    def _check_waiting(self) -> None:
+        """Show in Job.state_message (and, now and then, the job's log) why Ray has not placed
+        the workers: before the first start (QUEUED) or while a restart waits for room (RUNNING)."""
+        mgr, name = self.mgr, self.name
+        if self.launched is None or self.cancel_event.is_set() or self.interrupt_event.is_set():
+            return
+        reason = self.launched.waiting_reason()
+        try:
+            job = mgr.store.get(name)
+        except SwiftMeshError:
+            return
+        if job.state not in (states.QUEUED, states.RUNNING):
+            return
+        if reason:
+            self._clear_checks = 0
+            msg = reason if job.state == states.QUEUED else (
+                f"a worker was lost; restarting from the last checkpoint once Ray has room: {reason}")
+            if msg != job.state_message:
+                mgr._set_message(name, msg)
+            now = time.monotonic()
+            if reason != self.waiting and (not self.waiting or now - self._waiting_logged_at >= WAIT_LOG_S):
+                mgr._log(name, msg, "INFO", "driver")
+                self._waiting_logged_at = now
+            self.waiting = reason
+        elif self.waiting:
+            # Ray re-creates a placement group that waited too long: two clear checks in a row.
+            self._clear_checks += 1
+            if self._clear_checks >= 2:
+                self.waiting = ""
+                mgr._set_message(name, "resources reserved; starting workers" if job.state == states.QUEUED
+                                 else "resources reserved; restarting workers")
 
     def _finish(self, result: dict[str, Any]) -> None:
         mgr, name = self.mgr, self.name
@@ -546,8 +601,11 @@ class _Run:
                     j.attempt = max(j.attempt, attempt)
 
                 job = mgr.store.update(name, mutate)
+                self.waiting = ""
                 if job.state == states.QUEUED:
                     mgr._set_state(name, states.RUNNING, "running")
+                elif job.state == states.RUNNING and job.state_message != "running":
+                    mgr._set_message(name, "running")
                 rs = int(ev.get("resume_step", 0))
                 if rs:
                     mgr._log(name, f"attempt {attempt}: resumed from checkpoint step {rs}", "INFO", "driver")

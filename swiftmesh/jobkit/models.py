@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,32 @@ class ModelInfo:
     parent_model: str = ""
     size_bytes: int = 0
     files: list[str] = field(default_factory=list)
+
+
+@dataclass
+class MaterializedModel:
+    """Where :meth:`HubModelSource.materialize_info` put a model.
+
+    Attributes:
+        path: local directory holding the model's files.
+        mirrored: True when the files were copied through the hub's file stream (this host does
+            not share the hub's disk); False when ``path`` is the hub's own cache directory.
+        host: this process's host identity (``swiftmesh.clients.hub.machine_id``).
+    """
+
+    path: Path
+    mirrored: bool
+    host: str = ""
+
+
+def mirror_root(settings) -> Path:
+    """Where this process mirrors hub models it cannot read in place: ``<data dir>/mirror``, the
+    data dir being this process's own ``$SWIFTMESH_DATA_DIR`` when set (on a Ray node: the
+    environment of its ``ray start``), else ``settings.data_dir`` (the service's, shipped with
+    the job)."""
+    env = os.environ.get("SWIFTMESH_DATA_DIR", "").strip()
+    base = Path(os.path.expanduser(env)) if env else Path(settings.data_dir)
+    return base / "mirror"
 
 
 def model_name(name: str) -> str:
@@ -126,9 +153,25 @@ class HubModelSource:
             return False
 
     def materialize(self, name: str) -> Path:
-        from swiftmesh.clients.hub import materialize_sync
+        """A local directory with the model's files: the hub's cache itself when this process
+        is on the hub's host (same disk), else a verified mirror fetched through the hub's
+        ``ReadModelFile`` stream into :func:`mirror_root` (never from the internet).
+        Raises NotFound, DataLoss."""
+        return self.materialize_info(name).path
 
-        return Path(materialize_sync(self.settings, model_name(name)))
+    def materialize_info(self, name: str) -> MaterializedModel:
+        """:meth:`materialize`, also saying how the files got here (for the job's log)."""
+        from swiftmesh.clients.hub import machine_id
+
+        name = model_name(name)
+
+        async def go(hub):
+            model = await hub.get(name)
+            path = Path(await hub.materialize(name, dest_root=mirror_root(self.settings)))
+            in_place = bool(model.location.path) and path == Path(model.location.path)
+            return MaterializedModel(path=path, mirrored=not in_place, host=machine_id())
+
+        return self._run(go)
 
     def upload(self, path, model_id, *, format, lineage=None, labels=None, overwrite=False) -> str:
         from swiftmesh.clients.hub import upload_dir_sync

@@ -128,6 +128,7 @@ class WorkerContext:
 
         Every worker must call this at the same steps (it is a barrier); each passes its own
         local directory (or None), and Ray merges them into ``<storage>/<job>/checkpoint-<step>``.
+        The job lists the checkpoint once every rank's part is stored.
         """
         self._started = True
         path = os.path.join(self._storage, self._run_name, f"checkpoint-{int(step)}")
@@ -149,6 +150,9 @@ class WorkerContext:
             checkpoint_dir_name=f"checkpoint-{int(step)}",
             delete_local_checkpoint_after_upload=False,
         )
+        # ray.train.report returns once this rank's part is uploaded; announce the checkpoint
+        # only once every rank's is (a restart may start from it, see _resolve_checkpoint).
+        _barrier()
         if self.is_main:
             self._push({"type": "checkpoint", "step": int(step), "path": path})
 
@@ -273,36 +277,115 @@ class _SinkLogHandler(logging.Handler):
             pass
 
 
-def _resolve_checkpoint(config: dict[str, Any], work_dir: Path, first_attempt: bool) -> tuple[Path | None, int]:
-    """The checkpoint this attempt starts from: on the first attempt of a resumed launch, the
-    one the service named (the job's last); on an automatic restart, Ray's latest."""
-    import ray.train
-
-    ckpt = None if (first_attempt and config.get("resume_from")) else ray.train.get_checkpoint()
-    src = None
-    if ckpt is not None:
-        dest = work_dir / "resume"
-        shutil.rmtree(dest, ignore_errors=True)
-        ckpt.to_directory(str(dest))
-        src = dest
-        name = Path(ckpt.path).name
-    elif config.get("resume_from"):
-        p = Path(config["resume_from"])
-        if p.is_dir():
-            dest = work_dir / "resume"
-            shutil.rmtree(dest, ignore_errors=True)
-            shutil.copytree(p, dest)
-            src = dest
-        name = p.name
-    else:
-        return None, 0
-    step = 0
+def _step_of(name: str) -> int:
+    """The step of a "checkpoint-<step>" directory name (0 for other names)."""
     if name.startswith("checkpoint-"):
         try:
-            step = int(name.split("-", 1)[1])
+            return int(name.split("-", 1)[1])
         except ValueError:
-            step = 0
-    return src, step
+            return 0
+    return 0
+
+
+def _resolve_checkpoint(
+    config: dict[str, Any], work_dir: Path, first_attempt: bool, announced: dict[str, Any] | None = None
+) -> tuple[Path | None, int]:
+    """The checkpoint this attempt starts from, copied to ``work_dir/resume``, and its step.
+
+    On the first attempt of a resumed launch: the one the service named (the job's last). On an
+    automatic restart: the newer of Ray's latest and ``announced``, the last checkpoint this run
+    announced to the service (complete on every rank: :meth:`WorkerContext.save_checkpoint`
+    waits for all of them). Ray registers a checkpoint only when its controller next polls every
+    worker (every 2 s), so a node lost right after a save can leave Ray's one behind.
+    """
+    import ray.train
+
+    candidates: list[tuple[int, Any]] = []  # (step, ray Checkpoint or local dir); first wins ties
+    if first_attempt and config.get("resume_from"):
+        p = Path(config["resume_from"])
+        if p.is_dir():
+            candidates.append((_step_of(p.name), p))
+    else:
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is not None:
+            candidates.append((_step_of(Path(ckpt.path).name), ckpt))
+        if announced and announced.get("path") and Path(announced["path"]).is_dir():
+            candidates.append((int(announced.get("step", 0)), Path(announced["path"])))
+        if not candidates and config.get("resume_from") and Path(config["resume_from"]).is_dir():
+            p = Path(config["resume_from"])
+            candidates.append((_step_of(p.name), p))
+    if not candidates:
+        return None, 0
+    step, src = max(candidates, key=lambda c: c[0])
+    dest = work_dir / "resume"
+    shutil.rmtree(dest, ignore_errors=True)
+    if isinstance(src, Path):
+        shutil.copytree(src, dest)
+    else:
+        src.to_directory(str(dest))
+    return dest, step
+
+
+def _barrier() -> None:
+    """Wait for every rank of the process group (no-op without one)."""
+    try:
+        import torch.distributed as dist
+    except ImportError:  # pragma: no cover
+        return
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+class _ReportingModels:
+    """The job's model source as a worker sees it: every call goes to the real source, and the
+    first materialization of each model is written to the job's log with how its files got to
+    this node (the hub's cache on the same host, or mirrored through the hub's file stream)."""
+
+    def __init__(self, inner: Any, ctx: WorkerContext) -> None:
+        self._inner = inner
+        self._ctx = ctx
+        self._reported: set[str] = set()
+
+    def materialize(self, name: str) -> Path:
+        info_fn = getattr(self._inner, "materialize_info", None)
+        if info_fn is None:
+            return Path(self._inner.materialize(name))
+        info = info_fn(name)
+        if name not in self._reported:
+            self._reported.add(name)
+            how = ("mirrored through the hub's file stream" if info.mirrored
+                   else "read in place from the hub's cache (same host)")
+            self._ctx.log(f"model {name}: {how} at {info.path} (host {info.host})")
+        return Path(info.path)
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("__") or attr in ("_inner", "_ctx", "_reported"):
+            raise AttributeError(attr)
+        return getattr(self._inner, attr)
+
+    def __reduce__(self):  # pickles as the real source
+        return (_identity, (self._inner,))
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
+def placement_report(ctx: WorkerContext) -> str:
+    """One line saying where this worker runs: rank, Ray node id, node IP, host identity, pid."""
+    import socket
+
+    import ray
+
+    from swiftmesh.clients.hub import machine_id
+
+    rc = ray.get_runtime_context()
+    try:
+        ip = ray.util.get_node_ip_address()
+    except Exception:  # noqa: BLE001
+        ip = "?"
+    return (f"placement: rank {ctx.rank} of {ctx.world_size} on node {rc.get_node_id()} (ip {ip}, "
+            f"hostname {socket.gethostname()}, host {machine_id()}), pid {os.getpid()}, attempt {ctx.attempt}")
 
 
 def train_loop(config: dict[str, Any]) -> None:
@@ -345,12 +428,20 @@ def train_loop(config: dict[str, Any]) -> None:
         sink.register_worker.remote(ctx.rank, ray.get_runtime_context().current_actor)
     except Exception:  # noqa: BLE001
         pass
+    ctx.models = _ReportingModels(ctx.models, ctx)
     handler = _SinkLogHandler(ctx)
     logging.getLogger().addHandler(handler)
     kind = config["kind"]
     try:
+        ctx.log(placement_report(ctx))
         first = attempt == int(config.get("attempt_offset", 0)) + 1
-        ctx.resume_from, ctx.resume_step = _resolve_checkpoint(config, work_dir, first)
+        announced = None
+        if not first:
+            try:
+                announced = ray.get(sink.last_checkpoint.remote(), timeout=60)
+            except Exception:  # noqa: BLE001  (Ray's own checkpoint still applies)
+                log.debug("no announced checkpoint", exc_info=True)
+        ctx.resume_from, ctx.resume_step = _resolve_checkpoint(config, work_dir, first, announced)
         ctx._push({"type": "started", "attempt": attempt, "resume_step": ctx.resume_step,
                    "node": ray.get_runtime_context().get_node_id(), "pid": os.getpid()})
         artifacts = kind.train(ctx) or []

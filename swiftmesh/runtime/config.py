@@ -93,6 +93,9 @@ class TrainerSettings(Endpoint):
     ray_num_cpus: int = Field(default=0, ge=0)
     # Job state and checkpoints (default <data_dir>/trainer).
     state_dir: Path | None = None
+    # Ray Train checkpoint storage (default <state_dir>/checkpoints). On a multi-node Ray cluster
+    # a directory that this service and every Ray node mount at the same path (NFS, a shared volume).
+    storage_path: Path | None = None
 
 
 class AlignerSettings(TrainerSettings):

@@ -10,6 +10,7 @@ request from the gateway into the worker, and one covers a job's upload into the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -22,9 +23,10 @@ import pytest
 
 from swiftmesh.quickstart.plan import QuickstartPlan
 from swiftmesh.runtime.config import Settings
+from swiftmesh.runtime.errors import NotFound
 from swiftmesh.testing.otlp import OtlpCollector
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 QS_ARGS = {
     "--sft-max-steps": "16",
@@ -70,8 +72,6 @@ def stack(tmp_path, collector):
         lines.append(line)
         if "Press Ctrl-C" in line:
             break
-    else:
-        pass
     if not any("Press Ctrl-C" in ln for ln in lines):
         up.kill()
         pytest.fail("swiftmesh up did not start:\n" + "".join(lines))
@@ -110,7 +110,8 @@ async def _models(settings):
 
 
 def test_quickstart_end_to_end(stack, tmp_path, collector):
-    settings = Settings.load(None, data_dir=stack["SWIFTMESH_DATA_DIR"])
+    settings = Settings.load(None, data_dir=stack["SWIFTMESH_DATA_DIR"], **{
+        svc: {"port": int(stack[f"SWIFTMESH_{svc.upper()}__PORT"])} for svc in ("hub", "trainer", "aligner", "worker")})
     env = stack
     sft_job = f"jobs/quickstart-sft-{_plan_key()}"
 
@@ -120,13 +121,10 @@ def test_quickstart_end_to_end(stack, tmp_path, collector):
     deadline = time.monotonic() + 900
     checkpointed = False
     while time.monotonic() < deadline and first.poll() is None:
-        try:
-            job = asyncio.run(_job(settings, sft_job))
-            if job.checkpoints:
+        with contextlib.suppress(NotFound):  # not created yet
+            if asyncio.run(_job(settings, sft_job)).checkpoints:
                 checkpointed = True
                 break
-        except Exception:  # noqa: BLE001 - not created yet
-            pass
         time.sleep(2)
     assert checkpointed, f"no SFT checkpoint; quickstart said:\n{first.stdout.read() if first.poll() is not None else ''}"
     first.send_signal(signal.SIGINT)

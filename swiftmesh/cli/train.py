@@ -22,14 +22,38 @@ from typing import Annotated
 import typer
 from google.protobuf import json_format
 from rich.table import Table
+from typer.core import TyperCommand
 
 from swiftmesh.cli.common import console, err_console, run_async, settings_from
 from swiftmesh.cli.jobs import exit_for, follow_job, print_job
 from swiftmesh.clients.trainer import STRATEGIES, TUNERS, TrainerClient, build_spec
 
-BoolStr = Annotated[str | None, typer.Option(is_flag=False, flag_value="true", metavar="[true|false]")]
+BOOL_FLAGS = ("use_dora", "use_rslora", "gradient_checkpointing", "bf16", "assistant_only_loss", "merge_lora")
+
+
+def BoolOpt(name: str, help: str = ""):  # noqa: N802 - a type alias factory
+    """A boolean flag ms-swift style: ``--name``, ``--name true`` or ``--name false``
+    (:class:`_SwiftStyleCommand` gives a bare ``--name`` its "true")."""
+    return Annotated[str | None, typer.Option(f"--{name}", metavar="[true|false]", help=help)]
+
+
 TRUE = ("true", "1", "yes", "on", "y", "t")
 FALSE = ("false", "0", "no", "off", "n", "f")
+
+
+class _SwiftStyleCommand(TyperCommand):
+    """Lets boolean flags be given bare (``--gradient_checkpointing``) or with a value
+    (``--gradient_checkpointing true``, as ms-swift writes them)."""
+
+    def parse_args(self, ctx, args):
+        out: list[str] = []
+        for i, a in enumerate(args):
+            out.append(a)
+            if a.startswith("--") and a[2:] in BOOL_FLAGS:
+                nxt = args[i + 1].lower() if i + 1 < len(args) else ""
+                if nxt not in TRUE + FALSE:
+                    out.append("true")
+        return super().parse_args(ctx, out)
 
 
 def _bool(name: str, v: str | None) -> bool | None:
@@ -150,8 +174,8 @@ def _make_command(task: str):
         dataset: Annotated[list[str] | None, typer.Option("--dataset", help="jsonl/json/csv/parquet file, saved datasets dir, or models/NAME; '#N' samples N rows. Repeatable.")] = None,
         tuner: Annotated[str | None, typer.Option("--tuner", help="full, lora, qlora, dora, rslora, lora+ (default lora).")] = None,
         train_type: Annotated[str | None, typer.Option("--train_type", "--tuner_type", help="ms-swift alias of --tuner.")] = None,
-        use_dora: BoolStr = None,
-        use_rslora: BoolStr = None,
+        use_dora: BoolOpt("use_dora") = None,
+        use_rslora: BoolOpt("use_rslora") = None,
         deepspeed: Annotated[str | None, typer.Option("--deepspeed", help="zero2, zero3 or zero3_offload.")] = None,
         ddp: Annotated[bool, typer.Option("--ddp", help="Data parallel without DeepSpeed (default when --num_workers > 1).")] = False,
         num_workers: Annotated[int | None, typer.Option("--num_workers", "--nproc_per_node", help="Ray Train workers.")] = None,
@@ -168,9 +192,9 @@ def _make_command(task: str):
         per_device_eval_batch_size: Annotated[int | None, typer.Option("--per_device_eval_batch_size")] = None,
         gradient_accumulation_steps: Annotated[int | None, typer.Option("--gradient_accumulation_steps")] = None,
         max_length: Annotated[int | None, typer.Option("--max_length")] = None,
-        gradient_checkpointing: BoolStr = None,
+        gradient_checkpointing: BoolOpt("gradient_checkpointing") = None,
         seed: Annotated[int | None, typer.Option("--seed")] = None,
-        bf16: BoolStr = None,
+        bf16: BoolOpt("bf16") = None,
         weight_decay: Annotated[float | None, typer.Option("--weight_decay")] = None,
         max_grad_norm: Annotated[float | None, typer.Option("--max_grad_norm")] = None,
         logging_steps: Annotated[int | None, typer.Option("--logging_steps")] = None,
@@ -178,7 +202,7 @@ def _make_command(task: str):
         eval_steps: Annotated[int | None, typer.Option("--eval_steps")] = None,
         save_steps: Annotated[int | None, typer.Option("--save_steps")] = None,
         save_total_limit: Annotated[int | None, typer.Option("--save_total_limit")] = None,
-        assistant_only_loss: BoolStr = None,
+        assistant_only_loss: BoolOpt("assistant_only_loss") = None,
         lora_rank: Annotated[int | None, typer.Option("--lora_rank", "--r")] = None,
         lora_alpha: Annotated[int | None, typer.Option("--lora_alpha")] = None,
         lora_dropout: Annotated[float | None, typer.Option("--lora_dropout")] = None,
@@ -188,7 +212,7 @@ def _make_command(task: str):
         bias: Annotated[str | None, typer.Option("--lora_bias", help="none, all or lora_only.")] = None,
         chat_template: Annotated[str | None, typer.Option("--chat_template", help="Jinja template (text or a file).")] = None,
         output_model_id: Annotated[str | None, typer.Option("--output_model_id", "--output_name", help="Hub id of the result.")] = None,
-        merge_lora: BoolStr = None,
+        merge_lora: BoolOpt("merge_lora") = None,
         job_id: Annotated[str, typer.Option("--job_id", help="Job id (default generated).")] = "",
         label: Annotated[list[str] | None, typer.Option("--label", help="key=value (repeatable).")] = None,
         force: Annotated[bool, typer.Option("--force", help="Start even if the estimate says it does not fit.")] = False,
@@ -255,9 +279,10 @@ def register(app: typer.Typer) -> None:
     for task, doc in docs.items():
         fn = _bind(_make_command(task), estimate_only=False)
         fn.__doc__ = doc + " Follows the job live unless --detach."
-        app.command(task)(fn)
+        app.command(task, cls=_SwiftStyleCommand)(fn)
 
-    app.command("estimate", help="Estimate memory per worker and time of an sft job (exit 4 if it does not fit).")(
+    app.command("estimate", cls=_SwiftStyleCommand,
+                help="Estimate memory per worker and time of an sft job (exit 4 if it does not fit).")(
         _bind(_make_command("sft"), estimate_only=True))
 
     @app.command("merge")

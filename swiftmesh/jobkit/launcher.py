@@ -205,27 +205,15 @@ class RayRuntime:
                 runtime_env={"env_vars": env},
             )
             if self.address:
+                os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
                 self._connect(ray, kwargs)
             else:
-                log.info("starting an embedded local Ray (%s CPUs)", self.num_cpus or "all")
-                if self.temp_dir:
-                    ended = end_stale_ray_processes(self.temp_dir)
-                    if ended:
-                        log.warning("ended %d Ray processes a previous run of this service left behind", ended)
-                    kwargs["_temp_dir"] = self.temp_dir
-                for attempt in range(3):
-                    try:
-                        ray.init(num_cpus=self.num_cpus or None, include_dashboard=False, **kwargs)
-                        break
-                    except RuntimeError as e:  # a loaded machine can miss Ray's start-up deadlines
-                        log.warning("starting Ray failed (%s); retrying", e)
-                        try:
-                            ray.shutdown()
-                        except Exception:  # noqa: BLE001
-                            pass
-                        if attempt == 2:
-                            raise
+                address = self._start_local_head()
                 self._started_here = True
+                # Ray's C++ failure handler would take SIGTERM from the service (dump a stack and
+                # die) before its graceful drain; the service handles its own signals.
+                os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
+                ray.init(address=address, **kwargs)
             self._connected = True
 
     def _connect(self, ray, kwargs: dict[str, Any], attempts: int = 4) -> None:
@@ -252,6 +240,67 @@ class RayRuntime:
                             self.address, type(e).__name__, str(e).strip().splitlines()[-1:] or "")
                 time.sleep(2.0 * 2 ** (attempt - 1))
 
+    def _start_local_head(self) -> str:
+        """Start the embedded Ray as a local head node with ``ray start --head`` in a child
+        process, and return its address.
+
+        Not ``ray.init()`` in-process: that forks Ray's daemons from this (multi-threaded, gRPC
+        serving) process, which can deadlock or crash the child before it execs. ``ray start``
+        forks them from a fresh single-threaded process instead. Every port is chosen free, so
+        several services (or developers) can each run their own head on one machine. The head
+        lives under ``temp_dir``; :meth:`shutdown` ends exactly its processes.
+        """
+        import subprocess
+        import sys
+        import tempfile
+
+        temp_dir = self.temp_dir or tempfile.mkdtemp(prefix="smray-")
+        self.temp_dir = temp_dir
+        ended = end_stale_ray_processes(temp_dir)
+        if ended:
+            log.warning("ended %d Ray processes a previous run of this service left behind", ended)
+        port = _free_port()
+        cmd = [
+            sys.executable, "-c", "import sys; from ray.scripts.scripts import main; sys.exit(main())",
+            "start", "--head", f"--port={port}", f"--temp-dir={temp_dir}", "--include-dashboard=false",
+            "--disable-usage-stats", f"--ray-client-server-port={_free_port()}",
+            f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
+            f"--runtime-env-agent-port={_free_port()}", f"--metrics-export-port={_free_port()}",
+            f"--node-manager-port={_free_port()}", f"--object-manager-port={_free_port()}",
+        ]
+        if self.num_cpus:
+            cmd.append(f"--num-cpus={self.num_cpus}")
+        log.info("starting an embedded Ray head (%s CPUs) under %s", self.num_cpus or "all", temp_dir)
+        # Token authentication with a token of our own: Ray's default token file
+        # (~/.ray/auth_token) is shared by every cluster of this user on the machine.
+        import secrets
+
+        token = secrets.token_hex(32)
+        os.environ.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token})
+        os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
+        try:  # this process caches Ray's config and token: make it see the new ones
+            from ray._private.authentication.authentication_token_setup import _enable_token_auth
+            from ray._raylet import AuthenticationTokenLoader
+
+            _enable_token_auth()
+            AuthenticationTokenLoader.instance().reset_cache()
+        except (ImportError, AttributeError):  # pragma: no cover - other ray versions
+            pass
+        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+        env.pop("RAY_ADDRESS", None)
+        last = ""
+        for _attempt in range(3):
+            out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600,
+                                 stdin=subprocess.DEVNULL, start_new_session=True)
+            if out.returncode == 0:
+                return f"127.0.0.1:{port}"
+            last = (out.stdout + out.stderr)[-2000:]
+            log.warning("ray start failed (rc %s); retrying: %s", out.returncode, last[-300:])
+            end_stale_ray_processes(temp_dir)
+            port = _free_port()
+            cmd[cmd.index(next(c for c in cmd if c.startswith("--port=")))] = f"--port={port}"
+        raise RuntimeError(f"could not start the embedded Ray head: {last}")
+
     def resources(self) -> ClusterResources:
         """Totals and free resources of the cluster (memory of the largest node)."""
         import ray
@@ -272,12 +321,24 @@ class RayRuntime:
         )
 
     def shutdown(self) -> None:
+        """Disconnect; an embedded head is stopped (its processes, found by its temp dir)."""
         import ray
 
         with self._lock:
             if self._connected and ray.is_initialized():
                 ray.shutdown()
             self._connected = False
+            if self._started_here and self.temp_dir:
+                end_stale_ray_processes(self.temp_dir, timeout=10.0)
+                self._started_here = False
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def default_temp_dir(state_dir: str | Path) -> str:
@@ -461,7 +522,15 @@ def _actor_classes():
                     pass
             if refs:
                 try:
-                    ray.get(refs, timeout=20)
+                    ray.get(refs, timeout=5)
+                except ray.exceptions.GetTimeoutError:
+                    # The controller does not answer while it blocks waiting for its placement
+                    # group (a job Ray has not placed yet): end it; Ray Train's placement group
+                    # cleaner then removes the pending placement group.
+                    try:
+                        ray.kill(self.controller, no_restart=True)
+                    except Exception:  # noqa: BLE001
+                        pass
                 except Exception:  # noqa: BLE001  (the controller exits while answering)
                     pass
             return "aborted"

@@ -116,6 +116,14 @@ class JobManager:
         """Recover after a restart: queued jobs start again; jobs that were running become
         FAILED (reason INTERRUPTED) and resume on request; cancelling ones become CANCELLED."""
         self._started = True
+        # Connect to Ray (or start the embedded head) now, on the event loop's thread and before
+        # the server installs its SIGTERM/SIGINT handlers: Ray installs handlers of its own when
+        # a driver connects from the main thread, and the server's must be the last word so a
+        # SIGTERM drains the service (and stops the embedded Ray) instead of killing it.
+        try:
+            self.runtime.ensure()
+        except Exception as e:  # noqa: BLE001  (jobs retry the connection when they launch)
+            log.warning("Ray is not reachable yet (%s: %s); jobs will connect when they start", type(e).__name__, e)
         await asyncio.to_thread(self._recover)
 
     def _recover(self) -> None:

@@ -142,9 +142,15 @@ def test_kill9_restart_resume_finishes_from_checkpoint(tmp_path, tiny_model_dir)
         hub.stop()
         # The stopped trainer shut its Ray down; nothing of the killed one may linger either.
         left = ray_processes_using(ray_tmp) if os.path.isdir(ray_tmp) else []
+        what = []
+        for pid in left:
+            try:
+                what.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:200])
+            except OSError:
+                pass
         for pid in left:
             try:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
-    assert not left, f"Ray processes left behind: {left}"
+    assert not left, f"Ray processes left behind: {what}"

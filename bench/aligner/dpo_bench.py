@@ -13,9 +13,11 @@ alternating plain and service ``--rounds`` times.
   (events, TensorBoard, checkpoint cadence, hub upload at the end).
 
 Speed: optimizer steps per second between step 3 and the last step (the first steps include
-compilation of kernels and data preparation), from each step's log time (the plain script's
-``on_log``; the job's metrics events). Memory: the peak resident set size of the training
-process (the plain script; the Ray Train worker), sampled every 0.1 s with psutil.
+warm-up and data preparation), from each step's log time (the plain script's ``on_log``; the
+job's metrics events); and CPU seconds per step of the training process over the same window
+(robust to other load on a shared machine: ``cpu_speed_ratio``). Memory: the peak resident set
+size of the training process (the plain script; the Ray Train worker), sampled every 0.1 s with
+psutil.
 """
 
 from __future__ import annotations
@@ -42,11 +44,14 @@ FIRST = 3  # first step of the timed window
 
 
 class PeakRSS:
-    """Samples the RSS of the processes ``select()`` returns; keeps the peak of each pid."""
+    """Samples the processes ``select()`` returns every 0.1 s: the peak RSS of each pid, and the
+    CPU time (user + system) they used so far, with its wall time (for CPU seconds per step)."""
 
     def __init__(self, select) -> None:
         self.select = select
         self.peak: dict[int, int] = {}
+        self.cpu: dict[int, float] = {}
+        self.cpu_trace: list[tuple[float, float]] = []  # (wall time, CPU seconds of all pids)
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
 
@@ -55,10 +60,21 @@ class PeakRSS:
             for p in self.select():
                 try:
                     rss = p.memory_info().rss
+                    ct = p.cpu_times()
                 except Exception:  # noqa: BLE001 - process ended
                     continue
                 self.peak[p.pid] = max(self.peak.get(p.pid, 0), rss)
+                self.cpu[p.pid] = ct.user + ct.system
+            self.cpu_trace.append((time.time(), sum(self.cpu.values())))
             time.sleep(0.1)
+
+    def cpu_at(self, t: float) -> float:
+        """CPU seconds used by the sampled processes up to wall time ``t`` (interpolated)."""
+        tr = self.cpu_trace
+        for (t0, c0), (t1, c1) in zip(tr, tr[1:]):
+            if t0 <= t <= t1:
+                return c0 + (c1 - c0) * (t - t0) / max(t1 - t0, 1e-9)
+        return tr[-1][1] if t > tr[-1][0] else tr[0][1]
 
     def __enter__(self):
         self._t.start()
@@ -77,6 +93,14 @@ def steps_per_second(times: list[tuple[int, float]]) -> float:
     t = {s: x for s, x in times}
     last = max(t)
     return (last - FIRST) / (t[last] - t[FIRST])
+
+
+def cpu_seconds_per_step(times: list[tuple[int, float]], mem: PeakRSS) -> float:
+    """CPU seconds the training process spent per step over the timed window: unlike wall time,
+    barely affected by other load on a shared machine."""
+    t = {s: x for s, x in times}
+    last = max(t)
+    return (mem.cpu_at(t[last]) - mem.cpu_at(t[FIRST])) / (last - FIRST)
 
 
 def smollm2_dir(cache: Path) -> Path:
@@ -105,21 +129,31 @@ def run_plain(model: Path, data: Path, steps: int, work: Path) -> dict:
         raise SystemExit(f"plain script failed ({proc.returncode})")
     r = json.loads(out.read_text())
     return {"steps_per_second": steps_per_second(r["step_times"]), "peak_rss_bytes": mem.max,
+            "cpu_seconds_per_step": cpu_seconds_per_step(r["step_times"], mem),
             "first_margin": r["margins"][0], "last_margin": r["margins"][-1]}
 
 
-def ray_workers():
-    import psutil
+class RayWorkers:
+    """The Ray Train worker processes (found by name once a second, then sampled alone, so the
+    sampler costs the same as for the plain script)."""
 
-    out = []
-    for p in psutil.process_iter(["cmdline"]):
-        try:
-            cmd = " ".join(p.info["cmdline"] or [])
-        except Exception:  # noqa: BLE001
-            continue
-        if "RayTrainWorker" in cmd or "ray::_RayTrainWorker" in cmd:
-            out.append(p)
-    return out
+    def __init__(self) -> None:
+        self.found: dict[int, object] = {}
+        self.last_scan = 0.0
+
+    def __call__(self):
+        import psutil
+
+        if time.monotonic() - self.last_scan > 1.0:
+            self.last_scan = time.monotonic()
+            for p in psutil.process_iter(["cmdline"]):
+                try:
+                    cmd = " ".join(p.info["cmdline"] or [])
+                except Exception:  # noqa: BLE001
+                    continue
+                if "RayTrainWorker" in cmd and p.pid not in self.found:
+                    self.found[p.pid] = p
+        return list(self.found.values())
 
 
 def run_service(stack, data: Path, steps: int, n: int) -> dict:
@@ -130,7 +164,7 @@ def run_service(stack, data: Path, steps: int, n: int) -> dict:
                       beta=0.1, max_length=256, bf16=False, r=8, lora_alpha=32, lora_dropout=0.05,
                       target_modules=["all-linear"], save_steps=10 * steps, logging_steps=1, cpus_per_worker=2,
                       output_model_id=f"smollm2-dpo-bench-{n}")
-    with PeakRSS(ray_workers) as mem:
+    with PeakRSS(RayWorkers()) as mem:
         job = stack.aligner(lambda a: a.create_job(spec, job_id=f"dpo-bench-{n}"))
         job = stack.aligner(lambda a: a.wait(job.name, timeout=3600), timeout=3600)
     if job.state != 3:
@@ -145,6 +179,7 @@ def run_service(stack, data: Path, steps: int, n: int) -> dict:
     margins = [e.metrics.metrics["train/rewards/margins"] for e in evs
                if e.HasField("metrics") and "train/rewards/margins" in e.metrics.metrics]
     return {"steps_per_second": steps_per_second(times), "peak_rss_bytes": mem.max,
+            "cpu_seconds_per_step": cpu_seconds_per_step(times, mem),
             "first_margin": margins[0], "last_margin": margins[-1]}
 
 
@@ -175,7 +210,8 @@ def main() -> None:
             print("service", results["service"][-1], flush=True)
     finally:
         stack.stop()
-    med = {k: {m: statistics.median(r[m] for r in v) for m in ("steps_per_second", "peak_rss_bytes")}
+    med = {k: {m: statistics.median(r[m] for r in v)
+               for m in ("steps_per_second", "cpu_seconds_per_step", "peak_rss_bytes")}
            for k, v in results.items()}
     summary = {
         "settings": {"model": "SmolLM2-135M-Instruct (fp32)", "pairs": a.pairs, "steps": a.steps, "batch": 4,
@@ -184,11 +220,14 @@ def main() -> None:
         "runs": results,
         "median": med,
         "speed_ratio": med["service"]["steps_per_second"] / med["plain"]["steps_per_second"],
+        # Steps per CPU-second, service / plain: the speed ratio with other load factored out.
+        "cpu_speed_ratio": med["plain"]["cpu_seconds_per_step"] / med["service"]["cpu_seconds_per_step"],
         "memory_ratio": med["service"]["peak_rss_bytes"] / med["plain"]["peak_rss_bytes"],
         "load_average": os.getloadavg(),
     }
     Path(a.out).write_text(json.dumps(summary, indent=2))
-    print(json.dumps({k: summary[k] for k in ("median", "speed_ratio", "memory_ratio", "load_average")}, indent=2))
+    print(json.dumps({k: summary[k] for k in ("median", "speed_ratio", "cpu_speed_ratio", "memory_ratio",
+                                              "load_average")}, indent=2))
 
 
 if __name__ == "__main__":

@@ -530,7 +530,8 @@ def run_alignment(ctx) -> list[Artifact]:
             + f" ({acfg.tuner}), {len(data)} rows")
     trainer = build_trainer(acfg, data, callbacks=[ctx.hf_callback()], eval_data=evals, prompts_truncated=True)
     ctx.log(f"{type(trainer).__name__}: world size {trainer.args.world_size}, device {trainer.args.device}, "
-            f"bf16 {trainer.args.bf16}" + (", DeepSpeed" if getattr(trainer, "is_deepspeed_enabled", False) else ""))
+            f"{torch.get_num_threads()} CPU threads, bf16 {trainer.args.bf16}"
+            + (", DeepSpeed" if getattr(trainer, "is_deepspeed_enabled", False) else ""))
     trainer.train(resume_from_checkpoint=str(ctx.resume_from) if ctx.resume_from else None)
     final = ctx.work_dir / "final"
     kind = save_result(trainer, final)  # every rank (ZeRO-3 gathers); rank 0 writes

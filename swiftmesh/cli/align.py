@@ -10,7 +10,7 @@
 
 Flag names follow ms-swift (``--rlhf_type``, ``--dataset``, ``--train_type``/``--tuner``,
 ``--deepspeed``, ``--beta``, ``--rpo_alpha``, ``--reward_model``...; the dashed spellings work
-too). The job is followed live (state, step, reward metrics) unless ``--detach``; the generic job
+too). The job is followed live (``swiftmesh jobs watch``'s view) unless ``--detach``; the generic job
 commands are shared with the trainer: ``swiftmesh jobs ls|show|watch|cancel|resume|logs
 --service aligner``. The aligner is found at ``settings.aligner.target`` or ``--aligner host:port``.
 """
@@ -24,12 +24,13 @@ import typer
 from google.protobuf import json_format
 
 from swiftmesh.cli.common import console, err_console, fail, run_async, settings_from
+from swiftmesh.cli.jobs import exit_for, follow_job
 from swiftmesh.clients.aligner import RLHF_TYPES, AlignerClient, build_spec
-from swiftmesh.clients.jobs import TERMINAL_STATES, state_name
+from swiftmesh.clients.jobs import state_name
 from swiftmesh.clients.trainer import STRATEGIES, TUNERS
-from swiftmesh.jobs.v1 import jobs_pb2
 
-# Metrics shown while following a job, per method family (TensorBoard tags as jobkit reports them).
+# Metrics shown at the end of a job, per method family (TensorBoard tags as jobkit reports them);
+# the live view while it runs is the shared one of `swiftmesh jobs watch`.
 SHOWN = ("train/loss", "train/rewards/margins", "train/rewards/accuracies", "train/kl", "train/objective/scores",
          "train/objective/kl", "train/reward", "train/loss/value_avg", "train/policy/clipfrac_avg", "train/accuracy")
 
@@ -215,30 +216,16 @@ async def _run(settings, target, spec_kwargs, job_id, labels, force, validate_on
                 console.print(f"queued [bold]{job.name}[/bold] ({job.kind}); follow with `swiftmesh jobs watch "
                               f"{job.name.removeprefix('jobs/')} --service aligner`")
             return
-        err_console.print(f"[bold]{job.name}[/bold] ({job.kind}) queued; following (Ctrl-C detaches, the job goes on)")
-        async for ev in client.watch(job.name):
-            if ev.HasField("state_change"):
-                err_console.print(f"  state: {state_name(ev.state_change.state)}"
-                                  + (f" ({ev.state_change.message})" if ev.state_change.message else ""))
-            elif ev.HasField("metrics") and ev.metrics.metrics:
-                total = ev.metrics.progress.total_steps or job.progress.total_steps
-                line = _fmt_metrics(ev.metrics.metrics)
-                if line:
-                    err_console.print(f"  step {ev.metrics.step}/{total}: {line}")
-            elif ev.HasField("log") and ev.log.level in ("WARNING", "ERROR"):
-                err_console.print(f"  [{ev.log.level.lower()}] {ev.log.message[:500]}")
-            elif ev.HasField("artifact"):
-                err_console.print(f"  artifact: {ev.artifact.model} ({ev.artifact.kind})")
-        job = await client.get(job.name)
+        err_console.print(f"[bold]{job.name}[/bold] ({job.kind}) queued; following (Ctrl-C stops following, "
+                          "the job goes on)")
+        job = await follow_job(client, job.name, quiet=as_json)
         if as_json:
             console.print_json(json_format.MessageToJson(job, preserving_proto_field_name=True))
         else:
-            console.print(f"{job.name}: {state_name(job.state)}"
-                          + "".join(f"\n  {a.model} ({a.kind})" for a in job.artifacts))
-        if job.state != jobs_pb2.JOB_STATE_SUCCEEDED and job.state in TERMINAL_STATES:
-            if job.error.message:
-                err_console.print(f"[red]error[/red]: {job.error.message}")
-            raise typer.Exit(1)
+            final = _fmt_metrics(job.metrics)
+            if final:
+                console.print(f"{job.name}: {state_name(job.state)}; last {final}")
+        exit_for(job)
 
 
 def register(app: typer.Typer) -> None:

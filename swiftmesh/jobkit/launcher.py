@@ -484,24 +484,29 @@ def _actor_classes():
             ckpt = result.checkpoint.path if result.checkpoint is not None else ""
             return {"status": "ok", "checkpoint": ckpt}
 
+        def _placement_groups(self) -> list:
+            """(id, state name) of the live placement groups this run's Ray Train controller made."""
+            from ray._private import state as ray_state
+            from ray.core.generated import gcs_pb2
+
+            if self.controller is None:
+                return []
+            me = self.controller._actor_id.binary()
+            states = gcs_pb2.PlacementGroupTableData.PlacementGroupState
+            out = []
+            for raw in ray_state.state._connect_and_get_accessor().get_placement_group_table():
+                pg = gcs_pb2.PlacementGroupTableData.FromString(raw)
+                if pg.creator_actor_id == me and pg.state != states.REMOVED:
+                    out.append((pg.placement_group_id, states.Name(pg.state)))
+            return out
+
         def waiting_reason(self, num_workers: int, bundle: dict, strategy: str) -> str | None:
-            """Why the run's workers wait for room (None when they do not): only while a
-            placement group of the run's shape is pending in Ray, from the per-node free
-            resources (computed here, inside the cluster, so it works through Ray Client too)."""
+            """Why the run's workers wait for room (None when they do not): only while the run's
+            placement group is pending in Ray, from the per-node free resources (computed here,
+            inside the cluster, so it works through Ray Client too)."""
             from ray._private import state as ray_state
 
-            def same_shape(pg: dict) -> bool:
-                bundles = list((pg.get("bundles") or {}).values())
-                return (
-                    pg.get("strategy") == strategy
-                    and len(bundles) == num_workers
-                    and all(
-                        abs(b.get(r, 0.0) - bundle.get(r, 0.0)) < 1e-6 for b in bundles for r in ("CPU", "GPU")
-                    )
-                )
-
-            table = ray.util.placement_group_table()
-            if not any(pg.get("state") in ("PENDING", "RESCHEDULING") and same_shape(pg) for pg in table.values()):
+            if not any(st in ("PENDING", "RESCHEDULING") for _, st in self._placement_groups()):
                 return None
             alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
             free = {k: v for k, v in ray_state.available_resources_per_node().items() if k in alive}
@@ -525,14 +530,22 @@ def _actor_classes():
                     ray.get(refs, timeout=5)
                 except ray.exceptions.GetTimeoutError:
                     # The controller does not answer while it blocks waiting for its placement
-                    # group (a job Ray has not placed yet): end it; Ray Train's placement group
-                    # cleaner then removes the pending placement group.
+                    # group (a run Ray has not placed yet): end it, and its placement group below.
                     try:
                         ray.kill(self.controller, no_restart=True)
                     except Exception:  # noqa: BLE001
                         pass
                 except Exception:  # noqa: BLE001  (the controller exits while answering)
                     pass
+            # A placement group lives as long as the service's Ray job, not its creator: one left
+            # pending would take the next node with room and hold it for nobody.
+            try:
+                from ray.util.placement_group import PlacementGroup
+
+                for pg_id, _ in self._placement_groups():
+                    ray.util.remove_placement_group(PlacementGroup(ray.PlacementGroupID(pg_id)))
+            except Exception:  # noqa: BLE001
+                pass
             return "aborted"
 
     return EventSink, JobDriver

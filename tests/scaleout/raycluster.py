@@ -25,9 +25,21 @@ STARTED = "Ray runtime started"
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free TCP ports (all bound at once, so none is handed out twice)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def _session_pids(sid: int) -> list[int]:
@@ -66,8 +78,7 @@ class RayNode:
         self.resources = resources or {}
         self.env = env or {}
         self.head = head
-        self.port = free_port() if head is None else 0
-        self.client_port = free_port() if head is None else 0
+        self.port, self.client_port = free_ports(2) if head is None else (0, 0)
         self.log = self.temp_dir.parent / f"{name}.log"
         self.proc: subprocess.Popen | None = None
 
@@ -84,39 +95,48 @@ class RayNode:
         """Start the node; returns once ``ray start`` reports the runtime started. RuntimeError
         (with the log's tail) if it exits or does not come up within ``timeout`` s."""
         self.temp_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [
-            *RAY_CLI, "start", "--block", f"--temp-dir={self.temp_dir}", f"--num-cpus={self.num_cpus}",
-            "--num-gpus=0", f"--object-store-memory={256 << 20}", "--disable-usage-stats",
-            f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
-            f"--metrics-export-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
-            f"--dashboard-agent-grpc-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
-        ]
-        if self.resources:
-            cmd.append(f"--resources={json.dumps(self.resources)}")
-        if self.head is None:
-            cmd += ["--head", f"--port={self.port}", f"--ray-client-server-port={self.client_port}",
-                    "--include-dashboard=false"]
-        else:
-            cmd.append(f"--address={self.head.gcs_address}")
         env = {**os.environ, **self.env}
         env.pop("RAY_ADDRESS", None)
         for k in ("SWIFTMESH_MACHINE_ID", "SWIFTMESH_DATA_DIR"):
             if k not in self.env:
                 env.pop(k, None)
-        fh = open(self.log, "wb")  # noqa: SIM115  (the child keeps writing to it)
-        self.proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     start_new_session=True)
-        fh.close()
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            text = self.log.read_text(errors="replace")
-            if STARTED in text:
-                return self
-            if self.proc.poll() is not None:
+        for attempt in range(3):  # a port taken by someone else between choosing and binding: retry
+            ports = free_ports(6)
+            cmd = [
+                *RAY_CLI, "start", "--block", f"--temp-dir={self.temp_dir}", f"--num-cpus={self.num_cpus}",
+                "--num-gpus=0", f"--object-store-memory={256 << 20}", "--disable-usage-stats",
+                f"--node-manager-port={ports[0]}", f"--object-manager-port={ports[1]}",
+                f"--metrics-export-port={ports[2]}", f"--dashboard-agent-listen-port={ports[3]}",
+                f"--dashboard-agent-grpc-port={ports[4]}", f"--runtime-env-agent-port={ports[5]}",
+            ]
+            if self.resources:
+                cmd.append(f"--resources={json.dumps(self.resources)}")
+            if self.head is None:
+                cmd += ["--head", f"--port={self.port}", f"--ray-client-server-port={self.client_port}",
+                        "--include-dashboard=false"]
+            else:
+                cmd.append(f"--address={self.head.gcs_address}")
+            fh = open(self.log, "wb")  # noqa: SIM115  (the child keeps writing to it)
+            self.proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+            fh.close()
+            while time.monotonic() < deadline:
+                text = self.log.read_text(errors="replace")
+                if STARTED in text:
+                    return self
+                if self.proc.poll() is not None:
+                    break
+                time.sleep(0.2)
+            else:
+                self.stop()
+                raise RuntimeError(f"ray node {self.name} did not start in {timeout:.0f} s: {text[-3000:]}")
+            self.stop()
+            if attempt == 2 or "port" not in text:
                 raise RuntimeError(f"ray node {self.name} exited {self.proc.returncode}: {text[-3000:]}")
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"ray node {self.name} did not start in {timeout:.0f} s: {self.log.read_text()[-3000:]}")
+            if self.head is None:
+                self.port, self.client_port = free_ports(2)
+        raise AssertionError("unreachable")
 
     @property
     def alive(self) -> bool:
@@ -200,12 +220,24 @@ class RayCluster:
         pids.discard(os.getpid())
         return sorted(pids)
 
-    def stop(self) -> None:
-        """Stop the worker nodes, then the head; SIGKILL anything left under the cluster's root."""
-        for n in reversed(self.nodes):
-            n.stop()
-        for pid in self.leftover_pids():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop every node at once (SIGTERM, then SIGKILL after ``grace`` s) and SIGKILL anything
+        left holding files under the cluster's root."""
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+            pids = self.leftover_pids()
+            if not pids:
+                break
+            for pid in pids:
+                try:
+                    os.kill(pid, sig)
+                except OSError:
+                    pass
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline and self.leftover_pids():
+                time.sleep(0.2)
+        for n in self.nodes:
+            if n.proc is not None:
+                try:
+                    n.proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    pass

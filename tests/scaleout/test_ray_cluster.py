@@ -13,7 +13,10 @@ manifests do), with checkpoints on a directory every node sees (``trainer.storag
   checkpoint once a node joins again, and succeeds; the hub holds exactly the base and the
   final adapter, which verifies.
 * A job asking for more CPUs than any node has waits in QUEUED with the reason in
-  ``state_message`` and runs once a node with room joins.
+  ``state_message``; one such job is cancelled while it waits, the other runs once a node with
+  room joins.
+* The aligner, dialling the cluster's GCS address from this machine (a node of the cluster),
+  runs a DPO job spread over both nodes the same way.
 
 Every Ray process these tests start is ended by the module fixture, also on failure.
 """
@@ -48,7 +51,7 @@ pytestmark = pytest.mark.slow
 S = jobs_pb2.JobState
 REPO = Path(__file__).resolve().parents[2]
 NODE2_HOST = "scaleout-node2"  # the second node's host identity (not the hub's)
-STEPS = 40
+STEPS = 24
 PLACEMENT_RE = re.compile(
     r"placement: rank (\d+) of (\d+) on node (\w+) \(ip [^,]*, hostname [^,]*, host ([^)]*)\), pid \d+, attempt (\d+)")
 
@@ -80,25 +83,28 @@ class LoopThread:
         self.thread.join(10)
 
 
-class TrainerProcess:
-    """``swiftmesh serve trainer`` submitting to the cluster at ``ray_address``."""
+class ServiceProcess:
+    """``swiftmesh serve <service>`` (trainer or aligner) submitting to the cluster at ``ray_address``."""
 
-    def __init__(self, settings, ray_address: str, extra_env: dict[str, str], log: Path) -> None:
+    def __init__(self, service: str, settings, ray_address: str, extra_env: dict[str, str], log: Path) -> None:
+        section = service.upper()
         env = {
             **os.environ,
             **extra_env,
             "SWIFTMESH_DATA_DIR": str(settings.data_dir),
             "SWIFTMESH_HUB__PORT": str(settings.hub.port),
-            "SWIFTMESH_TRAINER__PORT": str(settings.trainer.port),
-            "SWIFTMESH_TRAINER__METRICS_PORT": "0",
-            "SWIFTMESH_TRAINER__STORAGE_PATH": str(settings.trainer.storage_path),
-            "RAY_ADDRESS": ray_address,
+            f"SWIFTMESH_{section}__PORT": str(getattr(settings, service).port),
+            f"SWIFTMESH_{section}__METRICS_PORT": "0",
+            f"SWIFTMESH_{section}__STORAGE_PATH": str(getattr(settings, service).storage_path),
+            f"SWIFTMESH_{section}__RAY_ADDRESS": ray_address,
             "PYTHONUNBUFFERED": "1",
         }
         env.pop("SWIFTMESH_MACHINE_ID", None)
+        env.pop("RAY_ADDRESS", None)
+        self.service = service
         self.log = log
         self._fh = open(log, "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen([sys.executable, "-m", "swiftmesh.cli.main", "serve", "trainer"],
+        self.proc = subprocess.Popen([sys.executable, "-m", "swiftmesh.cli.main", "serve", service],
                                      stdout=self._fh, stderr=subprocess.STDOUT, env=env, cwd=str(REPO),
                                      start_new_session=True)
 
@@ -107,19 +113,19 @@ class TrainerProcess:
         from swiftmesh.runtime.errors import SwiftMeshError
 
         async def ping():
-            async with JobsClient(settings) as c:
+            async with JobsClient(settings, getattr(settings, self.service).target) as c:
                 return await c.list(page_size=1, all_pages=False)
 
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"trainer exited {self.proc.returncode}: {self.log.read_text()[-3000:]}")
+                raise RuntimeError(f"{self.service} exited {self.proc.returncode}: {self.log.read_text()[-3000:]}")
             try:
                 asyncio.run(asyncio.wait_for(ping(), 10))
                 return
             except (SwiftMeshError, TimeoutError, OSError):
                 time.sleep(0.5)
-        raise RuntimeError(f"trainer did not start: {self.log.read_text()[-3000:]}")
+        raise RuntimeError(f"{self.service} did not start: {self.log.read_text()[-3000:]}")
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -138,7 +144,7 @@ class Env:
     cluster: RayCluster
     settings: object
     data: Path
-    trainer: TrainerProcess | None = None
+    trainer: ServiceProcess | None = None
     node_ids: set[str] = field(default_factory=set)  # every node id a worker reported
 
     def node2_env(self) -> dict[str, str]:
@@ -152,6 +158,16 @@ def call(env: Env, fn, timeout: float = 900):
     async def go():
         async with TrainerClient(env.settings) as t:
             return await fn(t)
+
+    return asyncio.run(asyncio.wait_for(go(), timeout))
+
+
+def align_call(env: Env, fn, timeout: float = 900):
+    from swiftmesh.clients.aligner import AlignerClient
+
+    async def go():
+        async with AlignerClient(env.settings) as a:
+            return await fn(a)
 
     return asyncio.run(asyncio.wait_for(go(), timeout))
 
@@ -219,8 +235,9 @@ def _keep_logs(root: Path, dest: Path) -> None:
 # Fixture ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def env(tmp_path_factory, tiny_model_dir):
-    from swiftmesh.runtime.config import Settings
     from swiftmesh.services.hub.server import create_service as hub_service
+
+    from swiftmesh.runtime.config import Settings
 
     # Short root: Ray's Unix sockets live under the nodes' temp dirs.
     root = Path(tempfile.mkdtemp(prefix="smrc-", dir="/tmp"))
@@ -235,6 +252,7 @@ def env(tmp_path_factory, tiny_model_dir):
             data_dir=work / "data",
             hub={"port": free_port(), "metrics_port": 0},
             trainer={"port": free_port(), "metrics_port": 0, "storage_path": root / "shared-checkpoints"},
+            aligner={"port": free_port(), "metrics_port": 0, "storage_path": root / "shared-checkpoints"},
         )
         data = work / "identity.jsonl"
         data.write_text("".join(json.dumps(r) + "\n" for r in identity_rows(16)))
@@ -242,7 +260,9 @@ def env(tmp_path_factory, tiny_model_dir):
         e.second_node("node2")
         hub.start(hub_service(settings), settings)
         hub_call(e, lambda h: h.pull(str(tiny_model_dir), "tiny"))
-        e.trainer = TrainerProcess(settings, cluster.head.client_address, cluster.auth_env, work / "trainer.log")
+        # The trainer dials the head's Ray Client port, as the deploy manifests do.
+        e.trainer = ServiceProcess("trainer", settings, cluster.head.client_address, cluster.auth_env,
+                                   work / "trainer.log")
         e.trainer.wait_ready(settings)
         yield e
     finally:
@@ -360,14 +380,21 @@ def test_job_bigger_than_any_node_waits_queued_then_runs_when_a_node_with_room_j
         call(env, lambda t: t.create_job(spec, job_id="big-refused"))
     assert e.value.reason == "CLUSTER_TOO_SMALL" and "3 CPUs" in e.value.message
 
+    # Two such jobs wait; the first is cancelled while it waits (its pending placement group must
+    # go, or it would take the node that joins next), the second runs once a 3-CPU node joins.
+    doomed = call(env, lambda t: t.create_job(spec, job_id="big-cancelled", force=True))
     job = call(env, lambda t: t.create_job(spec, job_id="big", force=True))
-    j = wait_for(env, job.name, lambda j: j.state_message.startswith("waiting for 1 worker x 3 CPUs"),
-                 "the reason it waits", timeout=120, ok_states=(S.JOB_STATE_QUEUED,))
-    assert "the cluster has 2 CPUs free; 0 of 2 nodes can take a worker now" in j.state_message, j.state_message
-    assert "cannot hold the job even when idle" in j.state_message
+    for name in (doomed.name, job.name):
+        j = wait_for(env, name, lambda j: j.state_message.startswith("waiting for 1 worker x 3 CPUs"),
+                     "the reason it waits", timeout=120, ok_states=(S.JOB_STATE_QUEUED,))
+        assert "the cluster has 2 CPUs free; 0 of 2 nodes can take a worker now" in j.state_message, j.state_message
+        assert "cannot hold the job even when idle" in j.state_message
     time.sleep(3)
     j = call(env, lambda t: t.get(job.name))
     assert j.state == S.JOB_STATE_QUEUED and j.state_message.startswith("waiting for 1 worker x 3 CPUs")
+    call(env, lambda t: t.cancel(doomed.name))
+    d = call(env, lambda t: t.wait(doomed.name, timeout=120))
+    assert d.state == S.JOB_STATE_CANCELLED and not d.start_time.seconds
 
     env.cluster.add("node3", num_cpus=3, resources={"smtest_node3": 1})
     j = call(env, lambda t: t.wait(job.name, timeout=600))
@@ -380,3 +407,44 @@ def test_job_bigger_than_any_node_waits_queued_then_runs_when_a_node_with_room_j
     assert rank == 0 and host == machine_id()
     assert node not in env.node_ids, "the 3-CPU worker ran on a node that has 1 CPU"
     assert "models/tiny-big" in [m.name for m in hub_call(env, lambda h: h.list())]
+
+
+def test_aligner_dpo_on_the_cluster_through_its_gcs_address(env, tmp_path):
+    """The aligner on a machine that is a node of the cluster dials the GCS address (not Ray
+    Client); its DPO workers spread over both nodes the same way, and the second node mirrors."""
+    from swiftmesh.clients.aligner import build_spec as align_spec
+
+    if len([n for n in env.cluster.nodes if n.alive]) < 2:
+        env.second_node(f"node2-{len(env.cluster.nodes)}")
+    pairs = tmp_path / "pairs.jsonl"
+    prompts = ["the city of data", "a good model", "one fast number", "what is the country", "hello team",
+               "tiny small list", "the answer key", "who made you"]
+    pairs.write_text("".join(json.dumps({"messages": [{"role": "user", "content": p},
+                                                       {"role": "assistant", "content": "yes thank you"}],
+                                         "rejected_response": "no please"}) + "\n" for p in prompts * 2))
+    aligner = ServiceProcess("aligner", env.settings, env.cluster.head.gcs_address, env.cluster.auth_env,
+                             tmp_path / "aligner.log")
+    try:
+        aligner.wait_ready(env.settings)
+        spec = align_spec(rlhf_type="dpo", model="models/tiny", datasets=[str(pairs)], strategy="ddp", num_workers=2,
+                          max_steps=1,
+                          per_device_train_batch_size=2, learning_rate=5e-3, output_model_id="tiny-dpo-cluster")
+        job = align_call(env, lambda a: a.create_job(spec, job_id="dpo-cluster",
+                                                     labels={PLACEMENT_LABEL: "STRICT_SPREAD"}))
+        j = align_call(env, lambda a: a.wait(job.name, timeout=900))
+        assert j.state == S.JOB_STATE_SUCCEEDED, j.error.message
+
+        async def events(a):
+            return [e async for e in a.watch(job.name, follow=False)]
+
+        evs = align_call(env, events)
+    finally:
+        aligner.stop()
+    seen = {r: (n, h) for r, n, h, a in placements(evs) if a == 1}
+    assert sorted(seen) == [0, 1] and len({n for n, _ in seen.values()}) == 2, seen
+    assert sorted(h for _, h in seen.values()) == sorted([NODE2_HOST, machine_id()])
+    mirror = env.root / "node2-data" / "mirror" / "tiny"
+    logs = [e.log.message for e in evs if e.HasField("log")]
+    assert any(f"model models/tiny: mirrored through the hub's file stream at {mirror}" in m for m in logs), logs
+    v = hub_call(env, lambda h: h.verify("models/tiny-dpo-cluster"))
+    assert v.ok and v.model.lineage.job == "jobs/dpo-cluster"

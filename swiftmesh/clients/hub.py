@@ -493,11 +493,14 @@ def _run(coro_fn: Callable[[], Any]) -> Any:
         asyncio.get_running_loop()
     except RuntimeError:
         return asyncio.run(coro_fn())
-    # called from inside a running loop (e.g. a notebook): run on a private thread
+    # called from inside a running loop (e.g. a notebook): run on a private thread, in this
+    # thread's context (the current trace span stays the parent of the calls)
     import concurrent.futures
+    import contextvars
 
+    ctx = contextvars.copy_context()
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(lambda: asyncio.run(coro_fn())).result()
+        return pool.submit(ctx.run, lambda: asyncio.run(coro_fn())).result()
 
 
 def materialize_sync(settings: Settings, name: str, dest_root: Path | None = None) -> Path:

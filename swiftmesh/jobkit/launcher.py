@@ -27,7 +27,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -72,10 +72,10 @@ def worker_bundle(cpus: float, gpus: float = 0.0, memory_bytes: int = 0) -> dict
     (GPU and memory only when > 0). Raises InvalidArgument for negative amounts."""
     from swiftmesh.runtime.errors import InvalidArgument
 
-    for field, v in (("cpus_per_worker", cpus), ("gpus_per_worker", gpus), ("memory_bytes_per_worker", memory_bytes)):
+    for name, v in (("cpus_per_worker", cpus), ("gpus_per_worker", gpus), ("memory_bytes_per_worker", memory_bytes)):
         if v < 0:
-            raise InvalidArgument(f"{field} must be >= 0, got {v}",
-                                  field_violations=[(f"spec.distribution.{field}", f"got {v}")])
+            raise InvalidArgument(f"{name} must be >= 0, got {v}",
+                                  field_violations=[(f"spec.distribution.{name}", f"got {v}")])
     bundle: dict[str, float] = {"CPU": float(cpus)}
     if gpus:
         bundle["GPU"] = float(gpus)
@@ -191,6 +191,9 @@ class RayRuntime:
             os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "180")
             # Workers inherit these through the runtime env of the driver.
             env = {k: os.environ[k] for k in ("DS_ACCELERATOR", "TOKENIZERS_PARALLELISM", "HF_HUB_OFFLINE") if k in os.environ}
+            # The OpenTelemetry exporter settings, so the workers' spans (the artifact upload)
+            # reach the same collector as the service's own (OTEL_SERVICE_NAME stays per process).
+            env.update({k: v for k, v in os.environ.items() if k.startswith("OTEL_") and k != "OTEL_SERVICE_NAME"})
             env.setdefault("DS_ACCELERATOR", "cpu")
             env.setdefault("TOKENIZERS_PARALLELISM", "false")
             # Workers get models from the hub (materialize), never from the internet.
@@ -629,6 +632,8 @@ class RunRequest:
     resume_from: str = ""
     attempt_offset: int = 0
     placement_strategy: str = DEFAULT_PLACEMENT_STRATEGY
+    service: str = "jobs"
+    trace_context: dict[str, str] = field(default_factory=dict)
 
     @property
     def bundle(self) -> dict[str, float]:
@@ -733,6 +738,8 @@ def launch(runtime: RayRuntime, req: RunRequest) -> LaunchedRun:
         "run_name": req.job.removeprefix("jobs/"),
         "resume_from": req.resume_from,
         "attempt_offset": req.attempt_offset,
+        "service": req.service,
+        "trace_context": dict(req.trace_context),
     }
     scaling = {
         "num_workers": req.num_workers,

@@ -232,7 +232,7 @@ class JobManager:
         self._publish(name, state_change=jobs_pb2.StateChange(state=states.QUEUED, message="queued"))
         for note in plan.notes:
             self._log(name, note, "INFO", "driver")
-        self._start_run(name, resume=False)
+        self._start_run(name, resume=False, trace_context=_trace_context())
         return self.store.get(name)
 
     def _check_capacity(self, plan: JobPlan) -> None:
@@ -351,7 +351,7 @@ class JobManager:
         await asyncio.to_thread(self.store.update, name, mutate)
         msg = f"resuming from checkpoint step {step}" if step else "restarting (no checkpoint yet)"
         job = await asyncio.to_thread(self._set_state, name, states.QUEUED, msg)
-        self._start_run(name, resume=True)
+        self._start_run(name, resume=True, trace_context=_trace_context())
         return job
 
     async def delete(self, name: str) -> None:
@@ -414,11 +414,11 @@ class JobManager:
 
         self.store.update(name, mutate)
 
-    def _start_run(self, name: str, *, resume: bool) -> None:
+    def _start_run(self, name: str, *, resume: bool, trace_context: dict[str, str] | None = None) -> None:
         with self._lock:
             if name in self._runs:
                 return
-            run = _Run(self, name, resume=resume)
+            run = _Run(self, name, resume=resume, trace_context=trace_context)
             self._runs[name] = run
         run.thread.start()
 
@@ -426,10 +426,11 @@ class JobManager:
 class _Run:
     """Monitor thread of one launch: starts the run, turns worker events into job updates."""
 
-    def __init__(self, mgr: JobManager, name: str, *, resume: bool) -> None:
+    def __init__(self, mgr: JobManager, name: str, *, resume: bool, trace_context: dict[str, str] | None = None) -> None:
         self.mgr = mgr
         self.name = name
         self.resume = resume
+        self.trace_context = trace_context or {}
         self.launched: LaunchedRun | None = None
         self.cancel_event = threading.Event()
         self.interrupt_event = threading.Event()
@@ -500,6 +501,8 @@ class _Run:
                 resume_from=resume_from,
                 attempt_offset=job.attempt,
                 placement_strategy=plan.placement_strategy,
+                service=mgr.service,
+                trace_context=self.trace_context,
             )
             self.launched = launch(mgr.runtime, req)
             if self.cancel_event.is_set() or self.interrupt_event.is_set():
@@ -682,6 +685,16 @@ class _Run:
             name,
             metrics=jobs_pb2.MetricsReport(step=step, epoch=progress.epoch, metrics=metrics, progress=progress),
         )
+
+
+def _trace_context() -> dict[str, str]:
+    """The caller's W3C trace context (``traceparent``...), carried to the Ray workers so the
+    spans of a run (its artifact upload into the hub) join the trace of CreateJob/ResumeJob."""
+    from opentelemetry import propagate
+
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier
 
 
 def pack_spec(spec: Message) -> any_pb2.Any:

@@ -388,6 +388,40 @@ def placement_report(ctx: WorkerContext) -> str:
             f"hostname {socket.gethostname()}, host {machine_id()}), pid {os.getpid()}, attempt {ctx.attempt}")
 
 
+def _upload_artifacts(ctx: WorkerContext, artifacts: list, config: dict[str, Any]) -> None:
+    """Register the run's artifacts in the hub (rank 0), with lineage (base, parent, job).
+
+    The upload runs in a span ``job.upload_artifacts`` of the CreateJob/ResumeJob call's trace
+    (its W3C context travels in ``config["trace_context"]``), so one trace id covers a job's
+    upload from the trainer/aligner into the hub's UploadModel.
+    """
+    from opentelemetry import propagate, trace
+
+    from swiftmesh.runtime.telemetry import flush_tracing, setup_tracing
+
+    setup_tracing(config.get("service") or "jobs")
+    parent = propagate.extract(config.get("trace_context") or {})
+    tracer = trace.get_tracer("swiftmesh.jobkit")
+    try:
+        with tracer.start_as_current_span(
+            "job.upload_artifacts", context=parent, kind=trace.SpanKind.INTERNAL,
+            attributes={"swiftmesh.job": ctx.job, "swiftmesh.artifacts": len(artifacts)},
+        ):
+            for a in artifacts:
+                lineage = {"job": ctx.job}
+                if a.base_model:
+                    lineage["base_model"] = a.base_model
+                if a.parent_model:
+                    lineage["parent_model"] = a.parent_model
+                ctx.log(f"uploading {a.kind} {a.model_id} to the hub")
+                name = ctx.models.upload(
+                    a.path, a.model_id, format=a.resolved_format(), lineage=lineage, labels=a.labels, overwrite=True
+                )
+                ctx._push({"type": "artifact", "model": name, "kind": a.kind})
+    finally:
+        flush_tracing()
+
+
 def train_loop(config: dict[str, Any]) -> None:
     """The Ray Train per-worker entry point (``TorchTrainer(train_loop_per_worker=train_loop)``)."""
     import ray
@@ -445,18 +479,8 @@ def train_loop(config: dict[str, Any]) -> None:
         ctx._push({"type": "started", "attempt": attempt, "resume_step": ctx.resume_step,
                    "node": ray.get_runtime_context().get_node_id(), "pid": os.getpid()})
         artifacts = kind.train(ctx) or []
-        if ctx.is_main:
-            for a in artifacts:
-                lineage = {"job": ctx.job}
-                if a.base_model:
-                    lineage["base_model"] = a.base_model
-                if a.parent_model:
-                    lineage["parent_model"] = a.parent_model
-                ctx.log(f"uploading {a.kind} {a.model_id} to the hub")
-                name = ctx.models.upload(
-                    a.path, a.model_id, format=a.resolved_format(), lineage=lineage, labels=a.labels, overwrite=True
-                )
-                ctx._push({"type": "artifact", "model": name, "kind": a.kind})
+        if ctx.is_main and artifacts:
+            _upload_artifacts(ctx, artifacts, config)
         ctx._push({"type": "finished"})
     except BaseException as e:
         ctx.log(f"{type(e).__name__}: {e}\n{''.join(traceback.format_exc()[-3000:])}", "ERROR")

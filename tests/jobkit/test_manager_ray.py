@@ -5,6 +5,7 @@ TensorBoard, artifacts, cancel freeing Ray's CPUs, resume after cancel, restart 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 import pytest
@@ -21,9 +22,29 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def ray_runtime():
-    rt = RayRuntime(None, num_cpus=2)
-    rt.ensure()
+def collector():
+    from swiftmesh.testing.otlp import OtlpCollector
+
+    c = OtlpCollector().start()
+    yield c
+    c.stop()
+
+
+@pytest.fixture(scope="module")
+def ray_runtime(collector):
+    # The workers export their spans to the collector: the OTEL_* variables present when Ray
+    # starts go into the workers' runtime env (this process itself keeps exporting nowhere).
+    saved = {k: os.environ.get(k) for k in collector.env()}
+    os.environ.update(collector.env())
+    try:
+        rt = RayRuntime(None, num_cpus=2)
+        rt.ensure()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     yield rt
     rt.shutdown()
 
@@ -148,3 +169,26 @@ async def test_restart_marks_running_jobs_interrupted(make_settings, tmp_path, r
     assert job.state == states.FAILED and job.error.reason == "INTERRUPTED"
     assert "step 4" in job.state_message
     mgr2.store.close()
+
+
+async def test_artifact_upload_joins_the_create_job_trace(manager, collector):
+    from opentelemetry import trace
+
+    from swiftmesh.runtime.telemetry import setup_tracing
+
+    setup_tracing("test")
+    with trace.get_tracer("test").start_as_current_span("CreateJob") as span:
+        job = await manager.create("toy", spec(steps=2, output="models/toy-traced"), job_id="toy-traced")
+    trace_id = format(span.get_span_context().trace_id, "032x")
+    job = await wait_state(manager, job.name, {states.SUCCEEDED, states.FAILED})
+    assert job.state == states.SUCCEEDED, job.error
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        uploads = [s for s in collector.traces().get(trace_id, []) if s.name == "job.upload_artifacts"]
+        if uploads:
+            break
+        await asyncio.sleep(0.5)
+    assert uploads, f"no upload span in trace {trace_id}: {[(s.name, s.trace_id) for s in collector.spans]}"
+    assert uploads[0].service == "swiftmesh-trainer"
+    assert uploads[0].parent_span_id == format(span.get_span_context().span_id, "016x")
+    assert ("swiftmesh.job", "jobs/toy-traced") in uploads[0].attributes

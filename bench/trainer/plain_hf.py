@@ -49,7 +49,7 @@ def main() -> None:
                                              task_type="CAUSAL_LM"))
     args = TrainingArguments(
         output_dir="/tmp/plain-hf-bench", max_steps=a.max_steps, learning_rate=a.lr, lr_scheduler_type="cosine",
-        warmup_ratio=0.05, per_device_train_batch_size=a.batch, logging_steps=5, save_strategy="no",
+        warmup_steps=0.05, per_device_train_batch_size=a.batch, logging_steps=5, save_strategy="no",
         report_to="none", use_cpu=True, bf16=bool(a.bf16), seed=42, data_seed=42, disable_tqdm=True,
         remove_unused_columns=False, include_num_input_tokens_seen="non_padding", optim="adamw_torch",
         dataloader_num_workers=0,

@@ -100,7 +100,7 @@ def _normalize_source(source: str) -> str:
 def pull(
     ctx: typer.Context,
     source: Annotated[str, typer.Argument(help="hf://org/name[@rev], ms://org/name[@rev], http(s)://..., "
-                                               "pkg://<package>/<path>, hub://host:port/<model>, a local path or "
+                                               "pkg://PACKAGE/PATH, hub://HOST:PORT/MODEL, a local path or "
                                                "file://; a .gguf file is converted to a full model.")],
     name: Annotated[str | None, typer.Option("--name", "-n", help="Model id (default: derived from the source).")] = None,
     revision: Annotated[str, typer.Option(help="Revision (branch, tag, commit) of hf:// and ms:// sources.")] = "",
@@ -218,7 +218,7 @@ def models_ls(
 @models_app.command("show")
 def models_show(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="Model id or models/<id>.")],
+    name: Annotated[str, typer.Argument(help="Model id or models/{id}.")],
     hub: HubOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -260,7 +260,7 @@ def models_show(
 @models_app.command("rm")
 def models_rm(
     ctx: typer.Context,
-    name: Annotated[list[str], typer.Argument(help="Model ids or models/<id>.")],
+    name: Annotated[list[str], typer.Argument(help="Model ids or models/{id}.")],
     force: Annotated[bool, typer.Option("--force", help="Delete even when pinned.")] = False,
     hub: HubOpt = None,
 ) -> None:
@@ -280,7 +280,7 @@ def models_rm(
 @models_app.command("verify")
 def models_verify(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="Model id or models/<id>.")],
+    name: Annotated[str, typer.Argument(help="Model id or models/{id}.")],
     repair: Annotated[bool, typer.Option("--repair", help="Re-fetch corrupt or missing files from the source.")] = False,
     hub: HubOpt = None,
     as_json: JsonOpt = False,

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from swiftmesh.cli import stack
+from swiftmesh.cli import align, hub, jobs, quickstart, serving, stack, train
 
 app = typer.Typer(
     name="swiftmesh",
@@ -39,28 +39,8 @@ app.command("up")(stack.up)
 app.command("status")(stack.status)
 
 
-def _register_optional() -> None:
-    """Command groups of the service issues register themselves here when present."""
-    import importlib
-
-    for module, attr in (
-        ("swiftmesh.cli.hub", "register"),
-        ("swiftmesh.cli.jobs", "register"),
-        ("swiftmesh.cli.train", "register"),
-        ("swiftmesh.cli.align", "register"),
-        ("swiftmesh.cli.serving", "register"),
-        ("swiftmesh.cli.quickstart", "register"),
-    ):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
-            continue
-        getattr(mod, attr)(app)
-
-
-_register_optional()
+for _commands in (hub, jobs, train, align, serving, quickstart):
+    _commands.register(app)
 
 if __name__ == "__main__":
     app()

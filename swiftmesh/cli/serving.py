@@ -127,7 +127,7 @@ def deploy(
     """Serve a model (and adapters) behind the gateway.
 
     Without --worker: starts a worker process (`swiftmesh serve worker`, detached, log under
-    <data-dir>/logs/worker-<port>.log) that loads the model from the hub. With --worker: tells
+    `<data-dir>/logs/worker-<port>.log`) that loads the model from the hub. With --worker: tells
     that running worker to load the model and adapters. Either way the worker is registered
     with the gateway, and the served names are printed (use them as the OpenAI `model`).
     """

@@ -15,8 +15,9 @@ Errors raise :mod:`swiftmesh.runtime.errors` exceptions (``NotFound``, ``Invalid
 
 from __future__ import annotations
 
+from swiftmesh.clients.base import ServiceClient
 from swiftmesh.gateway.v1 import gateway_pb2, gateway_pb2_grpc, inference_pb2, inference_pb2_grpc
-from swiftmesh.runtime.client import channel, raise_domain_errors
+from swiftmesh.runtime.client import raise_domain_errors
 from swiftmesh.runtime.config import Settings
 
 __all__ = ["GatewayClient", "WorkerClient", "openai_base_url"]
@@ -34,30 +35,7 @@ def openai_base_url(settings: Settings) -> str:
     return f"http://{host}:{ep.http_port}/v1"
 
 
-class _Client:
-    def __init__(self, settings: Settings, target: str) -> None:
-        self.settings = settings
-        self.target = target
-        self._channel = None
-
-    async def __aenter__(self):
-        self._channel = channel(self.target, self.settings)
-        self._open()
-        return self
-
-    def _open(self) -> None:
-        raise NotImplementedError
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        if self._channel is not None:
-            await self._channel.close()
-            self._channel = None
-
-
-class GatewayClient(_Client):
+class GatewayClient(ServiceClient):
     """Client of ``swiftmesh.gateway.v1.GatewayService`` (workers and API keys).
 
     Args:
@@ -130,7 +108,7 @@ class GatewayClient(_Client):
             await self.stub.DeleteApiKey(gateway_pb2.DeleteApiKeyRequest(name=name))
 
 
-class WorkerClient(_Client):
+class WorkerClient(ServiceClient):
     """Client of an engine worker's ``swiftmesh.gateway.v1.InferenceService`` (admin calls).
 
     Args:

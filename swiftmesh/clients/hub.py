@@ -29,8 +29,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from swiftmesh.clients.base import ServiceClient
 from swiftmesh.hub.v1 import hub_pb2, hub_pb2_grpc
-from swiftmesh.runtime.client import DEFAULT_STREAM_TIMEOUT_S, channel, raise_domain_errors
+from swiftmesh.runtime.client import DEFAULT_STREAM_TIMEOUT_S, raise_domain_errors
 from swiftmesh.runtime.config import Settings
 from swiftmesh.runtime.errors import DataLoss, InvalidArgument
 
@@ -164,7 +165,7 @@ async def _call_progress(cb: ProgressCallback | None, progress: hub_pb2.PullProg
         await result
 
 
-class HubClient:
+class HubClient(ServiceClient):
     """Async client of the hub. Use as ``async with HubClient(settings) as hub:``.
 
     Args:
@@ -176,24 +177,15 @@ class HubClient:
     """
 
     def __init__(self, settings: Settings, target: str | None = None) -> None:
-        self.settings = settings
-        self.target = target or settings.hub.target
-        self._channel = None
+        super().__init__(settings, target or settings.hub.target)
         self._stub: hub_pb2_grpc.HubServiceStub | None = None
 
-    async def __aenter__(self) -> HubClient:
-        self._channel = channel(self.target, self.settings)
+    def _open(self) -> None:
         self._stub = hub_pb2_grpc.HubServiceStub(self._channel)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
     async def close(self) -> None:
-        if self._channel is not None:
-            await self._channel.close()
-            self._channel = None
-            self._stub = None
+        await super().close()
+        self._stub = None
 
     @property
     def stub(self) -> hub_pb2_grpc.HubServiceStub:

@@ -15,8 +15,9 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Iterable
 
+from swiftmesh.clients.base import ServiceClient
 from swiftmesh.jobs.v1 import jobs_pb2, jobs_pb2_grpc
-from swiftmesh.runtime.client import DEFAULT_STREAM_TIMEOUT_S, channel, raise_domain_errors
+from swiftmesh.runtime.client import DEFAULT_STREAM_TIMEOUT_S, raise_domain_errors
 from swiftmesh.runtime.config import Settings
 from swiftmesh.runtime.errors import DeadlineExceeded
 
@@ -36,7 +37,7 @@ def state_name(state: int) -> str:
     return jobs_pb2.JobState.Name(state).removeprefix("JOB_STATE_")
 
 
-class JobsClient:
+class JobsClient(ServiceClient):
     """Async JobService client. Use as ``async with JobsClient(settings, target) as jobs:``.
 
     Args:
@@ -45,26 +46,11 @@ class JobsClient:
     """
 
     def __init__(self, settings: Settings, target: str | None = None) -> None:
-        self.settings = settings
-        self.target = target or settings.trainer.target
-        self._channel = None
+        super().__init__(settings, target or settings.trainer.target)
         self._jobs: jobs_pb2_grpc.JobServiceStub | None = None
-
-    async def __aenter__(self):
-        self._channel = channel(self.target, self.settings)
-        self._open()
-        return self
 
     def _open(self) -> None:
         self._jobs = jobs_pb2_grpc.JobServiceStub(self._channel)
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        if self._channel is not None:
-            await self._channel.close()
-            self._channel = None
 
     @property
     def jobs_stub(self) -> jobs_pb2_grpc.JobServiceStub:

@@ -27,10 +27,10 @@ from typing import Any
 from swiftmesh.aligner.v1 import aligner_pb2
 from swiftmesh.jobkit import estimate as est
 from swiftmesh.jobkit import hf
-from swiftmesh.jobkit.kinds import Artifact, JobKind, JobPlan, PrepareContext
+from swiftmesh.jobkit.kinds import Artifact, JobKind, JobPlan, PrepareContext, refuse_oversized
 from swiftmesh.jobkit.models import model_id, model_name
 from swiftmesh.jobs.v1 import training_pb2
-from swiftmesh.runtime.errors import AlreadyExists, InvalidArgument, ResourceExhausted
+from swiftmesh.runtime.errors import InvalidArgument
 from swiftmesh.services.aligner.config import (
     AlignmentConfig,
     CpoSettings,
@@ -88,11 +88,6 @@ def _strategy(spec) -> int:
 
 def _num_workers(spec) -> int:
     return spec.distribution.num_workers or 1
-
-
-def _job_suffix(job: str, kind: str) -> str:
-    jid = job.removeprefix("jobs/")
-    return jid.removeprefix(f"{kind}-") if jid.startswith(f"{kind}-") else jid
 
 
 def _or(v, default):
@@ -394,22 +389,9 @@ class AlignKind(JobKind):
         tuner, args, lora, models, reward, ref, base_dir, tok, data, train, evals, notes = self._plan_parts(spec, ctx)
         steps = self._steps(spec, args, len(train))
         estimate = self._estimate(spec, args, lora, base_dir, tok, train, ctx, steps, reward)
-        if not estimate.fits and not ctx.force:
-            raise ResourceExhausted(
-                f"the job needs ~{est.gib(estimate.total_bytes_per_worker)} per worker (weights "
-                f"{est.gib(estimate.weights_bytes)}, gradients {est.gib(estimate.gradients_bytes)}, optimizer states "
-                f"{est.gib(estimate.optimizer_states_bytes)}, activations {est.gib(estimate.activations_bytes)}); "
-                f"{est.gib(estimate.available_bytes_per_worker)} is available per worker. Use PEFT, more workers "
-                "with zero3, a smaller batch or max_length, gradient checkpointing, or force=true",
-                reason="ESTIMATE_EXCEEDS_RESOURCES",
-                metadata={"needed_bytes": str(estimate.total_bytes_per_worker),
-                          "available_bytes": str(estimate.available_bytes_per_worker)},
-            )
-        out_id = (spec.output_model_id.removeprefix("models/") if spec.output_model_id
-                  else f"{model_id(spec.model).replace('/', '-')}-{self.name}-{_job_suffix(ctx.job, self.name)}")
-        if spec.output_model_id and ctx.models.exists(out_id):
-            raise AlreadyExists(f"models/{out_id} already exists in the hub; choose another output_model_id",
-                                reason="MODEL_EXISTS", field_violations=[("spec.output_model_id", "taken")])
+        refuse_oversized(estimate, ctx, "Use PEFT, more workers with zero3, a smaller batch or max_length, "
+                                        "gradient checkpointing, or force=true")
+        out_id = self.output_model_id(spec, ctx)
         strategy = _strategy(spec)
         config = {
             "rlhf_type": self.name,

@@ -20,12 +20,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from swiftmesh.jobkit import hf
 from swiftmesh.jobkit import estimate as est
-from swiftmesh.jobkit.kinds import Artifact, JobKind, JobPlan, PrepareContext
+from swiftmesh.jobkit import hf
+from swiftmesh.jobkit.kinds import Artifact, JobKind, JobPlan, PrepareContext, refuse_oversized
 from swiftmesh.jobkit.models import model_id, model_name
 from swiftmesh.jobs.v1 import training_pb2
-from swiftmesh.runtime.errors import AlreadyExists, InvalidArgument, ResourceExhausted
+from swiftmesh.runtime.errors import AlreadyExists, InvalidArgument
 from swiftmesh.services.trainer import data as data_mod
 from swiftmesh.services.trainer.encode import Collator, EncodeError, encode_row
 from swiftmesh.trainer.v1 import trainer_pb2
@@ -56,11 +56,6 @@ def _num_workers(spec) -> int:
 
 def _tuner(spec) -> int:
     return spec.tuner or training_pb2.TUNER_LORA
-
-
-def _job_suffix(job: str, task: str) -> str:
-    jid = job.removeprefix("jobs/")
-    return jid.removeprefix(f"{task}-") if jid.startswith(f"{task}-") else jid
 
 
 def resolve_model(models, name: str) -> dict[str, str]:
@@ -232,22 +227,8 @@ class TrainKind(JobKind):
         tuner, args, lora, models, base_dir, train, evals, notes = self._plan_parts(spec, ctx, strict=True)
         steps = self._steps(spec, args, len(train))
         estimate = self._estimate(spec, args, lora, base_dir, train, ctx, steps)
-        if not estimate.fits and not ctx.force:
-            raise ResourceExhausted(
-                f"the job needs ~{est.gib(estimate.total_bytes_per_worker)} per worker (weights "
-                f"{est.gib(estimate.weights_bytes)}, gradients {est.gib(estimate.gradients_bytes)}, optimizer states "
-                f"{est.gib(estimate.optimizer_states_bytes)}, activations {est.gib(estimate.activations_bytes)}); "
-                f"{est.gib(estimate.available_bytes_per_worker)} is available per worker. Use more workers with "
-                "zero3, a smaller batch or max_length, gradient checkpointing, or force=true",
-                reason="ESTIMATE_EXCEEDS_RESOURCES",
-                metadata={"needed_bytes": str(estimate.total_bytes_per_worker),
-                          "available_bytes": str(estimate.available_bytes_per_worker)},
-            )
-        out_id = (spec.output_model_id.removeprefix("models/") if spec.output_model_id
-                  else f"{model_id(spec.model).replace('/', '-')}-{self.name}-{_job_suffix(ctx.job, self.name)}")
-        if spec.output_model_id and ctx.models.exists(out_id):
-            raise AlreadyExists(f"models/{out_id} already exists in the hub; choose another output_model_id",
-                                reason="MODEL_EXISTS", field_violations=[("spec.output_model_id", "taken")])
+        refuse_oversized(estimate, ctx, "Use more workers with zero3, a smaller batch or max_length, gradient checkpointing, or force=true")
+        out_id = self.output_model_id(spec, ctx)
         strategy = _strategy(spec)
         config = {
             "task": self.name,

@@ -190,11 +190,45 @@ class JobKind(abc.ABC):
     def train(self, ctx: WorkerContext) -> list[Artifact] | None:
         """Run in every Ray Train worker; return the artifacts to upload (rank 0's are used)."""
 
-    def output_model_id(self, spec: Message, job_id: str) -> str:
-        """Default hub id of the job's output ("<base>-<kind>-<job id>")."""
-        base = getattr(spec, "model", "") or "model"
-        base = base.removeprefix("models/").replace("/", "-")
-        return f"{base}-{self.name}-{job_id}"
+    def output_model_id(self, spec: Message, ctx: PrepareContext) -> str:
+        """The hub id of the job's output: ``spec.output_model_id`` when set, else
+        "<base model id>-<kind>-<job id>" (a job id "<kind>-x" gives "<base>-<kind>-x").
+
+        Raises AlreadyExists when the explicit id is taken in the hub (the job would overwrite it).
+        """
+        from swiftmesh.runtime.errors import AlreadyExists
+
+        explicit = getattr(spec, "output_model_id", "").removeprefix("models/")
+        if explicit:
+            if ctx.models.exists(explicit):
+                raise AlreadyExists(f"models/{explicit} already exists in the hub; choose another output_model_id",
+                                    reason="MODEL_EXISTS", field_violations=[("spec.output_model_id", "taken")])
+            return explicit
+        base = (getattr(spec, "model", "") or "model").removeprefix("models/").replace("/", "-")
+        jid = ctx.job.removeprefix("jobs/")
+        return f"{base}-{self.name}-{jid.removeprefix(f'{self.name}-')}"
+
+
+def refuse_oversized(estimate: training_pb2.Estimate, ctx: PrepareContext, advice: str) -> None:
+    """Raise ResourceExhausted (reason ESTIMATE_EXCEEDS_RESOURCES, with the memory breakdown)
+    when ``estimate`` does not fit the resources per worker, unless the caller forced the job.
+
+    ``advice``: what the user can change, e.g. "use PEFT, a smaller batch or force=true".
+    """
+    if estimate.fits or ctx.force:
+        return
+    from swiftmesh.jobkit.estimate import gib
+    from swiftmesh.runtime.errors import ResourceExhausted
+
+    raise ResourceExhausted(
+        f"the job needs ~{gib(estimate.total_bytes_per_worker)} per worker (weights "
+        f"{gib(estimate.weights_bytes)}, gradients {gib(estimate.gradients_bytes)}, optimizer states "
+        f"{gib(estimate.optimizer_states_bytes)}, activations {gib(estimate.activations_bytes)}); "
+        f"{gib(estimate.available_bytes_per_worker)} is available per worker. {advice}",
+        reason="ESTIMATE_EXCEEDS_RESOURCES",
+        metadata={"needed_bytes": str(estimate.total_bytes_per_worker),
+                  "available_bytes": str(estimate.available_bytes_per_worker)},
+    )
 
 
 class KindRegistry:

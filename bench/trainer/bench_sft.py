@@ -138,7 +138,7 @@ def run_service(model: Path, data: Path, a) -> dict:
                 t0 = time.time()
                 job = await t.create_job(spec, job_id="bench")
                 t_created = time.time()
-                job = await t.wait(job.name, timeout=7200, poll_s=0.5)
+                job = await t.wait(job.name, timeout=7200, poll_s=5.0)  # the plain script has no client polling it
                 t_end = time.time()
             if job.state != 3:
                 raise RuntimeError(f"job ended {job.state}: {job.error.message}")
@@ -167,11 +167,14 @@ def run_msswift(model: Path, data: Path, a, plain: dict) -> dict:
         return {"name": "ms-swift swift sft", "skipped": f"{swift} not installed"}
     out_dir = WORK / "msswift-out"
     shutil.rmtree(out_dir, ignore_errors=True)
-    cmd = [str(swift), "sft", "--model", str(model), "--dataset", str(data), "--tuner_type", "lora",
+    # SmolLM2 is a llama architecture with a ChatML chat template (ms-swift cannot tell it by itself).
+    cmd = [str(swift), "sft", "--model", str(model), "--model_type", "llama", "--template", "chatml",
+           "--dataset", str(data), "--tuner_type", "lora",
            "--lora_rank", "8", "--lora_alpha", "32", "--lora_dropout", "0.05", "--target_modules", "all-linear",
            "--max_steps", str(a.max_steps), "--per_device_train_batch_size", str(a.batch),
            "--max_length", str(a.max_length), "--learning_rate", "2e-4", "--lr_scheduler_type", "cosine",
-           "--warmup_ratio", "0.05", "--torch_dtype", "float32", "--bf16", "true" if a.bf16 else "false",
+           "--warmup_ratio", "0.05", "--torch_dtype", "float32", "--bf16", "true" if a.bf16 else "false", "--fp16", "false",
+           "--gradient_checkpointing", "false",  # ms-swift turns it on by default; the others run without
            "--save_strategy", "no", "--logging_steps", "5", "--output_dir", str(out_dir),
            "--dataloader_num_workers", "0", "--dataset_num_proc", "1", "--split_dataset_ratio", "0",
            "--report_to", "none", "--use_cpu", "true", "--seed", "42"]

@@ -462,6 +462,7 @@ def worker_config(ctx, out_dir: Path) -> AlignmentConfig:
     materialize = ctx.models.materialize
     base_dir = Path(materialize(cfg["base_model"]))
     adapter_dir = Path(materialize(cfg["adapter_model"])) if cfg["adapter_model"] else None
+    hf.leave_process_group_of_one(ctx.world_size, cfg["strategy"])
     kw = hf.training_arguments_kwargs(args, output_dir=out_dir, strategy=cfg["strategy"], world_size=ctx.world_size,
                                       use_gpu=cfg["use_gpu"], has_eval=cfg["has_eval"])
     if m in ("dpo", "kto", "orpo", "cpo", "simpo", "rm", "grpo"):

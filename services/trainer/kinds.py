@@ -292,6 +292,7 @@ def run_training(ctx) -> list[Artifact]:
         adapter_dir=adapter_dir, use_gpu=cfg["use_gpu"],
     )
     out_dir = ctx.work_dir / "hf"
+    hf.leave_process_group_of_one(ctx.world_size, strategy)
     kw = hf.training_arguments_kwargs(
         args, output_dir=out_dir, strategy=strategy, world_size=ctx.world_size, use_gpu=cfg["use_gpu"],
         has_eval=cfg["has_eval"],

@@ -166,7 +166,8 @@ def run_service(stack, data: Path, steps: int, n: int) -> dict:
                       output_model_id=f"smollm2-dpo-bench-{n}")
     with PeakRSS(RayWorkers()) as mem:
         job = stack.aligner(lambda a: a.create_job(spec, job_id=f"dpo-bench-{n}"))
-        job = stack.aligner(lambda a: a.wait(job.name, timeout=3600), timeout=3600)
+        # Polled every 5 s: the plain script has no client asking about it.
+        job = stack.aligner(lambda a: a.wait(job.name, timeout=3600, poll_s=5.0), timeout=3600)
     if job.state != 3:
         raise SystemExit(f"service job failed: {job.error.message}")
 

@@ -77,7 +77,7 @@ def smollm2_gguf() -> Path:
 
 
 @pytest.fixture(scope="session")
-def smollm2_dir(request, smollm2_gguf) -> Path:
+def smollm2_dir(request, smollm2_gguf, tmp_path_factory) -> Path:
     """SmolLM2-135M-Instruct as a HF directory, imported from the GGUF once and cached."""
     from swiftmesh.services.hub.gguf_import import import_gguf
 
@@ -85,7 +85,10 @@ def smollm2_dir(request, smollm2_gguf) -> Path:
     with open(smollm2_gguf, "rb") as f:
         h.update(f.read(1 << 20))
     h.update(Path(importlib.util.find_spec("swiftmesh.services.hub.gguf_import").origin).read_bytes())
-    cache = Path(request.config.cache.mkdir("smollm2")) / h.hexdigest()[:16]
+    # pytest's cache dir keeps the import between runs (a temp dir under -p no:cacheprovider).
+    cache_plugin = getattr(request.config, "cache", None)
+    root = cache_plugin.mkdir("smollm2") if cache_plugin is not None else tmp_path_factory.mktemp("smollm2")
+    cache = Path(root) / h.hexdigest()[:16]
     if not (cache / "model.safetensors").exists():
         import_gguf(smollm2_gguf, cache)
     return cache

@@ -199,11 +199,6 @@ class RayRuntime:
             # Workers get models from the hub (materialize), never from the internet.
             env.setdefault("HF_HUB_OFFLINE", "1")
             env.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-            # Ray starts its workers at niceness 15; a training worker is the job itself, and on a
-            # busy machine niced OpenMP threads lose their core to every other process while the
-            # sibling thread waits at the barrier. (Ray's job supervisor sets the same variable to
-            # 0 for its driver.)
-            env.setdefault("RAY_worker_niceness", "0")
             if ray.is_initialized():
                 self._connected = True
                 return

@@ -33,7 +33,7 @@ from swiftmesh.clients.base import ServiceClient
 from swiftmesh.hub.v1 import hub_pb2, hub_pb2_grpc
 from swiftmesh.runtime.client import DEFAULT_STREAM_TIMEOUT_S, raise_domain_errors
 from swiftmesh.runtime.config import Settings
-from swiftmesh.runtime.errors import DataLoss, InvalidArgument
+from swiftmesh.runtime.errors import AlreadyExists, DataLoss, InvalidArgument, NotFound
 
 __all__ = [
     "MACHINE_ID_ENV",
@@ -444,6 +444,17 @@ class HubClient(ServiceClient):
         lin = _lineage(lineage)
         if lin is not None:
             header.lineage.CopyFrom(lin)
+        if not overwrite:
+            # Ask first: a server that refuses a client stream while its chunks are still being
+            # written can surface to grpc aio as "Internal error from Core" instead of its status.
+            # (The hub still checks again when the upload arrives.)
+            try:
+                await self.get(f"models/{header.model_id}")
+            except (NotFound, InvalidArgument):  # a bad id: the upload itself names the field
+                pass
+            else:
+                raise AlreadyExists(f"models/{header.model_id} exists; upload with overwrite to replace it",
+                                    reason="MODEL_EXISTS", field_violations=[("header.model_id", "exists")])
 
         async def requests() -> AsyncIterator[hub_pb2.UploadModelRequest]:
             yield hub_pb2.UploadModelRequest(header=header)

@@ -58,6 +58,23 @@ def _session_pids(sid: int) -> list[int]:
     return out
 
 
+def _end(pids, grace: float) -> None:
+    """SIGTERM the processes ``pids()`` lists, SIGKILL those still listed after ``grace`` s, and
+    wait (5 s at most) until it lists none."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        current = pids()
+        if not current:
+            break
+        for pid in current:
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and pids():
+            time.sleep(0.2)
+
+
 class RayNode:
     """One Ray node (head or worker) as a ``ray start --block`` child process.
 
@@ -157,18 +174,7 @@ class RayNode:
         to whatever is left (its session, and processes holding files under its temp dir)."""
         if self.proc is None:
             return
-        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-            pids = self.pids()
-            if not pids:
-                break
-            for pid in pids:
-                try:
-                    os.kill(pid, sig)
-                except OSError:
-                    pass
-            deadline = time.monotonic() + wait
-            while time.monotonic() < deadline and self.pids():
-                time.sleep(0.2)
+        _end(self.pids, grace)
         try:
             self.proc.wait(5)
         except subprocess.TimeoutExpired:
@@ -223,18 +229,7 @@ class RayCluster:
     def stop(self, grace: float = 5.0) -> None:
         """Stop every node at once (SIGTERM, then SIGKILL after ``grace`` s) and SIGKILL anything
         left holding files under the cluster's root."""
-        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-            pids = self.leftover_pids()
-            if not pids:
-                break
-            for pid in pids:
-                try:
-                    os.kill(pid, sig)
-                except OSError:
-                    pass
-            deadline = time.monotonic() + wait
-            while time.monotonic() < deadline and self.leftover_pids():
-                time.sleep(0.2)
+        _end(self.leftover_pids, grace)
         for n in self.nodes:
             if n.proc is not None:
                 try:

@@ -41,7 +41,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 from prometheus_client import Counter
 
-from swiftmesh.clients.hub import machine_id
+from swiftmesh.runtime.host import machine_id
 from swiftmesh.runtime.config import Settings
 from swiftmesh.runtime.errors import (
     AlreadyExists,
@@ -56,7 +56,7 @@ from swiftmesh.runtime.errors import (
 )
 
 from .download import Fetcher, PullCancelled
-from .names import parse_resource_name, validate_file_path, validate_model_id
+from swiftmesh.names import parse_resource_name, validate_file_path, validate_model_id
 from .sources import (
     Plan,
     PlannedFile,

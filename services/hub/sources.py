@@ -59,7 +59,7 @@ from swiftmesh.runtime.errors import (
 )
 
 from .download import Fetcher, http_status_error
-from .names import sanitize_model_id, validate_file_path, validate_model_id
+from swiftmesh.names import sanitize_model_id, validate_file_path, validate_model_id
 from .store import ModelFormat
 
 log = logging.getLogger("swiftmesh.hub.sources")

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from .names import dir_parts
+from swiftmesh.names import dir_parts
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (

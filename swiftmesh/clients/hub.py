@@ -23,17 +23,18 @@ import hashlib
 import inspect
 import json
 import os
-import socket
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from swiftmesh.clients.base import ServiceClient
 from swiftmesh.hub.v1 import hub_pb2, hub_pb2_grpc
+from swiftmesh.names import model_id as _model_id
+from swiftmesh.names import model_resource_name  # noqa: F401 (re-exported)
 from swiftmesh.runtime.client import DEFAULT_STREAM_TIMEOUT_S, raise_domain_errors
 from swiftmesh.runtime.config import Settings
 from swiftmesh.runtime.errors import AlreadyExists, DataLoss, InvalidArgument, NotFound
+from swiftmesh.runtime.host import MACHINE_ID_ENV, machine_id  # noqa: F401 (re-exported)
 
 __all__ = [
     "MACHINE_ID_ENV",
@@ -55,52 +56,6 @@ _PARTIAL_SUFFIX = ".partial"
 ProgressCallback = Callable[[hub_pb2.PullProgress], Any]
 
 
-# --------------------------------------------------------------------------------------------
-# Host identity
-# --------------------------------------------------------------------------------------------
-# Environment variable that replaces the detected host identity (see :func:`machine_id`).
-MACHINE_ID_ENV = "SWIFTMESH_MACHINE_ID"
-
-
-def machine_id() -> str:
-    """This machine's identity: ``<hostname>:<first 12 hex of /etc/machine-id or boot id>``.
-
-    Two processes on one host (or in containers sharing the host's machine id and hostname)
-    get the same value. The hub's ``LocalLocation.host_id`` starts with it, followed by
-    ``"|"`` and the cache directory's own id.
-
-    ``$SWIFTMESH_MACHINE_ID``, when set and not blank, replaces the detected value: set it on a
-    machine (or a Ray node's ``ray start``) whose processes see a different disk than the hub
-    although they share its hostname and machine id (containers with their own volumes, test
-    clusters on one host), so :meth:`HubClient.materialize` mirrors instead of reading the
-    hub's cache path. Raises InvalidArgument when the value contains ``"|"`` (the separator of
-    ``host_id``).
-    """
-    override = os.environ.get(MACHINE_ID_ENV, "").strip()
-    if override:
-        if "|" in override:
-            raise InvalidArgument(
-                f"{MACHINE_ID_ENV}={override!r} must not contain '|'",
-                field_violations=[(MACHINE_ID_ENV, "contains '|'")],
-                reason="BAD_MACHINE_ID",
-            )
-        return override
-    return _detected_machine_id()
-
-
-@lru_cache(maxsize=1)
-def _detected_machine_id() -> str:
-    ident = ""
-    for p in ("/etc/machine-id", "/var/lib/dbus/machine-id", "/proc/sys/kernel/random/boot_id"):
-        try:
-            ident = Path(p).read_text().strip().replace("-", "")
-        except OSError:
-            continue
-        if ident:
-            break
-    return f"{socket.gethostname()}:{ident[:12]}"
-
-
 def same_host(model: hub_pb2.Model) -> bool:
     """True when ``model.location`` is usable directly from this process: its host id names
     this machine and every file of the model exists there with its recorded size."""
@@ -117,18 +72,6 @@ def same_host(model: hub_pb2.Model) -> bool:
     except OSError:
         return False
     return root.is_dir()
-
-
-def model_resource_name(name: str) -> str:
-    """``"x"`` or ``"models/x"`` -> ``"models/x"``. Raises InvalidArgument on an empty name."""
-    name = (name or "").strip()
-    if not name:
-        raise InvalidArgument("model name is empty", field_violations=[("name", "required")])
-    return name if name.startswith("models/") else f"models/{name}"
-
-
-def _model_id(name: str) -> str:
-    return model_resource_name(name)[len("models/"):]
 
 
 def _lineage(lineage: Mapping[str, str] | hub_pb2.Lineage | None) -> hub_pb2.Lineage | None:

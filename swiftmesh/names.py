@@ -1,4 +1,5 @@
-"""Model names and file paths: validation that keeps everything inside the cache.
+"""The one model-name grammar of SwiftMesh (hub, jobs, gateway, CLI, clients), and file paths
+inside a model: validation that keeps everything inside the cache.
 
 A model id is ``name`` or ``org/name``; each segment matches ``[A-Za-z0-9][A-Za-z0-9._-]{0,127}``
 and may not contain ``..`` (the resource-name rule of ``hub.proto``, tightened). Resource names
@@ -56,6 +57,23 @@ def validate_model_id(value: str, field: str = "model_id") -> str:
 def resource_name(model_id: str) -> str:
     """``org/name`` -> ``models/org/name``."""
     return f"models/{model_id}"
+
+
+def model_resource_name(name: str, field: str = "name") -> str:
+    """``"x"``, ``"org/x"`` or ``"models/org/x"`` -> ``"models/org/x"``, the prefix only.
+
+    For callers (clients, CLI) that leave the grammar to the hub, which answers with the field
+    that is wrong. Raises InvalidArgument on ``field`` for an empty name."""
+    name = (name or "").strip()
+    if not name:
+        raise InvalidArgument("model name is empty", field_violations=[(field, "required: models/{model}")],
+                              reason="INVALID_MODEL_NAME")
+    return name if name.startswith("models/") else resource_name(name)
+
+
+def model_id(name: str, field: str = "name") -> str:
+    """``"models/org/x"`` or ``"org/x"`` -> ``"org/x"``, the prefix only (see :func:`model_resource_name`)."""
+    return model_resource_name(name, field).removeprefix("models/")
 
 
 def parse_resource_name(name: str, field: str = "name") -> str:

@@ -1,0 +1,53 @@
+"""This machine's identity, shared by the hub (where a cache lives) and its clients (whether they
+can read that cache directly)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from functools import lru_cache
+from pathlib import Path
+
+from swiftmesh.runtime.errors import InvalidArgument
+
+# Environment variable that replaces the detected host identity (see :func:`machine_id`).
+MACHINE_ID_ENV = "SWIFTMESH_MACHINE_ID"
+
+
+def machine_id() -> str:
+    """This machine's identity: ``<hostname>:<first 12 hex of /etc/machine-id or boot id>``.
+
+    Two processes on one host (or in containers sharing the host's machine id and hostname)
+    get the same value. The hub's ``LocalLocation.host_id`` starts with it, followed by
+    ``"|"`` and the cache directory's own id.
+
+    ``$SWIFTMESH_MACHINE_ID``, when set and not blank, replaces the detected value: set it on a
+    machine (or a Ray node's ``ray start``) whose processes see a different disk than the hub
+    although they share its hostname and machine id (containers with their own volumes, test
+    clusters on one host), so :meth:`HubClient.materialize` mirrors instead of reading the
+    hub's cache path. Raises InvalidArgument when the value contains ``"|"`` (the separator of
+    ``host_id``).
+    """
+    override = os.environ.get(MACHINE_ID_ENV, "").strip()
+    if override:
+        if "|" in override:
+            raise InvalidArgument(
+                f"{MACHINE_ID_ENV}={override!r} must not contain '|'",
+                field_violations=[(MACHINE_ID_ENV, "contains '|'")],
+                reason="BAD_MACHINE_ID",
+            )
+        return override
+    return _detected_machine_id()
+
+
+@lru_cache(maxsize=1)
+def _detected_machine_id() -> str:
+    ident = ""
+    for p in ("/etc/machine-id", "/var/lib/dbus/machine-id", "/proc/sys/kernel/random/boot_id"):
+        try:
+            ident = Path(p).read_text().strip().replace("-", "")
+        except OSError:
+            continue
+        if ident:
+            break
+    return f"{socket.gethostname()}:{ident[:12]}"

@@ -28,7 +28,7 @@ from grpc_status import rpc_status
 
 from swiftmesh.runtime.config import Settings
 from swiftmesh.runtime.errors import SwiftMeshError, Unavailable, error_for_code, from_status_proto
-from swiftmesh.runtime.interceptors import CallDefaultsInterceptor
+from swiftmesh.runtime.interceptors import call_defaults_interceptors
 from swiftmesh.runtime.server import grpc_options
 
 RETRY_SERVICE_CONFIG = {
@@ -82,7 +82,7 @@ def channel(
 
     token = settings.auth_token.get_secret_value() if settings.auth_token else None
     interceptors = [
-        CallDefaultsInterceptor(token, timeout or settings.rpc_timeout_s, stream_timeout),
+        *call_defaults_interceptors(token, timeout or settings.rpc_timeout_s, stream_timeout),
         *aio_client_interceptors(),
     ]
     options = grpc_options(settings) + [("grpc.enable_retries", 1 if retries else 0)]

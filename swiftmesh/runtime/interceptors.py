@@ -9,7 +9,7 @@ Server side, outermost first:
      details, unexpected exceptions to INTERNAL, writes an access log line and Prometheus
      metrics per call.
 
-Client side: :class:`CallDefaultsInterceptor` adds the auth metadata and a deadline to every call.
+Client side: :func:`call_defaults_interceptors` add the auth metadata and a deadline to calls of all four kinds.
 """
 
 from __future__ import annotations
@@ -109,7 +109,16 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
             return behavior
 
-        return _rewrap(handler, reject, reject)
+        def reject_stream(_behavior):
+            # an async generator, as a streamed response is: the tracing interceptor iterates it
+            # (a coroutine here ended the call UNKNOWN, which clients retried)
+            async def behavior(request, context):
+                await abort_with_error(context, err)
+                yield  # pragma: no cover - abort raises
+
+            return behavior
+
+        return _rewrap(handler, reject, reject_stream)
 
 
 class StatusInterceptor(grpc.aio.ServerInterceptor):
@@ -212,44 +221,62 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
         return _rewrap(handler, unary, streaming)
 
 
-class CallDefaultsInterceptor(
-    grpc.aio.UnaryUnaryClientInterceptor,
-    grpc.aio.UnaryStreamClientInterceptor,
-    grpc.aio.StreamUnaryClientInterceptor,
-    grpc.aio.StreamStreamClientInterceptor,
-):
-    """Client side: adds ``authorization`` metadata and a deadline to every call.
+class _CallDefaults:
+    """Adds ``authorization`` metadata and a default deadline to a call's details."""
 
-    ``unary_timeout`` applies to calls with a unary response, ``stream_timeout`` to calls
-    with a streamed response (downloads, watches); an explicit ``timeout=`` wins.
-    """
-
-    def __init__(self, token: str | None, unary_timeout: float, stream_timeout: float) -> None:
+    def __init__(self, token: str | None, default_timeout: float) -> None:
         self._token = token
-        self._unary_timeout = unary_timeout
-        self._stream_timeout = stream_timeout
+        self._default_timeout = default_timeout
 
-    def _details(self, details: grpc.aio.ClientCallDetails, default_timeout: float) -> grpc.aio.ClientCallDetails:
+    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
         metadata = grpc.aio.Metadata(*(tuple(details.metadata) if details.metadata else ()))
         if self._token and "authorization" not in metadata:
             metadata.add("authorization", f"Bearer {self._token}")
-        timeout = details.timeout if details.timeout is not None else default_timeout
         return grpc.aio.ClientCallDetails(
             method=details.method,
-            timeout=timeout,
+            timeout=details.timeout if details.timeout is not None else self._default_timeout,
             metadata=metadata,
             credentials=details.credentials,
             wait_for_ready=details.wait_for_ready,
         )
 
+
+class _UnaryUnaryDefaults(_CallDefaults, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation, client_call_details, request):
-        return await continuation(self._details(client_call_details, self._unary_timeout), request)
+        return await continuation(self._details(client_call_details), request)
 
+
+class _UnaryStreamDefaults(_CallDefaults, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(self, continuation, client_call_details, request):
-        return await continuation(self._details(client_call_details, self._stream_timeout), request)
+        return await continuation(self._details(client_call_details), request)
 
+
+class _StreamUnaryDefaults(_CallDefaults, grpc.aio.StreamUnaryClientInterceptor):
     async def intercept_stream_unary(self, continuation, client_call_details, request_iterator):
-        return await continuation(self._details(client_call_details, self._unary_timeout), request_iterator)
+        return await continuation(self._details(client_call_details), request_iterator)
 
+
+class _StreamStreamDefaults(_CallDefaults, grpc.aio.StreamStreamClientInterceptor):
     async def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
-        return await continuation(self._details(client_call_details, self._stream_timeout), request_iterator)
+        return await continuation(self._details(client_call_details), request_iterator)
+
+
+def call_defaults_interceptors(
+    token: str | None, unary_timeout: float, stream_timeout: float
+) -> list[grpc.aio.ClientInterceptor]:
+    """Client side: ``authorization: Bearer <token>`` metadata (when a token is set) and a
+    deadline on every call of all four RPC kinds.
+
+    ``unary_timeout`` (seconds) applies to calls with a unary response, ``stream_timeout`` to
+    calls with a streamed response (downloads, watches); an explicit ``timeout=`` wins.
+
+    One interceptor object per kind: grpc.aio files an interceptor under the FIRST of the four
+    interceptor classes it is an instance of, so one object implementing all four would only ever
+    see unary-unary calls.
+    """
+    return [
+        _UnaryUnaryDefaults(token, unary_timeout),
+        _UnaryStreamDefaults(token, stream_timeout),
+        _StreamUnaryDefaults(token, unary_timeout),
+        _StreamStreamDefaults(token, stream_timeout),
+    ]

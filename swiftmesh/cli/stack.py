@@ -50,7 +50,12 @@ def serve(
     def ready(running) -> None:
         print(f"{service} serving on {running.target}", flush=True)
 
-    asyncio.run(run_server(module.create_service(settings), settings, ready=ready))
+    from swiftmesh.runtime.config import ConfigError
+
+    try:
+        asyncio.run(run_server(module.create_service(settings), settings, ready=ready))
+    except ConfigError as e:
+        fail(str(e), 2)
 
 
 def _targets(settings: Settings, services: list[str]) -> dict[str, str]:

@@ -113,9 +113,38 @@ def _read(path) -> bytes:
         return f.read()
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
+
+def check_exposure(name: str, host: str, settings: Settings) -> None:
+    """Secure by default: a server may listen beyond loopback only with a service token or mutual TLS.
+
+    Raises:
+        ConfigError: ``host`` is not a loopback address and neither ``auth_token`` nor
+            ``tls.require_client_cert`` is set; the message says which setting to add.
+    """
+    if host in LOOPBACK_HOSTS or host.startswith("127."):
+        return
+    if settings.auth_token is not None or settings.tls.require_client_cert:
+        return
+    from swiftmesh.runtime.config import ConfigError
+
+    raise ConfigError(
+        f"{name}: refusing to listen on {host or 'all interfaces'} without authentication: set a service token "
+        "(SWIFTMESH_AUTH_TOKEN, the same on every service) or mutual TLS (SWIFTMESH_TLS__REQUIRE_CLIENT_CERT=true "
+        "with cert, key and CA files), or listen on 127.0.0.1"
+    )
+
+
 def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     """TLS (or mutual TLS when require_client_cert) credentials, or None for plaintext."""
     tls = settings.tls
+    if tls.require_client_cert and not (tls.cert_file and tls.key_file and tls.ca_file):
+        from swiftmesh.runtime.config import ConfigError
+
+        raise ConfigError("tls.require_client_cert needs tls.cert_file, tls.key_file and tls.ca_file "
+                          "(SWIFTMESH_TLS__CERT_FILE, ..._KEY_FILE, ..._CA_FILE); without them the server "
+                          "would serve plaintext")
     if not (tls.enabled or tls.cert_file):
         return None
     if not (tls.cert_file and tls.key_file):
@@ -178,7 +207,11 @@ class RunningServer:
 
 
 async def start_server(service: Service, settings: Settings) -> RunningServer:
-    """Bind and start a service's gRPC server (port 0 picks a free port). Returns a RunningServer."""
+    """Bind and start a service's gRPC server (port 0 picks a free port). Returns a RunningServer.
+
+    Raises ConfigError for an exposed bind without authentication (:func:`check_exposure`) or a
+    TLS setting that cannot work, OSError when the address cannot be bound."""
+    check_exposure(service.name, service.endpoint.host, settings)
     setup_tracing(service.name, settings.telemetry.service_namespace)
     from opentelemetry.instrumentation.grpc import aio_server_interceptor
 

@@ -1,0 +1,32 @@
+"""Secure by default: no unauthenticated server beyond loopback, no silent plaintext with mTLS asked."""
+
+from __future__ import annotations
+
+import pytest
+
+from swiftmesh.runtime.config import ConfigError
+from swiftmesh.runtime.server import start_server
+
+from .servers import sleepy_service
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.1"])
+async def test_an_exposed_bind_without_a_token_refuses_to_start(make_settings, host):
+    settings = make_settings(hub={"host": host, "port": 0, "metrics_port": 0})
+    with pytest.raises(ConfigError, match="SWIFTMESH_AUTH_TOKEN"):
+        await start_server(sleepy_service(settings), settings)
+
+
+async def test_an_exposed_bind_with_a_token_starts(make_settings):
+    settings = make_settings(auth_token="s3cret", hub={"host": "0.0.0.0", "port": 0, "metrics_port": 0})
+    running = await start_server(sleepy_service(settings), settings)
+    try:
+        assert running.port > 0
+    finally:
+        await running.stop(0)
+
+
+async def test_require_client_cert_without_certificates_refuses_to_start(make_settings):
+    settings = make_settings(tls={"require_client_cert": True})
+    with pytest.raises(ConfigError, match="plaintext"):
+        await start_server(sleepy_service(settings), settings)

@@ -27,7 +27,7 @@ class _Receiver(trace_service_pb2_grpc.TraceServiceServicer):
     def __init__(self, sink: OtlpCollector) -> None:
         self.sink = sink
 
-    def Export(self, request, context):  # noqa: N802 - gRPC method name
+    def Export(self, request, context):
         for rs in request.resource_spans:
             service = next(
                 (a.value.string_value for a in rs.resource.attributes if a.key == "service.name"), "unknown"

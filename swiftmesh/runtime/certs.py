@@ -89,7 +89,7 @@ def make_dev_pki(out_dir: str | Path, services: list[str], hosts: list[str] | No
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     hosts = list(hosts or DEFAULT_HOSTS)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     loaded = _load_ca(out)
     if loaded is None:
         ca_key = ec.generate_private_key(ec.SECP256R1())

@@ -42,6 +42,7 @@ def settings_from(ctx: typer.Context, **overrides: Any) -> Settings:
 
 
 def report_error(err: SwiftMeshError) -> None:
+    """Print a domain error to stderr: code, reason, message and each field violation."""
     err_console.print(f"[red]error ({err.code_name}{'/' + err.reason if err.reason != err.code_name else ''}):[/red] {err.message}")
     for fv in err.field_violations:
         err_console.print(f"  [yellow]{fv.field}[/yellow]: {fv.description}")
@@ -69,9 +70,11 @@ def run_async(fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
 
 
 def fail(message: str, code: int = 1) -> None:
+    """Print ``message`` as an error to stderr and exit with ``code``."""
     err_console.print(f"[red]error:[/red] {message}")
     raise typer.Exit(code)
 
 
 def is_tty() -> bool:
+    """True when both stdin and stdout are terminals (then commands may ask questions)."""
     return sys.stdin.isatty() and sys.stdout.isatty()

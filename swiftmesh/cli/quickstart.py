@@ -200,4 +200,5 @@ def quickstart(
 
 
 def register(app: typer.Typer) -> None:
+    """Add the ``quickstart`` command to the ``swiftmesh`` app."""
     app.command("quickstart")(quickstart)

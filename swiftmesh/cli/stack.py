@@ -140,6 +140,7 @@ class Stack:
         self.extra_env: dict[str, str] = {}
 
     def env(self) -> dict[str, str]:
+        """The environment of the service processes: data dir, config file and the worker list for the gateway."""
         env = os.environ.copy()
         env.update(self.extra_env)
         env["SWIFTMESH_DATA_DIR"] = str(self.settings.data_dir)
@@ -150,6 +151,7 @@ class Stack:
         return env
 
     def start(self) -> None:
+        """Start every service as ``swiftmesh serve <svc>`` in its own session, logging to ``<log_dir>/<svc>.log``."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         env = self.env()
         for name in self.services:
@@ -164,6 +166,7 @@ class Stack:
                 )
 
     def remember_descendants(self) -> None:
+        """Record the services and their children (Ray, engines) so stop can reap them all."""
         for p in self.procs.values():
             try:
                 proc = psutil.Process(p.pid)
@@ -173,9 +176,11 @@ class Stack:
                 pass
 
     def dead(self) -> dict[str, int]:
+        """The services that have exited: name -> return code."""
         return {n: p.returncode for n, p in self.procs.items() if p.poll() is not None}
 
     def log_tail(self, name: str, lines: int = 15) -> str:
+        """The last ``lines`` lines of a service log ("" before it exists)."""
         path = self.log_dir / f"{name}.log"
         if not path.exists():
             return ""

@@ -56,6 +56,7 @@ class Endpoint(BaseModel):
 
     @property
     def target(self) -> str:
+        """The address clients dial: ``address`` when set, else host:port (a wildcard host becomes 127.0.0.1)."""
         if self.address:
             return self.address
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
@@ -63,6 +64,7 @@ class Endpoint(BaseModel):
 
 
 class HubSettings(Endpoint):
+    """The hub service: ports, cache directory, size quota and sources."""
     port: int = Field(default=50051, ge=0, le=65535)
     metrics_port: int = Field(default=9151, ge=0, le=65535)
     # Cache directory (default <data_dir>/hub).
@@ -85,6 +87,7 @@ class HubSettings(Endpoint):
 
 
 class TrainerSettings(Endpoint):
+    """The trainer service: ports, the Ray cluster it schedules on, job state and checkpoint storage."""
     port: int = Field(default=50052, ge=0, le=65535)
     metrics_port: int = Field(default=9152, ge=0, le=65535)
     # Ray cluster address (as RAY_ADDRESS); empty: an embedded local Ray.
@@ -99,6 +102,7 @@ class TrainerSettings(Endpoint):
 
 
 class AlignerSettings(TrainerSettings):
+    """The aligner service: the trainer settings on its own ports (50053, metrics 9153)."""
     port: int = Field(default=50053, ge=0, le=65535)
     metrics_port: int = Field(default=9153, ge=0, le=65535)
 
@@ -151,6 +155,7 @@ class GatewaySettings(Endpoint):
 
 class TelemetrySettings(BaseModel):
     # Traces go out by OTLP only when the standard OTEL_* variables ask for it.
+    """Logs and traces: OTLP export only when the standard ``OTEL_*`` variables ask for it."""
     service_namespace: str = "swiftmesh"
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
@@ -200,6 +205,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Precedence: init arguments, then environment, then the YAML file, then defaults."""
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         if cls._yaml_file is not None:
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=cls._yaml_file))
@@ -233,18 +239,22 @@ class Settings(BaseSettings):
     # Derived locations ------------------------------------------------------------
     @property
     def hub_cache_dir(self) -> Path:
+        """The hub cache directory (``hub.cache_dir`` or ``<data_dir>/hub``)."""
         return self.hub.cache_dir or self.data_dir / "hub"
 
     @property
     def trainer_state_dir(self) -> Path:
+        """The trainer state directory (``trainer.state_dir`` or ``<data_dir>/trainer``)."""
         return self.trainer.state_dir or self.data_dir / "trainer"
 
     @property
     def aligner_state_dir(self) -> Path:
+        """The aligner state directory (``aligner.state_dir`` or ``<data_dir>/aligner``)."""
         return self.aligner.state_dir or self.data_dir / "aligner"
 
     @property
     def gateway_state_dir(self) -> Path:
+        """The gateway state directory (``gateway.state_dir`` or ``<data_dir>/gateway``)."""
         return self.gateway.state_dir or self.data_dir / "gateway"
 
     def endpoint(self, service: str) -> Endpoint:

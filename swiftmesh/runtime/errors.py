@@ -83,10 +83,12 @@ class SwiftMeshError(Exception):
 
     @property
     def code_name(self) -> str:
+        """The gRPC status code name, e.g. ``"NOT_FOUND"``."""
         return code_pb2.Code.Name(self.code)
 
     @property
     def http_status(self) -> int:
+        """The HTTP status the code maps to (AIP-193 table; 500 when unknown)."""
         return HTTP_STATUS.get(self.code, 500)
 
     def __repr__(self) -> str:
@@ -121,58 +123,72 @@ class SwiftMeshError(Exception):
 
 
 class Cancelled(SwiftMeshError):
+    """CANCELLED: the caller (or a cancel request) stopped the work."""
     code = code_pb2.CANCELLED
 
 
 class InvalidArgument(SwiftMeshError):
+    """INVALID_ARGUMENT (HTTP 400): the request is wrong whatever the state; field violations name what."""
     code = code_pb2.INVALID_ARGUMENT
 
 
 class DeadlineExceeded(SwiftMeshError):
+    """DEADLINE_EXCEEDED (HTTP 504): the deadline passed before the work finished."""
     code = code_pb2.DEADLINE_EXCEEDED
 
 
 class NotFound(SwiftMeshError):
+    """NOT_FOUND (HTTP 404): the named resource does not exist."""
     code = code_pb2.NOT_FOUND
 
 
 class AlreadyExists(SwiftMeshError):
+    """ALREADY_EXISTS (HTTP 409): a resource with that name exists."""
     code = code_pb2.ALREADY_EXISTS
 
 
 class PermissionDenied(SwiftMeshError):
+    """PERMISSION_DENIED (HTTP 403): authenticated, but not allowed to do this."""
     code = code_pb2.PERMISSION_DENIED
 
 
 class Unauthenticated(SwiftMeshError):
+    """UNAUTHENTICATED (HTTP 401): missing or invalid credentials."""
     code = code_pb2.UNAUTHENTICATED
 
 
 class ResourceExhausted(SwiftMeshError):
+    """RESOURCE_EXHAUSTED (HTTP 429): a quota or rate limit; ``retry_after`` says when to retry."""
     code = code_pb2.RESOURCE_EXHAUSTED
 
 
 class FailedPrecondition(SwiftMeshError):
+    """FAILED_PRECONDITION (HTTP 400): the system is not in the state the call needs."""
     code = code_pb2.FAILED_PRECONDITION
 
 
 class Aborted(SwiftMeshError):
+    """ABORTED (HTTP 409): a concurrency conflict; retry the whole read-modify-write."""
     code = code_pb2.ABORTED
 
 
 class Unimplemented(SwiftMeshError):
+    """UNIMPLEMENTED (HTTP 501): the method or option is not supported here."""
     code = code_pb2.UNIMPLEMENTED
 
 
 class Internal(SwiftMeshError):
+    """INTERNAL (HTTP 500): a bug or broken invariant on the server."""
     code = code_pb2.INTERNAL
 
 
 class Unavailable(SwiftMeshError):
+    """UNAVAILABLE (HTTP 503): transient; the client factory retries it with backoff."""
     code = code_pb2.UNAVAILABLE
 
 
 class DataLoss(SwiftMeshError):
+    """DATA_LOSS (HTTP 500): data is corrupt or lost (e.g. a checksum mismatch)."""
     code = code_pb2.DATA_LOSS
 
 

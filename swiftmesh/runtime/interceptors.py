@@ -83,6 +83,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         self._open = tuple(open_prefixes)
 
     async def intercept_service(self, continuation, handler_call_details):
+        """Pass open methods and calls with the right token; give any other call a handler that aborts UNAUTHENTICATED."""
         if handler_call_details.method.startswith(self._open):
             return await continuation(handler_call_details)
         got = ""
@@ -128,6 +129,7 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
         self.service = service
 
     async def intercept_service(self, continuation, handler_call_details):
+        """Wrap the handler so domain errors become statuses with details, and every call is logged and counted."""
         handler = await continuation(handler_call_details)
         if handler is None:
             return None

@@ -20,6 +20,7 @@ class MetricsServer:
     port: int
 
     def shutdown(self) -> None:
+        """Stop the /metrics HTTP server and free its port."""
         self.server.shutdown()
         self.server.server_close()
 

@@ -72,12 +72,14 @@ class HealthReporter:
         await self._apply("", all(self._status.values()))
 
     async def set_all(self, serving: bool) -> None:
+        """Set every registered service (and the overall status) to ``serving``."""
         for name in list(self._status):
             self._status[name] = serving
             await self._apply(name, serving)
         await self._apply("", serving)
 
     def is_serving(self, service: str = "") -> bool:
+        """Whether ``service`` (or, with "", every registered service) is SERVING."""
         if service:
             return self._status.get(service, False)
         return bool(self._status) and all(self._status.values())
@@ -177,6 +179,7 @@ class RunningServer:
 
     @property
     def target(self) -> str:
+        """The address to dial this server on ("host:port"; a wildcard bind gives 127.0.0.1)."""
         host = self.service.endpoint.host
         host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
         return f"{host}:{self.port}"
@@ -203,6 +206,7 @@ class RunningServer:
         self._stopped.set()
 
     async def wait(self) -> None:
+        """Return once :meth:`stop` has finished."""
         await self._stopped.wait()
 
 

@@ -80,6 +80,7 @@ def add_span_processor(processor: SpanProcessor) -> None:
 
 
 def tracer(name: str) -> trace.Tracer:
+    """The OpenTelemetry tracer named ``name`` (a no-op until tracing is set up)."""
     return trace.get_tracer(name)
 
 

@@ -34,7 +34,7 @@ def main() -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
 
-    from swiftmesh.services.trainer.encode import Collator, encode_row
+    from swiftmesh.jobkit.data import Collator, encode_row
 
     if a.threads:
         torch.set_num_threads(a.threads)

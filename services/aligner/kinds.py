@@ -27,6 +27,7 @@ from typing import Any
 from swiftmesh.aligner.v1 import aligner_pb2
 from swiftmesh.jobkit import estimate as est
 from swiftmesh.jobkit import hf
+from swiftmesh.jobkit.data import METHOD_KIND, AlignmentData, load_alignment_data
 from swiftmesh.jobkit.kinds import Artifact, JobKind, JobPlan, PrepareContext, refuse_oversized
 from swiftmesh.jobkit.models import model_id, model_name
 from swiftmesh.jobs.v1 import training_pb2
@@ -42,7 +43,6 @@ from swiftmesh.services.aligner.config import (
     RewardSettings,
     TrainingSettings,
 )
-from swiftmesh.services.aligner.data import METHOD_KIND, AlignmentData, load_alignment_data
 
 R = aligner_pb2.RlhfType
 D = training_pb2.DistributionStrategy
@@ -440,7 +440,7 @@ class AlignKind(JobKind):
 
 
 def _split(rows: list[dict], ratio: float, seed: int) -> tuple[list[dict], list[dict]]:
-    from swiftmesh.services.trainer.data import split
+    from swiftmesh.jobkit.data import split
 
     return split(rows, ratio, seed)
 

@@ -34,9 +34,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from swiftmesh.jobkit.data import AlignmentData, load_alignment_data
 from swiftmesh.runtime.errors import InvalidArgument
 from swiftmesh.services.aligner.config import AlignmentConfig
-from swiftmesh.services.aligner.data import AlignmentData, load_alignment_data
 from swiftmesh.services.aligner.models import (
     is_adapter_dir,
     load_adapter_trainable,

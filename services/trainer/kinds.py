@@ -14,75 +14,27 @@ model), and with ``merge_lora`` the merged model, for upload to the hub with lin
 
 from __future__ import annotations
 
-import json
-import math
 import shutil
 from pathlib import Path
 from typing import Any
 
+from swiftmesh.jobkit import data as data_mod
 from swiftmesh.jobkit import estimate as est
 from swiftmesh.jobkit import hf
+from swiftmesh.jobkit.data import Collator, EncodeError, encode_row
 from swiftmesh.jobkit.kinds import Artifact, JobKind, JobPlan, PrepareContext, refuse_oversized
-from swiftmesh.jobkit.models import model_id, model_name
-from swiftmesh.jobs.v1 import training_pb2
+from swiftmesh.jobkit.models import fix_adapter_config, model_name, resolve_model
+from swiftmesh.jobkit.plan import count_steps, estimate_training, plan_resources, tuning_config
+from swiftmesh.jobkit.settings import LoraSettings, Strategy, TrainingSettings, Tuner
+from swiftmesh.names import model_id
 from swiftmesh.runtime.errors import AlreadyExists, InvalidArgument
-from swiftmesh.services.trainer import data as data_mod
-from swiftmesh.services.trainer.encode import Collator, EncodeError, encode_row
-from swiftmesh.trainer.v1 import trainer_pb2
 
-TASKS = {trainer_pb2.TASK_SFT: "sft", trainer_pb2.TASK_PT: "pt", trainer_pb2.TASK_MERGE: "merge"}
-D = training_pb2.DistributionStrategy
-ZERO_STAGE = {D.DISTRIBUTION_STRATEGY_ZERO2: 2, D.DISTRIBUTION_STRATEGY_ZERO3: 3, D.DISTRIBUTION_STRATEGY_ZERO3_OFFLOAD: 3}
-
-
-def task_name(spec: trainer_pb2.TrainingSpec) -> str:
-    try:
-        return TASKS[spec.task]
-    except KeyError:
-        raise InvalidArgument(
-            "spec.task is required: TASK_SFT, TASK_PT or TASK_MERGE",
-            field_violations=[("spec.task", f"got {spec.task}")],
-            reason="BAD_SPEC",
-        ) from None
-
-
-def _strategy(spec) -> int:
-    return spec.distribution.strategy or D.DISTRIBUTION_STRATEGY_NONE
-
-
-def _num_workers(spec) -> int:
-    return spec.distribution.num_workers or 1
-
-
-def _tuner(spec) -> int:
-    return spec.tuner or training_pb2.TUNER_LORA
-
-
-def resolve_model(models, name: str) -> dict[str, str]:
-    """Base and adapter of ``spec.model`` ("models/x"): a full model is its own base; a PEFT
-    adapter's base comes from its lineage (or adapter_config.json)."""
-    info = models.get(model_name(name))
-    if info.format == "dataset":
-        raise InvalidArgument(f"{info.name} is a dataset, not a model", field_violations=[("spec.model", "a dataset")],
-                              reason="BAD_SPEC")
-    if info.format != "peft_adapter":
-        return {"base_model": info.name, "adapter_model": ""}
-    base = info.base_model
-    if not base:
-        cfg_path = Path(models.materialize(info.name)) / "adapter_config.json"
-        try:
-            base = json.loads(cfg_path.read_text()).get("base_model_name_or_path", "")
-        except (OSError, json.JSONDecodeError):
-            base = ""
-        if not base:
-            raise InvalidArgument(f"adapter {info.name} names no base model (lineage.base_model)",
-                                  field_violations=[("spec.model", "adapter without a base model")], reason="BAD_SPEC")
-        base = model_name(base)
-    models.get(base)  # NotFound when the hub lacks the base
-    return {"base_model": model_name(base), "adapter_model": info.name}
+from .spec import TrainingSpec
 
 
 def load_tokenizer(model_dir: Path, adapter_dir: Path | None = None, chat_template: str = ""):
+    """The tokenizer of a job: the adapter's when it ships one, else the model's; ``chat_template``
+    replaces its template; the pad token defaults to EOS."""
     from transformers import AutoTokenizer
 
     src = adapter_dir if adapter_dir is not None and (adapter_dir / "tokenizer_config.json").is_file() else model_dir
@@ -97,7 +49,7 @@ def load_tokenizer(model_dir: Path, adapter_dir: Path | None = None, chat_templa
 class TrainKind(JobKind):
     """Supervised fine-tuning (``sft``) or continued pre-training (``pt``)."""
 
-    spec_type = trainer_pb2.TrainingSpec
+    spec_type = TrainingSpec
 
     def __init__(self, task: str = "sft") -> None:
         if task not in ("sft", "pt"):
@@ -105,24 +57,14 @@ class TrainKind(JobKind):
         self.name = task
 
     # Service side -------------------------------------------------------------------------
-    def _check_spec(self, spec: trainer_pb2.TrainingSpec) -> None:
-        v = hf.validate_training(spec.args, _tuner(spec), spec.lora, spec.distribution)
-        if not spec.model:
-            v.append(("spec.model", "required: models/{model} in the hub"))
-        if not spec.datasets:
-            v.append(("spec.datasets", "at least one dataset is required"))
-        if spec.merge_lora and _tuner(spec) not in hf.ADAPTER_TUNERS:
+    def _check_spec(self, spec: TrainingSpec) -> None:
+        v = spec.violations()
+        if spec.merge_lora and not spec.tuner.is_adapter:
             v.append(("spec.merge_lora", "only for adapter tuners (lora, qlora, dora, rslora, lora+)"))
-        if spec.output_model_id:
-            import re
-
-            if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}(/[A-Za-z0-9][A-Za-z0-9._-]{0,127})?$",
-                            spec.output_model_id.removeprefix("models/")):
-                v.append(("spec.output_model_id", f"invalid model id {spec.output_model_id!r}"))
         if v:
             raise InvalidArgument(f"invalid training spec: {v[0][0]}: {v[0][1]}", field_violations=v, reason="BAD_SPEC")
 
-    def _encode(self, spec, args: hf.Args, ctx: PrepareContext, tokenizer) -> tuple[list, list, list[str]]:
+    def _encode(self, spec: TrainingSpec, args: TrainingSettings, ctx: PrepareContext, tokenizer) -> tuple[list, list, list[str]]:
         notes: list[str] = []
         loaded = [data_mod.load_source(s, i, task=self.name, models=ctx.models, seed=args.seed)
                   for i, s in enumerate(spec.datasets)]
@@ -142,11 +84,11 @@ class TrainKind(JobKind):
         train, evals = data_mod.split(rows, args.split_dataset_ratio, args.seed)
         return train, evals, notes
 
-    def _plan_parts(self, spec, ctx: PrepareContext, *, strict: bool):
+    def _plan_parts(self, spec: TrainingSpec, ctx: PrepareContext):
         self._check_spec(spec)
-        tuner = _tuner(spec)
-        args = hf.resolve_args(spec.args, tuner)
-        lora = hf.resolve_lora(spec.lora)
+        tuner = spec.tuner
+        args = spec.args.resolved(tuner)
+        lora = spec.lora
         models = resolve_model(ctx.models, spec.model)
         base_dir = Path(ctx.models.materialize(models["base_model"]))
         adapter_dir = Path(ctx.models.materialize(models["adapter_model"])) if models["adapter_model"] else None
@@ -163,102 +105,47 @@ class TrainKind(JobKind):
                                   reason="BAD_DATASET")
         return tuner, args, lora, models, base_dir, train, evals, notes
 
-    def _steps(self, spec, args: hf.Args, n_train: int) -> int:
-        world = _num_workers(spec)
-        per_rank = math.ceil(n_train / world)
-        batches = math.ceil(per_rank / args.per_device_train_batch_size)
-        per_epoch = max(1, math.ceil(batches / args.gradient_accumulation_steps))
-        if args.max_steps > 0:
-            return args.max_steps
-        return max(1, math.ceil(per_epoch * args.num_train_epochs))
-
-    def _estimate(self, spec, args: hf.Args, lora: hf.Lora, base_dir: Path, train: list, ctx: PrepareContext,
-                  steps: int) -> training_pb2.Estimate:
-        tuner = _tuner(spec)
-        strategy = _strategy(spec)
-        world = _num_workers(spec)
-        shape = est.model_shape(str(base_dir))
-        full = tuner == training_pb2.TUNER_FULL
-        trainable = shape.total_params if full else est.lora_trainable_params(
-            shape, lora.r, lora.target_modules, use_dora=tuner == training_pb2.TUNER_DORA)
+    def _estimate(self, spec: TrainingSpec, args: TrainingSettings, base_dir: Path, train: list,
+                  ctx: PrepareContext, steps: int) -> est.Estimate:
         lengths = sorted(len(r["input_ids"]) for r in train) or [1]
         seq = lengths[-1]
-        mem = est.estimate_memory(
-            shape,
-            trainable_params=trainable,
-            full=full,
-            qlora=tuner == training_pb2.TUNER_QLORA,
-            zero_stage=ZERO_STAGE.get(strategy, 0),
-            offload=strategy == D.DISTRIBUTION_STRATEGY_ZERO3_OFFLOAD,
-            world_size=world,
-            micro_batch=args.per_device_train_batch_size,
-            seq_len=seq,
-            bf16=args.bf16,
-            gradient_checkpointing=args.gradient_checkpointing,
-        )
         avg = sum(lengths) / len(lengths)
-        tokens = steps * args.per_device_train_batch_size * args.gradient_accumulation_steps * world * avg
-        fpt = est.flops_per_token(shape, full=full, gradient_checkpointing=args.gradient_checkpointing, seq_len=int(avg))
-        res = ctx.resources()
-        per_node = max(1, math.ceil(world / max(1, res.num_nodes)))
-        per_worker_mem = spec.distribution.memory_bytes_per_worker or res.node_available_memory_bytes // per_node
-        e = training_pb2.Estimate()
-        est.fill_estimate(
-            e, mem,
-            available_bytes_per_worker=per_worker_mem,
-            total_flops=tokens * fpt,
-            num_workers=world,
-            cpus_per_worker=spec.distribution.cpus_per_worker or 1.0,
-            gpus_per_worker=spec.distribution.gpus_per_worker,
-            bf16=args.bf16,
-            trainable_params=trainable,
-            total_params=shape.total_params,
-        )
+        tokens = steps * args.per_device_train_batch_size * args.gradient_accumulation_steps * \
+            spec.distribution.num_workers * avg
+        e = estimate_training(spec, args, base_dir, ctx, seq_len=seq, avg_len=avg,
+                              micro_batch=args.per_device_train_batch_size, tokens=tokens)
         e.notes.insert(0, f"{len(train)} training sequences, longest {seq} tokens, {steps} optimizer steps, "
                           f"~{tokens:,.0f} tokens")
         return e
 
-    def estimate(self, spec, ctx: PrepareContext) -> training_pb2.Estimate:
-        tuner, args, lora, models, base_dir, train, evals, notes = self._plan_parts(spec, ctx, strict=False)
-        steps = self._steps(spec, args, len(train))
-        return self._estimate(spec, args, lora, base_dir, train, ctx, steps)
+    def estimate(self, spec: TrainingSpec, ctx: PrepareContext) -> est.Estimate:
+        """Memory per worker and time of the job (reads and encodes the data, as prepare does)."""
+        tuner, args, lora, models, base_dir, train, evals, notes = self._plan_parts(spec, ctx)
+        steps = count_steps(len(train), spec.distribution.num_workers, args)
+        return self._estimate(spec, args, base_dir, train, ctx, steps)
 
-    def prepare(self, spec, ctx: PrepareContext) -> JobPlan:
-        tuner, args, lora, models, base_dir, train, evals, notes = self._plan_parts(spec, ctx, strict=True)
-        steps = self._steps(spec, args, len(train))
-        estimate = self._estimate(spec, args, lora, base_dir, train, ctx, steps)
+    def prepare(self, spec: TrainingSpec, ctx: PrepareContext) -> JobPlan:
+        """Check the spec, encode the data, estimate (ResourceExhausted unless forced), plan."""
+        tuner, args, lora, models, base_dir, train, evals, notes = self._plan_parts(spec, ctx)
+        steps = count_steps(len(train), spec.distribution.num_workers, args)
+        estimate = self._estimate(spec, args, base_dir, train, ctx, steps)
         refuse_oversized(estimate, ctx, "Use more workers with zero3, a smaller batch or max_length, gradient checkpointing, or force=true")
         out_id = self.output_model_id(spec, ctx)
-        strategy = _strategy(spec)
-        config = {
+        config = tuning_config(spec, args, models, out_id, has_eval=bool(evals)) | {
             "task": self.name,
-            "tuner": tuner,
-            "strategy": strategy,
-            "args": args.to_json(),
-            "lora": lora.to_json(),
-            "base_model": models["base_model"],
-            "adapter_model": models["adapter_model"],
-            "spec_model": model_name(spec.model),
-            "output_model_id": out_id,
             "merge_lora": bool(spec.merge_lora),
-            "chat_template": spec.chat_template,
-            "use_gpu": spec.distribution.gpus_per_worker > 0,
-            "cpus_per_worker": spec.distribution.cpus_per_worker or 1.0,
-            "has_eval": bool(evals),
+            "cpus_per_worker": spec.distribution.cpus_per_worker,
         }
         notes.append(
-            f"{self.name} {hf.TUNER_NAMES[tuner]} on {models['base_model']}"
+            f"{self.name} {tuner.label} on {models['base_model']}"
             + (f" (continuing adapter {models['adapter_model']})" if models["adapter_model"] else "")
-            + f", {hf.STRATEGY_NAMES[strategy]} x {_num_workers(spec)} workers, {steps} steps; "
+            + f", {spec.distribution.strategy.label} x {spec.distribution.num_workers} workers, {steps} steps; "
             f"estimate {est.gib(estimate.total_bytes_per_worker)} per worker"
         )
         return JobPlan(
             config=config,
             data={"train": train, "eval": evals},
-            num_workers=_num_workers(spec),
-            cpus_per_worker=spec.distribution.cpus_per_worker or 1.0,
-            gpus_per_worker=spec.distribution.gpus_per_worker,
-            memory_bytes_per_worker=spec.distribution.memory_bytes_per_worker,
+            **plan_resources(spec.distribution),
             total_steps=steps,
             models=[m for m in (models["base_model"], models["adapter_model"]) if m],
             checkpoints_to_keep=args.save_total_limit,
@@ -267,6 +154,7 @@ class TrainKind(JobKind):
 
     # Worker side --------------------------------------------------------------------------
     def train(self, ctx) -> list[Artifact]:
+        """The SFT/PT loop in this Ray worker (:func:`run_training`)."""
         return run_training(ctx)
 
 
@@ -276,9 +164,9 @@ def run_training(ctx) -> list[Artifact]:
     from transformers import Trainer, TrainingArguments, set_seed
 
     cfg = ctx.config
-    args = hf.Args(**cfg["args"])
-    lora = hf.Lora(**cfg["lora"])
-    tuner, strategy = cfg["tuner"], cfg["strategy"]
+    args = TrainingSettings.from_json(cfg["args"])
+    lora = LoraSettings.from_json(cfg["lora"])
+    tuner, strategy = Tuner(cfg["tuner"]), Strategy(cfg["strategy"])
     set_seed(args.seed)
     if not cfg["use_gpu"]:
         # As many intra-op threads as CPUs reserved for this worker (Ray sets OMP_NUM_THREADS too).
@@ -286,7 +174,7 @@ def run_training(ctx) -> list[Artifact]:
     base_dir = Path(ctx.models.materialize(cfg["base_model"]))
     adapter_dir = Path(ctx.models.materialize(cfg["adapter_model"])) if cfg["adapter_model"] else None
     tokenizer = load_tokenizer(base_dir, adapter_dir, cfg["chat_template"])
-    ctx.log(f"loading {cfg['base_model']} for {hf.TUNER_NAMES[tuner]}" + (" (4-bit NF4)" if tuner == training_pb2.TUNER_QLORA else ""))
+    ctx.log(f"loading {cfg['base_model']} for {tuner.label}" + (" (4-bit NF4)" if tuner == Tuner.QLORA else ""))
     model = hf.load_model_for_tuning(
         base_dir, tuner, lora, bf16=args.bf16, gradient_checkpointing=args.gradient_checkpointing,
         adapter_dir=adapter_dir, use_gpu=cfg["use_gpu"],
@@ -303,7 +191,7 @@ def run_training(ctx) -> list[Artifact]:
             f"{getattr(state, 'distributed_type', 'NO')}, device {targs.device}, bf16 {targs.bf16}"
             + (f", DeepSpeed ZeRO-{kw['deepspeed']['zero_optimization']['stage']}" if "deepspeed" in kw else ""))
     trainer_cls = Trainer
-    if tuner == training_pb2.TUNER_LORA_PLUS:
+    if tuner == Tuner.LORA_PLUS:
         trainer_cls = hf.with_loraplus(Trainer, lora.lora_plus_lr_ratio)
     trainer = trainer_cls(
         model=model,
@@ -320,9 +208,9 @@ def run_training(ctx) -> list[Artifact]:
     if not ctx.is_main:
         return []
     tokenizer.save_pretrained(str(final))
-    adapter = tuner in hf.ADAPTER_TUNERS
+    adapter = tuner.is_adapter
     if adapter:
-        _fix_adapter_config(final, cfg["base_model"])
+        fix_adapter_config(final, cfg["base_model"])
     out_name = cfg["output_model_id"]
     parent = cfg["adapter_model"] or (cfg["spec_model"] if cfg["spec_model"] != cfg["base_model"] else "")
     artifacts = [Artifact(final, model_id=out_name, kind="adapter" if adapter else "full",
@@ -349,14 +237,6 @@ class _ListDataset:
 
     def __getitem__(self, i: int) -> dict:
         return self.rows[i]
-
-
-def _fix_adapter_config(adapter_dir: Path, base_model: str) -> None:
-    """Point ``base_model_name_or_path`` at the hub id of the base (not a worker's temp path)."""
-    p = adapter_dir / "adapter_config.json"
-    cfg = json.loads(p.read_text())
-    cfg["base_model_name_or_path"] = model_id(base_model)
-    p.write_text(json.dumps(cfg, indent=2))
 
 
 def merge_adapter(base_dir: Path, adapter_dir: Path, out_dir: Path, *, tokenizer=None, dtype=None) -> Path:
@@ -387,9 +267,10 @@ class MergeKind(JobKind):
     """``merge``: base + PEFT adapter -> a merged full model in the hub (ms-swift ``export --merge_lora``)."""
 
     name = "merge"
-    spec_type = trainer_pb2.TrainingSpec
+    spec_type = TrainingSpec
 
-    def prepare(self, spec, ctx: PrepareContext) -> JobPlan:
+    def prepare(self, spec: TrainingSpec, ctx: PrepareContext) -> JobPlan:
+        """The adapter and its base from the hub; AlreadyExists when the output id is taken."""
         if not spec.model:
             raise InvalidArgument("spec.model (the adapter to merge) is required",
                                   field_violations=[("spec.model", "required")], reason="BAD_SPEC")
@@ -405,22 +286,23 @@ class MergeKind(JobKind):
         return JobPlan(
             config={"base_model": models["base_model"], "adapter_model": models["adapter_model"], "output_model_id": out_id},
             num_workers=1,
-            cpus_per_worker=spec.distribution.cpus_per_worker or 1.0,
+            cpus_per_worker=spec.distribution.cpus_per_worker,
             total_steps=0,
             models=[models["base_model"], models["adapter_model"]],
             max_failures=0,
             notes=[f"merge {models['adapter_model']} into {models['base_model']} -> models/{out_id}"],
         )
 
-    def estimate(self, spec, ctx: PrepareContext) -> training_pb2.Estimate:
+    def estimate(self, spec: TrainingSpec, ctx: PrepareContext) -> est.Estimate:
+        """Memory of the merge: the base in fp32 plus the merged copy."""
         models = resolve_model(ctx.models, spec.model)
         shape = est.model_shape(str(ctx.models.materialize(models["base_model"])))
-        e = training_pb2.Estimate(weights_bytes=shape.total_params * 4 * 2, total_parameters=shape.total_params)
+        e = est.Estimate(weights_bytes=shape.total_params * 4 * 2, total_parameters=shape.total_params)
         e.total_bytes_per_worker = e.weights_bytes + est.FRAMEWORK_OVERHEAD_BYTES
         res = ctx.resources()
         e.available_bytes_per_worker = res.node_available_memory_bytes
         e.fits = e.total_bytes_per_worker <= e.available_bytes_per_worker
-        e.estimated_duration.FromSeconds(int(est.STARTUP_SECONDS + shape.total_params / 5e7))
+        e.estimated_duration_s = float(int(est.STARTUP_SECONDS + shape.total_params / 5e7))
         e.notes.append("merge: base weights loaded in fp32, plus the merged copy written out")
         return e
 
@@ -438,8 +320,8 @@ class MergeKind(JobKind):
 
 
 def kinds() -> list[JobKind]:
+    """Every trainer kind, for the trainer's JobManager."""
     return [TrainKind("sft"), TrainKind("pt"), MergeKind()]
 
 
-__all__ = ["TrainKind", "MergeKind", "kinds", "merge_adapter", "run_training", "task_name", "resolve_model",
-           ]
+__all__ = ["MergeKind", "TrainKind", "kinds", "merge_adapter", "run_training"]

@@ -7,8 +7,9 @@ import json
 
 import pytest
 
+from swiftmesh.jobkit.data.alignment import load_alignment_data
+from swiftmesh.jobkit.data.reading import sample_rows
 from swiftmesh.runtime.errors import InvalidArgument
-from swiftmesh.services.aligner.data import load_alignment_data, sample_rows
 from tests.aligner.conftest import write_jsonl
 
 U = {"role": "user", "content": "What is 2+2?"}

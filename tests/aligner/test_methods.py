@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from swiftmesh.jobkit.data import load_alignment_data
 from swiftmesh.services.aligner.config import AlignmentConfig, CpoSettings, DpoSettings, LoraSettings, TrainingSettings
-from swiftmesh.services.aligner.data import load_alignment_data
 from swiftmesh.services.aligner.methods import build_trainer, save_result
 
 from tests.aligner.conftest import CHOSEN, REJECTED, toy_prompts, write_jsonl

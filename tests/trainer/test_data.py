@@ -8,9 +8,10 @@ import json
 import pytest
 
 from swiftmesh.jobkit import LocalModelSource
+from swiftmesh.jobkit.data.encode import IGNORE_INDEX, EncodeError, encode_row
+from swiftmesh.jobkit.data.sft import load_source
+from swiftmesh.jobkit.data.split import split
 from swiftmesh.runtime.errors import InvalidArgument, NotFound
-from swiftmesh.services.trainer import data
-from swiftmesh.services.trainer.encode import IGNORE_INDEX, EncodeError, encode_row
 
 ROWS = {
     "messages": [
@@ -41,7 +42,7 @@ def jsonl(path, rows):
 
 @pytest.mark.parametrize("fmt", sorted(ROWS))
 def test_each_conversation_format_normalises_to_messages(tmp_path, fmt):
-    ds = data.load_source(str(jsonl(tmp_path / f"{fmt}.jsonl", ROWS[fmt])), 0, task="sft")
+    ds = load_source(str(jsonl(tmp_path / f"{fmt}.jsonl", ROWS[fmt])), 0, task="sft")
     assert ds.format == fmt.replace("query_response", "query_response")
     assert len(ds.rows) == 2
     for row in ds.rows:
@@ -72,14 +73,14 @@ def test_json_csv_parquet_and_saved_datasets_dir(tmp_path):
             w.writerow({"messages": json.dumps(r["messages"])})
     datasets.Dataset.from_list(ROWS["sharegpt"]).to_parquet(str(tmp_path / "c.parquet"))
     datasets.Dataset.from_list([{"text": "plain text one"}, {"text": "two"}]).save_to_disk(str(tmp_path / "saved"))
-    assert len(data.load_source(str(tmp_path / "a.json"), 0, task="sft").rows) == 2
-    assert data.load_source(str(tmp_path / "b.csv"), 0, task="sft").format == "query_response"
-    assert data.load_source(str(tmp_path / "m.csv"), 0, task="sft").rows[1]["messages"][3]["content"] == "6"
-    assert data.load_source(str(tmp_path / "c.parquet"), 0, task="sft").format == "sharegpt"
-    saved = data.load_source(str(tmp_path / "saved"), 0, task="pt")
+    assert len(load_source(str(tmp_path / "a.json"), 0, task="sft").rows) == 2
+    assert load_source(str(tmp_path / "b.csv"), 0, task="sft").format == "query_response"
+    assert load_source(str(tmp_path / "m.csv"), 0, task="sft").rows[1]["messages"][3]["content"] == "6"
+    assert load_source(str(tmp_path / "c.parquet"), 0, task="sft").format == "sharegpt"
+    saved = load_source(str(tmp_path / "saved"), 0, task="pt")
     assert saved.rows == [{"text": "plain text one"}, {"text": "two"}]
     with pytest.raises(InvalidArgument, match="task pt"):
-        data.load_source(str(tmp_path / "saved"), 0, task="sft")
+        load_source(str(tmp_path / "saved"), 0, task="sft")
 
 
 def test_hub_dataset_by_name(tmp_path):
@@ -89,11 +90,11 @@ def test_hub_dataset_by_name(tmp_path):
     jsonl(d / "part1.jsonl", ROWS["messages"])
     jsonl(d / "part2.jsonl", ROWS["alpaca"])  # formats are detected per file
     src.add(d, "my-data", format="dataset")
-    ds = data.load_source("models/my-data#3", 0, task="sft", models=src)
+    ds = load_source("models/my-data#3", 0, task="sft", models=src)
     assert len(ds.rows) == 3
     assert set(ds.format.split(",")) == {"messages", "alpaca"}
     with pytest.raises(NotFound):
-        data.load_source("models/nope", 0, task="sft", models=src)
+        load_source("models/nope", 0, task="sft", models=src)
 
 
 @pytest.mark.parametrize(
@@ -112,7 +113,7 @@ def test_hub_dataset_by_name(tmp_path):
 def test_bad_rows_name_file_row_and_field(tmp_path, rows, row, field, text):
     p = jsonl(tmp_path / "bad.jsonl", rows)
     with pytest.raises(InvalidArgument) as e:
-        data.load_source(str(p), 2, task="sft")
+        load_source(str(p), 2, task="sft")
     err = e.value
     assert err.reason == "BAD_DATASET_ROW"
     fv = err.field_violations[0]
@@ -125,30 +126,30 @@ def test_bad_rows_name_file_row_and_field(tmp_path, rows, row, field, text):
 
 def test_missing_file_and_bad_sample_count(tmp_path):
     with pytest.raises(InvalidArgument, match="no such file"):
-        data.load_source(str(tmp_path / "nope.jsonl"), 0, task="sft")
+        load_source(str(tmp_path / "nope.jsonl"), 0, task="sft")
     p = jsonl(tmp_path / "ok.jsonl", ROWS["messages"])
     with pytest.raises(InvalidArgument, match="row count"):
-        data.load_source(f"{p}#abc", 0, task="sft")
+        load_source(f"{p}#abc", 0, task="sft")
 
 
 def test_sampling_hash_n(tmp_path):
     rows = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}
             for i in range(10)]
     p = jsonl(tmp_path / "ten.jsonl", rows)
-    few = data.load_source(f"{p}#4", 0, task="sft", seed=1)
+    few = load_source(f"{p}#4", 0, task="sft", seed=1)
     assert len(few.rows) == 4 and len({r["messages"][0]["content"] for r in few.rows}) == 4
-    many = data.load_source(f"{p}#25", 0, task="sft", seed=1)
+    many = load_source(f"{p}#25", 0, task="sft", seed=1)
     counts = {}
     for r in many.rows:
         counts[r["messages"][0]["content"]] = counts.get(r["messages"][0]["content"], 0) + 1
     assert len(many.rows) == 25 and set(counts) == {f"q{i}" for i in range(10)} and min(counts.values()) >= 2
-    assert data.load_source(f"{p}#4", 0, task="sft", seed=1).rows == few.rows  # deterministic
+    assert load_source(f"{p}#4", 0, task="sft", seed=1).rows == few.rows  # deterministic
 
 
 def test_split_holds_out_ratio():
-    train, ev = data.split(list(range(20)), 0.1, seed=3)
+    train, ev = split(list(range(20)), 0.1, seed=3)
     assert len(ev) == 2 and len(train) == 18 and set(train) | set(ev) == set(range(20))
-    assert data.split(list(range(20)), 0.0, seed=3) == (list(range(20)), [])
+    assert split(list(range(20)), 0.0, seed=3) == (list(range(20)), [])
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,8 @@
-"""Training data: loading, format detection, normalisation and validation (service side).
+"""SFT and pre-training rows: ms-swift's conversation formats, normalised and validated.
 
-Sources (ms-swift style, one string each): a local file (``.jsonl``, ``.json``, ``.csv``,
-``.parquet``), a saved Hugging Face ``datasets`` directory (``save_to_disk``), a directory of
-such files, or ``models/{name}`` of a dataset registered in the hub. A ``#N`` suffix samples
-N rows (with repetition when N exceeds the rows, as ms-swift does).
-
-Formats, detected per file from its first row:
+Formats (ms-swift's "standard dataset formats",
+https://swift.readthedocs.io/en/latest/Customization/Custom-dataset.html), detected per file
+from its first row:
 
 * ``messages``: OpenAI style, ``{"messages": [{"role": "system"|"user"|"assistant"|"tool",
   "content": "..."}], "tools": [...]}``;
@@ -23,18 +20,22 @@ name the source (``spec.datasets[i]``), the file, the 1-based row and the field.
 
 from __future__ import annotations
 
-import csv
 import json
 import random
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from swiftmesh.runtime.errors import InvalidArgument
+from swiftmesh.jobkit.data.reading import (
+    MAX_VIOLATIONS,
+    SourceError,
+    Violation,
+    locate,
+    parse_source,
+    raise_violations,
+    read_rows,
+)
 
 MESSAGES, SHAREGPT, ALPACA, QUERY_RESPONSE, TEXT = "messages", "sharegpt", "alpaca", "query_response", "text"
-FORMATS = (MESSAGES, SHAREGPT, ALPACA, QUERY_RESPONSE, TEXT)
 ROLES = ("system", "user", "assistant", "tool")
 SHAREGPT_ROLES = {
     "human": "user",
@@ -49,22 +50,6 @@ SHAREGPT_ROLES = {
     "observation": "tool",
     "tool": "tool",
 }
-FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
-MAX_VIOLATIONS = 20
-
-
-@dataclass
-class Violation:
-    source_index: int
-    file: str
-    row: int
-    field: str
-    problem: str
-
-    def as_field(self) -> tuple[str, str]:
-        where = f"{self.file} row {self.row}" if self.row else self.file
-        fld = f" field '{self.field}'" if self.field else ""
-        return (f"spec.datasets[{self.source_index}]", f"{where}:{fld} {self.problem}")
 
 
 @dataclass
@@ -72,154 +57,17 @@ class LoadedDataset:
     """Normalised rows of one source, with where they came from."""
 
     source: str
+    # The formats its files were read as, comma-separated (e.g. "messages,sharegpt").
     format: str
     rows: list[dict[str, Any]]
     # (file, 1-based row) of each normalised row, for error messages after normalisation.
     origins: list[tuple[str, int]] = field(default_factory=list)
 
 
-class DataError(Exception):
-    def __init__(self, violations: list[Violation]) -> None:
-        self.violations = violations
-        super().__init__(violations[0].as_field()[1] if violations else "bad data")
-
-
-def raise_violations(violations: list[Violation], reason: str = "BAD_DATASET_ROW") -> None:
-    if not violations:
-        return
-    first = violations[0]
-    more = f" (and {len(violations) - 1} more problems)" if len(violations) > 1 else ""
-    raise InvalidArgument(
-        f"dataset {first.file}" + (f", row {first.row}" if first.row else "")
-        + (f", field '{first.field}'" if first.field else "") + f": {first.problem}{more}",
-        field_violations=[v.as_field() for v in violations[:MAX_VIOLATIONS]],
-        reason=reason,
-        metadata={"file": first.file, "row": str(first.row), "field": first.field},
-    )
-
-
-def parse_source(source: str) -> tuple[str, int | None]:
-    """"data.jsonl#100" -> ("data.jsonl", 100); InvalidArgument for a bad count."""
-    if "#" in source:
-        path, _, n = source.rpartition("#")
-        try:
-            count = int(n)
-        except ValueError:
-            raise ValueError(f"'#{n}' is not a row count") from None
-        if count <= 0:
-            raise ValueError(f"'#{n}': the row count must be > 0")
-        return path, count
-    return source, None
-
-
-# Reading ------------------------------------------------------------------------------------
-def _read_jsonl(path: Path, display: str, idx: int, errors: list[Violation]) -> Iterator[tuple[int, Any]]:
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield n, json.loads(line)
-            except json.JSONDecodeError as e:
-                errors.append(Violation(idx, display, n, "", f"invalid JSON ({e.msg} at column {e.colno})"))
-
-
-def _read_json(path: Path, display: str, idx: int, errors: list[Violation]) -> Iterator[tuple[int, Any]]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        errors.append(Violation(idx, display, 0, "", f"invalid JSON ({e.msg} at line {e.lineno} column {e.colno})"))
-        return
-    if isinstance(data, dict):
-        for key in ("data", "train", "rows"):
-            if isinstance(data.get(key), list):
-                data = data[key]
-                break
-    if not isinstance(data, list):
-        errors.append(Violation(idx, display, 0, "", "a .json dataset must hold a list of rows"))
-        return
-    yield from enumerate(data, 1)
-
-
-def _read_csv(path: Path, display: str, idx: int, errors: list[Violation]) -> Iterator[tuple[int, Any]]:
-    with open(path, encoding="utf-8", newline="") as f:
-        for n, row in enumerate(csv.DictReader(f), 1):
-            out = {}
-            for k, v in row.items():
-                if k is None:
-                    errors.append(Violation(idx, display, n, "", "more values than columns"))
-                    continue
-                if isinstance(v, str) and v[:1] in "[{" and k in ("messages", "conversations", "history", "tools"):
-                    try:
-                        v = json.loads(v)
-                    except json.JSONDecodeError as e:
-                        errors.append(Violation(idx, display, n, k, f"invalid JSON in the cell ({e.msg})"))
-                        continue
-                out[k] = v
-            yield n, out
-
-
-def _read_parquet(path: Path, display: str, idx: int, errors: list[Violation]) -> Iterator[tuple[int, Any]]:
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(path)
-    except Exception as e:  # noqa: BLE001
-        errors.append(Violation(idx, display, 0, "", f"cannot read parquet: {e}"))
-        return
-    yield from enumerate(table.to_pylist(), 1)
-
-
-def _is_hf_saved(d: Path) -> bool:
-    return (d / "dataset_info.json").is_file() or (d / "state.json").is_file() or (d / "dataset_dict.json").is_file()
-
-
-def _read_hf_saved(d: Path, display: str, idx: int, errors: list[Violation]) -> Iterator[tuple[int, Any]]:
-    import datasets
-
-    try:
-        ds = datasets.load_from_disk(str(d))
-    except Exception as e:  # noqa: BLE001
-        errors.append(Violation(idx, display, 0, "", f"cannot load the saved datasets directory: {e}"))
-        return
-    if isinstance(ds, datasets.DatasetDict):
-        split = "train" if "train" in ds else next(iter(ds))
-        ds = ds[split]
-    for n, row in enumerate(ds, 1):
-        yield n, row
-
-
-def read_rows(path: Path, display: str, idx: int, errors: list[Violation]) -> list[tuple[str, int, Any]]:
-    """Raw rows of a file or directory as (file, row number, value)."""
-    out: list[tuple[str, int, Any]] = []
-    if path.is_dir():
-        if _is_hf_saved(path):
-            return [(display, n, r) for n, r in _read_hf_saved(path, display, idx, errors)]
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in FILE_SUFFIXES
-                       and not any(part.startswith(".") for part in p.relative_to(path).parts))
-        subdirs = sorted(p for p in path.iterdir() if p.is_dir() and _is_hf_saved(p))
-        if not files and not subdirs:
-            errors.append(Violation(idx, display, 0, "", f"the directory holds no {'/'.join(FILE_SUFFIXES)} files "
-                                    "and is not a saved datasets directory"))
-            return out
-        for sd in subdirs:
-            out += [(f"{display}/{sd.name}", n, r) for n, r in _read_hf_saved(sd, f"{display}/{sd.name}", idx, errors)]
-        for f in files:
-            if any(s in f.parents for s in subdirs):
-                continue
-            sub = f"{display}/{f.relative_to(path).as_posix()}"
-            out += read_rows(f, sub, idx, errors)
-        return out
-    readers = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet}
-    reader = readers.get(path.suffix.lower())
-    if reader is None:
-        errors.append(Violation(idx, display, 0, "", f"unsupported file type {path.suffix!r}; use {', '.join(FILE_SUFFIXES)}"))
-        return out
-    return [(display, n, r) for n, r in reader(path, display, idx, errors)]
-
-
-# Formats ------------------------------------------------------------------------------------
 def detect_format(row: Any) -> str | None:
+    """The format of a raw row by its fields (``messages``, ``conversations``,
+    ``instruction`` + ``output``, ``query`` + ``response``, ``text``, in that order); None if
+    it fits none or is not an object."""
     if not isinstance(row, dict):
         return None
     if "messages" in row:
@@ -257,7 +105,14 @@ def _system(row: dict, messages: list, problems) -> None:
 
 
 def normalise(row: Any, fmt: str) -> tuple[dict[str, Any] | None, list[tuple[str, str]]]:
-    """One raw row in format ``fmt`` -> normalised row, or the (field, problem) list."""
+    """Normalise one raw row read as format ``fmt`` (one of the names above).
+
+    Returns ``(row, [])`` with ``row`` ``{"messages": [{"role", "content", ...}], "tools"?: [...]}``
+    (a ``system`` field becomes the first message; ShareGPT roles map to OpenAI's) or
+    ``{"text": "..."}``; or ``(None, [(field, problem), ...])`` when the row is not valid: a
+    missing or non-string value, an unknown role, a system message after the first, no
+    assistant turn with content to train on.
+    """
     problems: list[tuple[str, str]] = []
     if not isinstance(row, dict):
         return None, [("", f"expected an object, got {type(row).__name__}")]
@@ -380,7 +235,19 @@ def load_source(
     models=None,
     seed: int = 42,
 ) -> LoadedDataset:
-    """Load, detect, normalise and validate one dataset source. Raises InvalidArgument."""
+    """Read, detect, normalise and validate one dataset source (see :mod:`.reading`).
+
+    ``idx`` is the source's index in ``spec.datasets``; ``task`` is ``sft`` (conversations
+    only) or ``pt`` (``text`` rows too); ``models`` the hub's model source for ``models/``
+    datasets; ``seed`` seeds the ``#N`` sampling (N rows drawn without repetition, or every
+    row N // rows times and the rest drawn, when N exceeds them; then shuffled).
+
+    Raises:
+        InvalidArgument: bad ``#N`` or hub source (reason ``BAD_DATASET``), missing path
+            (``DATASET_NOT_FOUND``), unreadable files or rows, an unknown format, ``text`` rows
+            for sft (``BAD_DATASET_ROW``, up to 20 violations naming file, row and field).
+        NotFound: a ``models/`` dataset the hub lacks.
+    """
     errors: list[Violation] = []
     try:
         path_str, count = parse_source(source)
@@ -388,18 +255,12 @@ def load_source(
         raise_violations([Violation(idx, source, 0, "", str(e))], reason="BAD_DATASET")
         raise  # unreachable
     display = path_str
-    if path_str.startswith("models/"):
-        if models is None:
-            raise_violations([Violation(idx, path_str, 0, "", "hub datasets need the hub")], reason="BAD_DATASET")
-        info = models.get(path_str)  # NotFound propagates
-        if info.format != "dataset":
-            raise_violations([Violation(idx, path_str, 0, "",
-                                        f"is a {info.format} model in the hub, not a dataset")], reason="BAD_DATASET")
-        path = Path(models.materialize(path_str))
-    else:
-        path = Path(path_str).expanduser()
-        if not path.exists():
-            raise_violations([Violation(idx, path_str, 0, "", "no such file or directory")], reason="DATASET_NOT_FOUND")
+    try:
+        path = locate(path_str, models)
+    except SourceError as e:
+        raise_violations([Violation(idx, path_str, 0, "", e.problem)],
+                         reason="DATASET_NOT_FOUND" if e.reason == "not_found" else "BAD_DATASET")
+        raise  # unreachable
     raw = read_rows(path, display, idx, errors)
     raise_violations(errors)
     if not raw:
@@ -448,14 +309,3 @@ def load_source(
         origins = [origins[i] for i in picked]
     fmt_all = ",".join(sorted(set(formats.values())))
     return LoadedDataset(source=source, format=fmt_all, rows=rows, origins=origins)
-
-
-def split(rows: list, ratio: float, seed: int) -> tuple[list, list]:
-    """Shuffle with ``seed`` and hold out ``ratio`` of the rows (at least one when ratio > 0)."""
-    if ratio <= 0 or len(rows) < 2:
-        return rows, []
-    order = list(range(len(rows)))
-    random.Random(seed).shuffle(order)
-    n_eval = min(len(rows) - 1, max(1, round(ratio * len(rows))))
-    ev = set(order[:n_eval])
-    return [r for i, r in enumerate(rows) if i not in ev], [r for i, r in enumerate(rows) if i in ev]

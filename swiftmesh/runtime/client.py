@@ -73,14 +73,17 @@ def channel(
     timeout: float | None = None,
     stream_timeout: float = DEFAULT_STREAM_TIMEOUT_S,
     retries: bool = True,
+    send_token: bool = True,
 ) -> grpc.aio.Channel:
     """An aio channel to ``target`` ("host:port") with deadlines, retries, auth, TLS and tracing.
 
+    ``send_token=False`` leaves the service token out: pass ``is_configured_peer(target, settings)``
+    when the target comes from a request (a ``hub://`` source) rather than from configuration.
     Use it as ``async with channel(...) as ch`` or close it with ``await ch.close()``.
     """
     from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
-    token = settings.auth_token.get_secret_value() if settings.auth_token else None
+    token = settings.auth_token.get_secret_value() if settings.auth_token and send_token else None
     interceptors = [
         *call_defaults_interceptors(token, timeout or settings.rpc_timeout_s, stream_timeout),
         *aio_client_interceptors(),
@@ -94,6 +97,12 @@ def channel(
     if creds is not None:
         return grpc.aio.secure_channel(target, creds, options=options, interceptors=interceptors)
     return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+
+
+def is_configured_peer(target: str, settings: Settings) -> bool:
+    """True when ``target`` ("host:port") is one of :meth:`Settings.configured_peers` (the service
+    addresses, ``gateway.workers``, ``trusted_peers``): only those may receive the service token."""
+    return target.strip() in settings.configured_peers()
 
 
 def domain_error(err: grpc.RpcError) -> SwiftMeshError:

@@ -178,6 +178,9 @@ class Settings(BaseSettings):
     # Shared token between services ("authorization: Bearer <token>"); unset: no auth.
     auth_token: SecretStr | None = None
     tls: TLSSettings = Field(default_factory=TLSSettings)
+    # Other peers ("host:port") the token may be sent to when a request names them (e.g. the hub
+    # of a hub:// source); the configured service addresses and gateway.workers always are.
+    trusted_peers: list[str] = Field(default_factory=list)
     # Default deadline of unary client calls, seconds.
     rpc_timeout_s: float = Field(default=30.0, gt=0)
     # Grace period of a draining server, seconds.
@@ -256,6 +259,12 @@ class Settings(BaseSettings):
     def gateway_state_dir(self) -> Path:
         """The gateway state directory (``gateway.state_dir`` or ``<data_dir>/gateway``)."""
         return self.gateway.state_dir or self.data_dir / "gateway"
+
+    def configured_peers(self) -> set[str]:
+        """Every "host:port" this configuration names: each service's target, ``gateway.workers``
+        and ``trusted_peers``. The service token goes to these only, when a request names a peer."""
+        peers = {self.endpoint(s).target for s in ("hub", "trainer", "aligner", "worker", "gateway")}
+        return peers | set(self.gateway.workers) | set(self.trusted_peers)
 
     def endpoint(self, service: str) -> Endpoint:
         """The endpoint settings of a service by name: hub, trainer, aligner, worker, gateway."""

@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC code of the ``swiftmesh.aligner.v1`` contracts (``protos/swiftmesh/aligner/v1``)."""

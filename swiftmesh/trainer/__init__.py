@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC code of the ``swiftmesh.trainer.v1`` contracts (``protos/swiftmesh/trainer/v1``)."""

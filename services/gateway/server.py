@@ -5,7 +5,7 @@ GatewayService for administration, on the shared runtime.
 
 The gateway is stateless apart from the API keys (SQLite under ``settings.gateway_state_dir``):
 run as many as needed behind a load balancer, each with the same worker list (or workers that
-register with each). Layers: ``api.protocol`` (OpenAI schema) -> ``api.serving`` (handlers) ->
+register with each). Layers: ``api.protocol`` (OpenAI schema) -> ``api.serving*`` (handlers) ->
 ``router`` (worker pool, gRPC InferenceService).
 """
 

@@ -5,7 +5,8 @@ Routes (OpenAI API reference, https://platform.openai.com/docs/api-reference):
 
 * ``GET /v1/models``, ``GET /v1/models/{model}``: models served by healthy workers; adapters
   carry their base model in ``parent``.
-* ``POST /v1/chat/completions``, ``POST /v1/completions``: see :mod:`.serving`.
+* ``POST /v1/chat/completions``, ``POST /v1/completions``: :mod:`.serving_chat` and
+  :mod:`.serving_completions`, sharing the lifecycle of :mod:`.serving`.
 * ``GET /health``: 200 ``{"status": "ok", "workers": {...}}`` while the process runs.
 * ``GET /metrics``: Prometheus text format (:mod:`.metrics`, worker gauges in ``router``).
 * ``GET /openapi.json``: the schema of the OpenAI-compatible routes (admin routes are left out).
@@ -30,7 +31,7 @@ from ..keys import ApiKeyStore
 from ..ratelimit import RateLimiter
 from ..router import Worker, WorkerPool
 from .auth import Authenticator, Principal
-from .errors import APIError, install_error_handlers
+from .errors import install_error_handlers
 from .protocol import (
     AdapterLoadResult,
     ChatCompletionChunk,
@@ -43,7 +44,10 @@ from .protocol import (
     ModelCard,
     ModelList,
 )
-from .serving import OpenAIServing, RequestContext
+from .serving import RequestContext
+from .serving_chat import OpenAIServingChat
+from .serving_completions import OpenAIServingCompletion
+from .serving_models import OpenAIServingModels, model_card
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "Invalid request; `error.param` names the parameter."},
@@ -52,11 +56,6 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     429: {"model": ErrorResponse, "description": "Over the key's rate limit; see the Retry-After header."},
     503: {"model": ErrorResponse, "description": "No healthy worker serves the model."},
 }
-
-
-def _card(m) -> ModelCard:
-    return ModelCard(id=m.id, created=int(m.created) or int(time.time()), root=m.hub_model or None,
-                     parent=m.parent or None, max_model_len=m.max_model_len or None)
 
 
 def _worker_json(w: Worker) -> dict[str, Any]:
@@ -99,7 +98,9 @@ def create_app(pool: WorkerPool, keys: ApiKeyStore, limiter: RateLimiter, auth: 
         description="OpenAI-compatible REST API of SwiftMesh (chat and text completions, models).",
     )
     install_error_handlers(app)
-    serving = OpenAIServing(pool)
+    chat = OpenAIServingChat(pool)
+    completion = OpenAIServingCompletion(pool)
+    models = OpenAIServingModels(pool)
     app.state.pool = pool
     app.state.keys = keys
 
@@ -125,18 +126,13 @@ def create_app(pool: WorkerPool, keys: ApiKeyStore, limiter: RateLimiter, auth: 
     @app.get("/v1/models", response_model=ModelList, responses={401: _ERRORS[401]}, tags=["models"])
     async def list_models(principal: Principal = Depends(caller)) -> ModelList:  # noqa: B008
         """Lists the models served now (base models and adapters; an adapter's base is ``parent``)."""
-        cards = sorted((_card(m) for m in pool.served_models()), key=lambda c: (c.parent or c.id, c.parent is not None, c.id))
-        return ModelList(data=cards)
+        return models.list()
 
     @app.get("/v1/models/{model:path}", response_model=ModelCard, responses={401: _ERRORS[401], 404: _ERRORS[404]},
              tags=["models"])
     async def get_model(model: str, principal: Principal = Depends(caller)) -> ModelCard:  # noqa: B008
         """Retrieves one served model; 404 ``model_not_found`` if no healthy worker serves it."""
-        info = pool.model_info(model)
-        if info is None:
-            raise APIError(404, f"The model `{model}` does not exist or you do not have access to it.",
-                           param="model", code="model_not_found")
-        return _card(info)
+        return models.get(model)
 
     # ---------------------------------------------------------------- generation
     def context(request: Request, principal: Principal) -> RequestContext:
@@ -159,7 +155,7 @@ def create_app(pool: WorkerPool, keys: ApiKeyStore, limiter: RateLimiter, auth: 
     async def chat_completions(request: Request, body: ChatCompletionRequest,
                                principal: Principal = Depends(caller)) -> Response:  # noqa: B008
         """Creates a model response for a conversation (the model's chat template renders it)."""
-        return await serving.chat(body, context(request, principal))
+        return await chat.handle(body, context(request, principal))
 
     @app.post(
         "/v1/completions",
@@ -176,7 +172,7 @@ def create_app(pool: WorkerPool, keys: ApiKeyStore, limiter: RateLimiter, auth: 
     async def completions(request: Request, body: CompletionRequest,
                           principal: Principal = Depends(caller)) -> Response:  # noqa: B008
         """Creates a completion for a prompt (text or token ids)."""
-        return await serving.completions(body, context(request, principal))
+        return await completion.handle(body, context(request, principal))
 
     # ---------------------------------------------------------------------- admin
     @app.get("/v1/admin/workers", include_in_schema=False)
@@ -196,7 +192,7 @@ def create_app(pool: WorkerPool, keys: ApiKeyStore, limiter: RateLimiter, auth: 
     @app.post("/v1/admin/adapters", include_in_schema=False)
     async def admin_load_adapter(body: LoadAdapterBody, principal: Principal = Depends(admin)) -> JSONResponse:  # noqa: B008
         served, workers = await pool.load_adapter(body.adapter, body.served_name or "", body.base or "", body.workers)
-        return JSONResponse(AdapterLoadResult(model=_card(served), workers=workers).model_dump())
+        return JSONResponse(AdapterLoadResult(model=model_card(served), workers=workers).model_dump())
 
     @app.delete("/v1/admin/adapters/{served_name:path}", include_in_schema=False)
     async def admin_unload_adapter(served_name: str, principal: Principal = Depends(admin)) -> JSONResponse:  # noqa: B008

@@ -7,8 +7,8 @@ OpenAI-compatible servers accept (``top_k``, ``min_p``, ``repetition_penalty``, 
 ``min_tokens``, ``stop_token_ids``, ``skip_special_tokens``, ``add_generation_prompt``,
 ``chat_template_kwargs``) are named as in vLLM's ``vllm/entrypoints/openai`` protocol.
 
-These models know nothing about workers or engines: the handlers in
-:mod:`swiftmesh.services.gateway.api.serving` translate them into ``GenerateRequest`` messages.
+These models know nothing about workers or engines: the functions in
+:mod:`swiftmesh.services.gateway.api.translate` turn them into engine requests.
 Request models ignore unknown fields (as OpenAI-compatible servers do). Violations of the
 limits below become HTTP 400 errors naming the parameter (``error.param``).
 """

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from swiftmesh.services.gateway.api.errors import param_from_loc
 from swiftmesh.services.gateway.api.protocol import ChatCompletionRequest, CompletionRequest
-from swiftmesh.services.gateway.api.serving import chat_generate_request, completion_generate_requests
+from swiftmesh.services.gateway.api.translate import chat_generate_request, completion_generate_requests
 from swiftmesh.services.gateway.keys import ApiKeyStore
 from swiftmesh.services.gateway.ratelimit import RateLimiter
 from swiftmesh.services.gateway.router import Worker, WorkerPool, check_address, worker_id

@@ -4,7 +4,9 @@ transformers (with the ``gguf`` package) reads and dequantizes the GGUF weights 
 tokenizer; the model is then rebuilt from its config without the GGUF quantization config
 (``save_pretrained`` refuses GGUF-quantized models) and written as safetensors with
 ``config.json``, ``generation_config.json``, the tokenizer files and the chat template, so
-every engine and trainer loads it like any other model.
+every engine and trainer loads it like any other model. The hub runs the import in a child
+process (:func:`convert_gguf`), so the memory of the dequantized model is returned and a cancelled
+pull can stop it.
 
 Format reference: https://github.com/ggml-org/ggml/blob/master/docs/gguf.md
 """
@@ -14,11 +16,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
-from swiftmesh.runtime.errors import InvalidArgument
+from swiftmesh.runtime.errors import Internal, InvalidArgument
+
+from .download import PullCancelled
 
 
 def import_gguf(gguf_path: str | Path, out_dir: str | Path, *, dtype: str = "bfloat16") -> Path:
@@ -101,6 +107,40 @@ def _ensure_chat_template(model_dir: Path, tokenizer) -> None:
     if "chat_template" not in cfg:
         cfg["chat_template"] = template
         cfg_path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False))
+
+
+def convert_gguf(gguf_path: Path, out_dir: Path, cancel: threading.Event | None) -> None:
+    """Run :func:`import_gguf` in a child process so its memory is
+    returned and it can be stopped. Raises InvalidArgument (not a loadable GGUF; the message
+    carries the converter's error), PullCancelled."""
+    cmd = [sys.executable, "-m", "swiftmesh.services.hub.gguf_import", str(gguf_path), str(out_dir)]
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        while True:
+            try:
+                _out, err = proc.communicate(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                if cancel is not None and cancel.is_set():
+                    proc.kill()
+                    proc.wait()
+                    raise PullCancelled() from None
+    except BaseException:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        raise
+    if proc.returncode != 0:
+        text = err.decode(errors="replace").strip()
+        marker = "GGUF_IMPORT_ERROR:"
+        msg = text.split(marker, 1)[1].strip() if marker in text else text[-2000:]
+        if proc.returncode == 3:
+            raise InvalidArgument(f"GGUF import of {gguf_path.name} failed: {msg}",
+                                  field_violations=[("source", msg[:300])], reason="GGUF_IMPORT_FAILED")
+        raise Internal(f"GGUF import of {gguf_path.name} crashed (exit {proc.returncode}): {msg}")
+    if not (out_dir / "config.json").is_file():
+        raise Internal(f"GGUF import of {gguf_path.name} produced no config.json")
 
 
 def main(argv: list[str] | None = None) -> int:

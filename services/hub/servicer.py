@@ -17,8 +17,12 @@ from google.protobuf import duration_pb2, empty_pb2, timestamp_pb2
 from swiftmesh.hub.v1 import hub_pb2, hub_pb2_grpc
 from swiftmesh.runtime.errors import InvalidArgument
 
-from .hub import FileCheck, Hub, Progress, PullRequest, UploadHeader
+from .hub import Hub
+from .progress import Progress
+from .pull import PullRequest
 from .store import FileEntry, Lineage, ModelFormat, ModelRecord
+from .upload import UploadHeader
+from .verify import FileCheck
 
 log = logging.getLogger("swiftmesh.hub.servicer")
 

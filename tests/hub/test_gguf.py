@@ -57,7 +57,7 @@ async def test_remote_gguf_is_fetched_converted_verified_and_repaired(hub_server
     import json
     from pathlib import Path
 
-    from swiftmesh.services.hub import hub as hub_module
+    from swiftmesh.services.hub import gguf_import
 
     from tests.hub.http_fixtures import FileServer
 
@@ -70,7 +70,7 @@ async def test_remote_gguf_is_fetched_converted_verified_and_repaired(hub_server
         (out / "config.json").write_text(json.dumps({"model_type": "llama", "from": hashlib.sha256(calls[-1]).hexdigest()}))
         (out / "model.safetensors").write_bytes(hashlib.sha256(calls[-1]).digest() * 1000)
 
-    monkeypatch.setattr(hub_module, "convert_gguf", fake_convert)
+    monkeypatch.setattr(gguf_import, "convert_gguf", fake_convert)
     srv = FileServer({"/repo/tiny.Q4_0.gguf": gguf}).start()
     h = hub_server()
     try:

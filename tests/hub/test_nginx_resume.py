@@ -56,7 +56,7 @@ async def test_kill9_mid_file_then_resume_fetches_only_the_missing_bytes(tmp_pat
         assert time.time() < deadline, "the pull made no progress"
         assert not task.done(), task
         await asyncio.sleep(0.02)
-    first.kill9()
+    first.kill()
     try:
         await task
         raise AssertionError("the pull should have failed with its hub killed")
@@ -128,7 +128,7 @@ async def test_a_pull_whose_clients_all_left_stops_and_a_later_pull_resumes(tmp_
         await asyncio.sleep(0.02)
     task.cancel()  # the only client goes away
     deadline = time.time() + 10
-    while h.hub._jobs:  # the pull notices and stops
+    while h.service.hub.puller.jobs:  # the pull notices and stops
         assert time.time() < deadline, "the pull kept running without clients"
         await asyncio.sleep(0.05)
     kept = _partial_bytes(cache)

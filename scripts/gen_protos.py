@@ -49,7 +49,13 @@ def generate(out: Path) -> list[Path]:
         # every directory on the way becomes a package (swiftmesh/ itself already is one)
         d = pkg_dir
         while d != out / "swiftmesh":
-            (d / "__init__.py").touch()
+            init = d / "__init__.py"
+            if d.parent == out / "swiftmesh":  # swiftmesh/<pkg>/: say what it holds
+                pkg = d.name
+                init.write_text(f'"""Generated protobuf and gRPC code of the ``swiftmesh.{pkg}.v1`` contracts '
+                                f'(``protos/swiftmesh/{pkg}/v1``)."""\n')
+            else:
+                init.touch()
             generated.append((d / "__init__.py").relative_to(out))
             d = d.parent
         stem = Path(rel).stem

@@ -20,6 +20,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from swiftmesh.runtime.errors import InvalidArgument
+
+from ..messages import check_message
+
 #: Most alternatives per position in ``top_logprobs`` (chat) and ``logprobs`` (completions).
 MAX_TOP_LOGPROBS = 20
 #: Most choices per prompt (``n``), as in the OpenAI API.
@@ -196,7 +200,8 @@ class SamplingFields(OpenAIBaseModel):
 class ChatMessageParam(OpenAIBaseModel):
     """One message of ``messages``. ``content`` is a string or a list of ``{"type": "text",
     "text": ...}`` parts (other part types are not supported: 400). Assistant messages may carry
-    ``tool_calls`` and tool messages ``tool_call_id``; both go to the chat template."""
+    ``tool_calls`` and tool messages ``tool_call_id``; both go to the chat template. The
+    conversation is checked by the gateway's one message validator (:mod:`..messages`)."""
 
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[dict[str, Any]] | None = None
@@ -278,6 +283,11 @@ class ChatCompletionRequest(SamplingFields):
     def _check(self) -> ChatCompletionRequest:
         if self.top_logprobs and not self.logprobs:
             raise ParamError("top_logprobs requires logprobs to be true", "top_logprobs")
+        for i, m in enumerate(self.messages):
+            try:
+                check_message(i, m.role, tool_calls=m.tool_calls, tool_call_id=m.tool_call_id)
+            except InvalidArgument as e:
+                raise ParamError(e.message, e.field_violations[0].field) from None
         choice = self.tool_choice
         if choice is not None and choice != "none":
             if not self.tools:

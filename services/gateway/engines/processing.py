@@ -22,6 +22,7 @@ from typing import Any
 
 from swiftmesh.runtime.errors import InvalidArgument
 
+from ..messages import check_message
 from .types import ChatPrompt, CompletionDelta, FinishReason, Prompt, TokenLogprob, TopLogprob
 
 log = logging.getLogger("swiftmesh.engines")
@@ -90,6 +91,7 @@ class TokenizerBundle:
         """The conversation rendered by the model's chat template, as text.
 
         Raises InvalidArgument (reason ``NO_CHAT_TEMPLATE``) for a model without a chat template,
+        for messages the gateway's one validator (:func:`~..messages.check_message`) refuses,
         (reason ``CHAT_TEMPLATE_ERROR``) when the template rejects the conversation.
         """
         if not self.has_chat_template:
@@ -100,6 +102,8 @@ class TokenizerBundle:
             )
         if not chat.messages:
             raise InvalidArgument("messages must not be empty", field_violations=[("messages", "empty")])
+        for i, m in enumerate(chat.messages):
+            check_message(i, m.role, tool_calls=m.tool_calls, tool_call_id=m.tool_call_id)
         kwargs = dict(chat.chat_template_kwargs or {})
         try:
             text = self.tokenizer.apply_chat_template(

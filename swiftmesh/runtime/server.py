@@ -242,7 +242,12 @@ async def start_server(service: Service, settings: Settings) -> RunningServer:
     await server.start()
     metrics = None
     if service.endpoint.metrics_port:
-        metrics = start_metrics_server(service.endpoint.host, service.endpoint.metrics_port)
+        try:
+            metrics = start_metrics_server(service.endpoint.host, service.endpoint.metrics_port,
+                                           f"SWIFTMESH_{service.name.upper()}__METRICS_PORT")
+        except BaseException:
+            await server.stop(0)
+            raise
     running = RunningServer(service, server, port, settings, metrics)
     try:
         for hook in service.on_start:

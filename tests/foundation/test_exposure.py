@@ -30,3 +30,15 @@ async def test_require_client_cert_without_certificates_refuses_to_start(make_se
     settings = make_settings(tls={"require_client_cert": True})
     with pytest.raises(ConfigError, match="plaintext"):
         await start_server(sleepy_service(settings), settings)
+
+
+async def test_a_taken_metrics_port_names_the_setting_to_change(make_settings):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        settings = make_settings(hub={"port": 0, "metrics_port": port})
+        with pytest.raises(ConfigError, match=f"SWIFTMESH_TESTHUB__METRICS_PORT.*or 0 to turn"):
+            await start_server(sleepy_service(settings), settings)

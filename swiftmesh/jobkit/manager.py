@@ -33,17 +33,11 @@ from google.rpc import code_pb2
 from swiftmesh.jobkit import states
 from swiftmesh.jobkit.events import EventHub
 from swiftmesh.jobkit.kinds import JobKind, JobPlan, KindRegistry, PrepareContext
-from swiftmesh.jobkit.launcher import (
-    PLACEMENT_LABEL,
-    LaunchedRun,
-    RayRuntime,
-    RunRequest,
-    default_temp_dir,
-    launch,
-    placement_strategy,
-    worker_bundle,
-)
+from swiftmesh.jobkit.launcher import RunRequest, launch
 from swiftmesh.jobkit.models import HubModelSource, ModelSource
+from swiftmesh.jobkit.placement import PLACEMENT_LABEL, placement_strategy, worker_bundle
+from swiftmesh.jobkit.ray_runtime import RayRuntime, default_temp_dir
+from swiftmesh.jobkit.run_monitor import LaunchedRun
 from swiftmesh.jobkit.store import JobStore
 from swiftmesh.jobkit.tensorboard import TensorBoardWriter
 from swiftmesh.jobs.v1 import jobs_pb2, training_pb2

@@ -95,7 +95,7 @@ class Stack:
 
 def start_stack(data_dir: Path, *, trainer: bool = False) -> Stack:
     """Hub and aligner (and the trainer when asked) on loopback, sharing one embedded Ray."""
-    from swiftmesh.jobkit.launcher import RayRuntime
+    from swiftmesh.jobkit.ray_runtime import RayRuntime
     from swiftmesh.services.aligner.server import create_service as aligner_service
     from swiftmesh.services.hub.server import create_service as hub_service
 

@@ -12,7 +12,7 @@ import pytest
 from google.protobuf import struct_pb2
 
 from swiftmesh.jobkit import JobManager, LocalModelSource, states
-from swiftmesh.jobkit.launcher import RayRuntime
+from swiftmesh.jobkit.ray_runtime import RayRuntime
 from swiftmesh.jobkit.tensorboard import read_scalars
 from swiftmesh.jobkit.testing import ToyKind
 from swiftmesh.jobs.v1 import jobs_pb2

@@ -161,7 +161,7 @@ class RayNode:
 
     def pids(self) -> list[int]:
         """Every live process of this node: its session, and anything holding files under its temp dir."""
-        from swiftmesh.jobkit.launcher import ray_processes_using
+        from swiftmesh.jobkit.ray_runtime import ray_processes_using
 
         pids = set(_session_pids(self.proc.pid)) if self.proc is not None else set()
         if self.temp_dir.is_dir():
@@ -217,7 +217,7 @@ class RayCluster:
         return node
 
     def leftover_pids(self) -> list[int]:
-        from swiftmesh.jobkit.launcher import ray_processes_using
+        from swiftmesh.jobkit.ray_runtime import ray_processes_using
 
         pids: set[int] = set()
         for n in self.nodes:

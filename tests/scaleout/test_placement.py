@@ -7,14 +7,14 @@ import pytest
 
 from swiftmesh.clients import hub as hub_client
 from swiftmesh.jobkit.kinds import JobPlan
-from swiftmesh.jobkit.launcher import (
+from swiftmesh.jobkit.models import mirror_root
+from swiftmesh.jobkit.placement import (
     PLACEMENT_STRATEGIES,
     placeable,
     placement_strategy,
     waiting_reason,
     worker_bundle,
 )
-from swiftmesh.jobkit.models import mirror_root
 from swiftmesh.runtime.errors import InvalidArgument
 
 GIB = 1 << 30

@@ -41,7 +41,7 @@ import pytest
 
 from swiftmesh.clients.hub import MIRROR_MANIFEST, HubClient, machine_id
 from swiftmesh.clients.trainer import TrainerClient, build_spec
-from swiftmesh.jobkit.launcher import PLACEMENT_LABEL
+from swiftmesh.jobkit.placement import PLACEMENT_LABEL
 from swiftmesh.jobs.v1 import jobs_pb2
 from swiftmesh.runtime.errors import ResourceExhausted
 from tests.scaleout.raycluster import RayCluster, RayNode, free_port

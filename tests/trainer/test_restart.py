@@ -6,73 +6,18 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from conftest import adapter_tensors, identity_rows, pull, reference_adapter, trainer_settings, write_jsonl
 
-from conftest import REPO, ServerThread, adapter_tensors, identity_rows, pull, reference_adapter, settings_for, write_jsonl
 from swiftmesh.clients.trainer import TrainerClient, build_spec
 from swiftmesh.jobs.v1 import jobs_pb2
+from swiftmesh.testing.services import ServiceProcess, start_in_process
 
 pytestmark = pytest.mark.slow
 S = jobs_pb2.JobState
-
-
-class TrainerProcess:
-    """`swiftmesh serve trainer` in a subprocess, so the test can kill -9 it."""
-
-    def __init__(self, settings, log: Path) -> None:
-        env = {
-            **os.environ,
-            "SWIFTMESH_DATA_DIR": str(settings.data_dir),
-            "SWIFTMESH_HUB__PORT": str(settings.hub.port),
-            "SWIFTMESH_TRAINER__PORT": str(settings.trainer.port),
-            "SWIFTMESH_TRAINER__METRICS_PORT": "0",
-            "SWIFTMESH_TRAINER__RAY_NUM_CPUS": "2",
-            "PYTHONUNBUFFERED": "1",
-        }
-        env.pop("RAY_ADDRESS", None)
-        self.log = log
-        self._fh = open(log, "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen([sys.executable, "-m", "swiftmesh.cli.main", "serve", "trainer"],
-                                     stdout=self._fh, stderr=subprocess.STDOUT, env=env, cwd=str(REPO))
-
-    def wait_ready(self, settings, timeout: float = 180) -> None:
-        from swiftmesh.clients.jobs import JobsClient
-        from swiftmesh.runtime.errors import SwiftMeshError
-
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"trainer exited {self.proc.returncode}: {self.log.read_text()[-3000:]}")
-
-            async def ping():
-                async with JobsClient(settings) as c:
-                    return await c.list(page_size=1, all_pages=False)
-
-            try:
-                asyncio.run(asyncio.wait_for(ping(), 10))
-                return
-            except (SwiftMeshError, TimeoutError, OSError):
-                time.sleep(0.5)
-        raise RuntimeError(f"trainer did not start: {self.log.read_text()[-3000:]}")
-
-    def kill9(self) -> None:
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(30)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(120)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._fh.close()
 
 
 def call(settings, fn, timeout=900):
@@ -85,19 +30,17 @@ def call(settings, fn, timeout=900):
 
 def test_kill9_restart_resume_finishes_from_checkpoint(tmp_path, tiny_model_dir):
     from swiftmesh.clients.hub import materialize_sync
-    from swiftmesh.jobkit.launcher import default_temp_dir, ray_processes_using
-    from swiftmesh.services.hub.server import create_service as hub_service
+    from swiftmesh.jobkit.ray_runtime import default_temp_dir, ray_processes_using
 
-    settings = settings_for(tmp_path / "data")
+    settings = trainer_settings(tmp_path / "data")
     data = write_jsonl(tmp_path / "identity.jsonl", identity_rows(16))
-    hub = ServerThread()
-    hub.start(hub_service(settings), settings)
+    hub = start_in_process("hub", settings)
     trainer = None
     ray_tmp = default_temp_dir(settings.trainer_state_dir)
     try:
         pull(settings, tiny_model_dir, "tiny")
-        trainer = TrainerProcess(settings, tmp_path / "trainer1.log")
-        trainer.wait_ready(settings)
+        # `swiftmesh serve trainer` in a subprocess, so the test can kill -9 it.
+        trainer = ServiceProcess("trainer", settings, log=tmp_path / "trainer1.log", new_session=False).wait_ready()
         spec = build_spec(model="models/tiny", datasets=[str(data)], tuner="lora", max_steps=16, learning_rate=5e-3,
                           per_device_train_batch_size=4, save_steps=4, logging_steps=1, lora_dropout=0.0)
         job = call(settings, lambda t: t.create_job(spec, job_id="killed"))
@@ -111,9 +54,8 @@ def test_kill9_restart_resume_finishes_from_checkpoint(tmp_path, tiny_model_dir)
         else:
             raise AssertionError("the job made no checkpoint")
         assert j.progress.step < 16, "the job finished before the kill; make it longer"
-        trainer.kill9()
-        trainer = TrainerProcess(settings, tmp_path / "trainer2.log")
-        trainer.wait_ready(settings)
+        trainer.kill()
+        trainer = ServiceProcess("trainer", settings, log=tmp_path / "trainer2.log", new_session=False).wait_ready()
         j = call(settings, lambda t: t.get(job.name))
         assert j.state == S.JOB_STATE_FAILED and j.error.reason == "INTERRUPTED", j
         kept = j.checkpoints[-1].step
@@ -138,7 +80,7 @@ def test_kill9_restart_resume_finishes_from_checkpoint(tmp_path, tiny_model_dir)
             assert diff < 2e-3 * max(1.0, want[k].abs().max().item()), (k, diff)
     finally:
         if trainer is not None:
-            trainer.stop()
+            trainer.stop(120)
         hub.stop()
         # The stopped trainer shut its Ray down; nothing of the killed one may linger either.
         left = ray_processes_using(ray_tmp) if os.path.isdir(ray_tmp) else []

@@ -31,7 +31,8 @@ from .download import Fetcher
 from .eviction import Eviction
 from .progress import Progress, PullJob
 from .pull import Puller, PullRequest
-from .sources import SourceContext, hf_headers, ms_headers
+from .sources import auth_headers
+from .sources.base import SourceContext
 from .store import FileEntry, ModelRecord, Store
 from .upload import Upload, UploadHeader, begin_upload
 from .verify import FileCheck, Verifier
@@ -83,12 +84,7 @@ class Hub:
         self.eviction.housekeeping()
 
     def _headers_for(self, origin: dict) -> dict[str, str]:
-        auth = origin.get("auth")
-        if auth == "hf":
-            return hf_headers(self.ctx)
-        if auth == "ms":
-            return ms_headers(self.ctx)
-        return {}
+        return auth_headers(origin, self.ctx)
 
     # -- catalogue ------------------------------------------------------------------------
     def get(self, name: str, *, field: str = "name", touch: bool = True) -> ModelRecord:

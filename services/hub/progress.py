@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .sources import PlannedFile
+from .sources.base import PlannedFile
 from .store import ModelRecord
 
 log = logging.getLogger("swiftmesh.hub")

@@ -39,7 +39,8 @@ from .catalogue import Catalogue, validate_labels, validate_lineage
 from .download import Fetcher, PullCancelled
 from .eviction import Eviction
 from .progress import Progress, PullJob, Stage, Tracker, done_job, progress_from_file
-from .sources import Plan, PlannedFile, SourceContext, default_model_id, resolve
+from .sources import default_model_id, resolve
+from .sources.base import Plan, PlannedFile, SourceContext
 from .store import FileEntry, Lineage, ModelFormat, ModelRecord, Store
 from .verify import sha256_file
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -25,38 +24,23 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def free_port():
-    return _free_port
+    """``free_port()``: a free TCP port on 127.0.0.1 (swiftmesh.testing.services.free_port)."""
+    from swiftmesh.testing.services import free_port
+
+    return free_port
 
 
 @pytest.fixture
 def make_settings(tmp_path):
     """Factory: Settings under a temp data dir, every service on a free port, metrics off
-    unless asked. Keyword arguments override (nested dicts for sections)."""
-    from swiftmesh.runtime.config import Settings
+    unless asked. Keyword arguments override (nested dicts for sections); see
+    swiftmesh.testing.services.settings_for."""
+    from swiftmesh.testing.services import settings_for
 
     def make(**overrides):
-        base = {
-            "data_dir": tmp_path / "data",
-            "hub": {"port": _free_port(), "metrics_port": 0},
-            "trainer": {"port": _free_port(), "metrics_port": 0},
-            "aligner": {"port": _free_port(), "metrics_port": 0},
-            "worker": {"port": _free_port(), "metrics_port": 0},
-            "gateway": {"port": _free_port(), "http_port": _free_port(), "metrics_port": 0},
-        }
-        for k, v in overrides.items():
-            if isinstance(v, dict) and isinstance(base.get(k), dict):
-                base[k] = {**base[k], **v}
-            else:
-                base[k] = v
-        return Settings.load(None, **base)
+        return settings_for(overrides.pop("data_dir", tmp_path / "data"), **overrides)
 
     return make
 

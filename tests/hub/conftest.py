@@ -1,49 +1,52 @@
-"""Fixtures of the hub tests: in-process hubs, hub subprocesses, nginx on loopback, small
-model directories (helpers in tests/hub/helpers.py)."""
+"""Fixtures of the hub tests: in-process hubs and hub subprocesses (swiftmesh.testing.services),
+nginx on loopback, small model directories (helpers in tests/hub/helpers.py)."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
 
-from tests.hub.helpers import HubProcess, HubThread, write_model
+from swiftmesh.testing.services import InProcessService, ServiceProcess, settings_for, start_in_process
+from tests.hub.helpers import write_model
 from tests.hub.nginx_server import Nginx, nginx_binary
 
 
 @pytest.fixture
 def hub_server(make_settings):
-    """Factory: start an in-process hub; every one started is stopped at the end."""
-    started: list[HubThread] = []
+    """Factory: start an in-process hub (``InProcessService``: ``.target``, ``.settings``,
+    ``.service.hub``); every one started is stopped at the end."""
+    started: list[InProcessService] = []
 
-    def start(**overrides) -> HubThread:
+    def start(**overrides) -> InProcessService:
         hub = {"download_retries": 2}
         hub.update(overrides.pop("hub", {}))
-        settings = make_settings(hub=hub, **overrides)
-        h = HubThread(settings)
+        h = start_in_process("hub", make_settings(hub=hub, **overrides))
         started.append(h)
         return h
 
     yield start
     for h in started:
-        try:
+        with contextlib.suppress(Exception):
             h.stop()
-        except Exception:  # noqa: BLE001
-            pass
 
 
 @pytest.fixture
-def hub_process(tmp_path, free_port):
-    procs: list[HubProcess] = []
+def hub_process(tmp_path):
+    """Factory: ``hub_process(data_dir, **hub_settings)`` starts ``swiftmesh serve hub`` on a free
+    port (a ``ServiceProcess``; ``.wait_ready()``, ``.kill()`` for kill -9); stopped at the end."""
+    procs: list[ServiceProcess] = []
 
-    def start(data_dir: Path, **hub_env) -> HubProcess:
-        p = HubProcess(data_dir, free_port(), tmp_path / f"hub-{len(procs)}.log", **hub_env)
+    def start(data_dir: Path, **hub) -> ServiceProcess:
+        p = ServiceProcess("hub", settings_for(data_dir, hub=hub), log=tmp_path / f"hub-{len(procs)}.log",
+                           new_session=False).start()
         procs.append(p)
         return p
 
     yield start
     for p in procs:
-        p.stop()
+        p.stop(15)
 
 
 @pytest.fixture

@@ -79,8 +79,8 @@ async def test_http_retries_with_backoff_and_resumes_cut_connections(hub_server,
     _listing_routes(srv, "/r/", {"config.json": b"{}", "model.safetensors": weights})
     srv.start()
     h = hub_server(hub={"download_retries": 3})
-    h.hub.fetcher.backoff_initial = 0.01
-    h.hub.fetcher.backoff_max = 0.05
+    h.service.hub.fetcher.backoff_initial = 0.01
+    h.service.hub.fetcher.backoff_max = 0.05
     try:
         srv.faults["/r/model.safetensors"] = [503, 502]
         srv.cuts["/r/model.safetensors"] = 1 << 20

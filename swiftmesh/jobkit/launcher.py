@@ -49,6 +49,7 @@ def _actor_classes():
             self.checkpoint: dict | None = None  # the last one announced: {"step", "path"}
 
         def push(self, events: list[dict]) -> None:
+            """Buffer a worker's events (dicts with a ``type``); remember the latest checkpoint."""
             self.events.extend(events)
             for e in events:
                 if e.get("type") == "checkpoint" and (
@@ -61,17 +62,22 @@ def _actor_classes():
             return self.checkpoint
 
         def drain(self) -> list[dict]:
+            """The buffered events, oldest first; the buffer is emptied."""
             out, self.events = self.events, []
             return out
 
         def next_attempt(self, rank: int) -> int:
+            """The attempt number of a worker of ``rank`` starting now (1-based, after the
+            ``attempt_offset`` of earlier launches): Ray Train restarts count up."""
             self.attempts[rank] = self.attempts.get(rank, 0) + 1
             return self.offset + self.attempts[rank]
 
         def register_worker(self, rank: int, handle) -> None:
+            """Remember the actor handle of the worker of ``rank`` (for cancelling)."""
             self.workers[rank] = handle
 
         def worker_handles(self) -> list:
+            """The actor handles of the workers registered so far."""
             return list(self.workers.values())
 
     @ray.remote(num_cpus=0, max_concurrency=4, max_restarts=0)
@@ -83,6 +89,12 @@ def _actor_classes():
             self.aborted = False
 
         def run(self, train_config: dict, scaling: dict, run: dict) -> dict:
+            """``TorchTrainer(train_loop).fit()``; ``scaling`` holds ``ScalingConfig``'s keyword
+            arguments, ``run`` the run name, storage path, max failures and checkpoints to keep.
+
+            Returns ``{"status": "ok", "checkpoint": path}``, ``{"status": "aborted"}``, or
+            ``{"status": "error", "error": text, "type": exception name}`` (never raises).
+            """
             from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 
             from swiftmesh.jobkit.worker import train_loop
@@ -143,6 +155,8 @@ def _actor_classes():
             return waiting_reason(num_workers, bundle, strategy, free, total)
 
         def abort(self, worker_handles: list) -> str:
+            """Abort the controller, kill ``worker_handles`` and remove the run's placement
+            groups (every step best effort); returns "aborted"."""
             self.aborted = True
             refs = []
             if self.controller is not None:

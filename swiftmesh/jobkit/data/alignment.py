@@ -182,6 +182,9 @@ def no_format_error(method: str, name: str, row_number: int, row: dict, *, field
 
 def bad_value_error(method: str, name: str, row_number: int, fmt: Format, err: RowError, *,
                     field_prefix: str = "") -> InvalidArgument:
+    """The INVALID_ARGUMENT (reason ``BAD_DATASET_ROW``) for a row that was read as ``fmt`` but
+    has a bad value: the message names the dataset, the row, the problem and the format with its
+    example; the field violation is ``<field_prefix><name>:<row>.<field>``."""
     msg = (
         f"dataset {name!r}, row {row_number}: {err.message}. "
         f"(The row was read as the {fmt.name} format: {fmt.description}; "
@@ -330,6 +333,8 @@ class AlignmentData:
             ) from None
 
     def summary(self) -> str:
+        """One line for the job's log, e.g. "12 conversational rows for dpo (d.jsonl: 12 rows as
+        prompt/chosen/rejected)"."""
         parts = []
         for name, fm in self.formats.items():
             parts.append(f"{name}: " + ", ".join(f"{n} rows as {f}" for f, n in fm.items()))

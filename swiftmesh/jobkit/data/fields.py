@@ -204,9 +204,8 @@ class Format:
     required: tuple[str, ...]
     description: str
     example: dict
+    # One source row -> its rows in TRL's columns (KTO turns a pair into two); raises RowError.
     convert: Callable[[dict], list[dict]]
-    # Rows of this format are conversational (None: depends on the values).
-    conversational: bool | None = None
 
     def matches(self, row: dict) -> bool:
         """Whether ``row`` has every ``required`` field, non-null."""

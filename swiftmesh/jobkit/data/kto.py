@@ -69,7 +69,7 @@ UNPAIRED_FORMATS = [
         "messages+label", "unpaired", ("messages", "label"),
         "ms-swift: 'messages' ends with the assistant reply; 'label' true (desirable) or false (undesirable)",
         {"messages": [EX_USER, {"role": "assistant", "content": EX_GOOD}], "label": True},
-        _conv_messages_label, True,
+        _conv_messages_label,
     ),
     Format(
         "prompt/completion/label", "unpaired", ("prompt", "completion", "label"),
@@ -81,11 +81,11 @@ UNPAIRED_FORMATS = [
         "query/response/label", "unpaired", ("query", "response", "label"),
         "ms-swift (older): optional 'system' and 'history'",
         {"query": EX_QUESTION, "response": EX_GOOD, "label": True},
-        _conv_query_response_label, True,
+        _conv_query_response_label,
     ),
 ] + [
     Format(f"{f.name} (unpaired)", "unpaired", f.required,
            f"any preference-pair format ({f.name}): each pair gives one desirable and one undesirable row",
-           f.example, _unpair(f.convert), f.conversational)
+           f.example, _unpair(f.convert))
     for f in PAIRED_FORMATS
 ]

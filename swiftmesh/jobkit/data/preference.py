@@ -129,14 +129,14 @@ PAIRED_FORMATS = [
         "messages+rejected_response", "paired", ("messages", "rejected_response"),
         "ms-swift: 'messages' ends with the preferred assistant reply; 'rejected_response' is the dispreferred reply",
         {"messages": [EX_USER, {"role": "assistant", "content": EX_GOOD}], "rejected_response": EX_BAD},
-        _conv_messages_rejected_response, True,
+        _conv_messages_rejected_response,
     ),
     Format(
         "messages+rejected_messages", "paired", ("messages", "rejected_messages"),
         "two conversations that differ only in the final assistant reply",
         {"messages": [EX_USER, {"role": "assistant", "content": EX_GOOD}],
          "rejected_messages": [EX_USER, {"role": "assistant", "content": EX_BAD}]},
-        _conv_messages_rejected_messages, True,
+        _conv_messages_rejected_messages,
     ),
     Format(
         "prompt/chosen/rejected", "paired", ("prompt", "chosen", "rejected"),
@@ -155,7 +155,7 @@ PAIRED_FORMATS = [
         "query/response/rejected_response", "paired", ("query", "response", "rejected_response"),
         "ms-swift (older): optional 'system' and 'history' ([[query, response], ...])",
         {"query": EX_QUESTION, "response": EX_GOOD, "rejected_response": EX_BAD},
-        _conv_query_response_rejected, True,
+        _conv_query_response_rejected,
     ),
 ]
 

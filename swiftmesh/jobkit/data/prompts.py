@@ -78,7 +78,7 @@ PROMPT_FORMATS = [
         "ms-swift: a conversation ending with the user's turn (a final assistant turn is dropped and kept as "
         "'solution' for reward functions)",
         {"messages": [{"role": "system", "content": "Answer briefly."}, EX_USER]},
-        _conv_prompt_only_messages, True,
+        _conv_prompt_only_messages,
     ),
     Format(
         "prompt", "prompt", ("prompt",),
@@ -90,11 +90,11 @@ PROMPT_FORMATS = [
         "query", "prompt", ("query",),
         "ms-swift (older): optional 'system' and 'history'",
         {"query": EX_QUESTION},
-        _conv_prompt_only_query, True,
+        _conv_prompt_only_query,
     ),
 ] + [
     Format(f"{f.name} (prompt only)", "prompt", f.required,
            f"any preference-pair format ({f.name}); the replies are ignored", f.example,
-           _prompt_from(f.convert), f.conversational)
+           _prompt_from(f.convert))
     for f in PAIRED_FORMATS if f.name not in ("query/response/rejected_response",)
 ]

@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import tenacity
@@ -42,13 +43,20 @@ from swiftmesh.runtime.errors import (
     FailedPrecondition,
     NotFound,
     PermissionDenied,
+    SwiftMeshError,
     Unavailable,
 )
+
+if TYPE_CHECKING:
+    from .peers import PeerHubs
 
 log = logging.getLogger("swiftmesh.hub.download")
 
 # Read granularity of local copies, bytes.
 COPY_CHUNK = 4 << 20
+# Status codes of another hub's ReadModelFile after which a hub:// transfer is retried (resuming).
+RETRYABLE_HUB_CODES = frozenset({"UNAVAILABLE", "CANCELLED", "UNKNOWN", "INTERNAL", "DEADLINE_EXCEEDED",
+                                 "ABORTED", "RESOURCE_EXHAUSTED"})
 # ReadModelFile chunk size of hub:// transfers, bytes (1 MiB moved a GiB with about half the CPU of 4 MiB).
 HUB_CHUNK = 1 << 20
 USER_AGENT = f"swiftmesh-hub/0.1 (pid {os.getpid()})"
@@ -177,7 +185,7 @@ class Fetcher:
     Args:
         retries: retries after the first attempt (``settings.hub.download_retries``).
         header_provider: ``(origin) -> extra headers`` (auth for hf:// and ms:// origins).
-        hub_settings: Settings used to dial other hubs for ``hub`` origins.
+        peers: the client of other hubs, for ``hub`` origins (None: such origins fail).
         backoff_initial / backoff_max: exponential backoff, seconds (jittered).
     """
 
@@ -185,13 +193,13 @@ class Fetcher:
         self,
         retries: int = 5,
         header_provider: Callable[[dict], dict[str, str]] | None = None,
-        hub_settings=None,
+        peers: PeerHubs | None = None,
         backoff_initial: float = 0.5,
         backoff_max: float = 20.0,
     ) -> None:
         self.retries = retries
         self.header_provider = header_provider or (lambda origin: {})
-        self.hub_settings = hub_settings
+        self.peers = peers
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.http = httpx.Client(
@@ -382,55 +390,26 @@ class Fetcher:
                 sink(data, out)
 
     def _hub_once(self, origin: dict, part: Path, offset: int, size: int | None, sink, restart) -> None:
-        import grpc
-
-        from swiftmesh.hub.v1 import hub_pb2
-
-        if self.hub_settings is None:
-            raise FailedPrecondition("hub:// sources need settings")
+        if self.peers is None:
+            raise FailedPrecondition("hub:// sources need the client of other hubs (Fetcher.peers)")
         if size is not None and offset >= size:
             return
-        req = hub_pb2.ReadModelFileRequest(name=origin["model"], path=origin["path"], offset=offset,
-                                           chunk_size=HUB_CHUNK)
-        with sync_hub_stub(self.hub_settings, origin["target"]) as (stub, metadata):
-            try:
-                with open(part, "ab", buffering=0) as out:
-                    for resp in stub.ReadModelFile(req, metadata=metadata, timeout=24 * 3600):
-                        if resp.sha256 and origin.get("sha256") and resp.sha256 != origin["sha256"]:
-                            raise FailedPrecondition(
-                                f"{origin['model']}/{origin['path']} changed on {origin['target']} during the pull")
-                        sink(resp.data, out)
-            except grpc.RpcError as e:
-                from swiftmesh.runtime.client import domain_error
-
-                err = domain_error(e)
-                if err.code_name in ("UNAVAILABLE", "CANCELLED", "UNKNOWN", "INTERNAL", "DEADLINE_EXCEEDED",
-                                     "ABORTED", "RESOURCE_EXHAUSTED"):
-                    raise RetryableError(f"hub {origin['target']}: {err.code_name}: {err.message}") from e
-                raise err from None
-
-
-@contextlib.contextmanager
-def sync_hub_stub(settings, target: str):
-    """A blocking HubService stub to another hub and the call metadata (auth token), with the
-    settings' TLS and message limits. Blocking gRPC, not grpc.aio: transfers run in plain worker
-    threads, and aio channels on several event loops of one process are not safe."""
-    import grpc
-
-    from swiftmesh.hub.v1 import hub_pb2_grpc
-    from swiftmesh.runtime.client import channel_credentials
-    from swiftmesh.runtime.server import grpc_options
-
-    options = grpc_options(settings)
-    if settings.tls.server_name:
-        options.append(("grpc.ssl_target_name_override", settings.tls.server_name))
-    creds = channel_credentials(settings)
-    ch = grpc.secure_channel(target, creds, options=options) if creds else grpc.insecure_channel(target, options=options)
-    metadata = [("authorization", f"Bearer {settings.auth_token.get_secret_value()}")] if settings.auth_token else []
-    try:
-        yield hub_pb2_grpc.HubServiceStub(ch), metadata
-    finally:
-        ch.close()
+        target = origin["target"]
+        chunks = self.peers.read_file(target, origin["model"], origin["path"], offset=offset, chunk_size=HUB_CHUNK)
+        with contextlib.closing(chunks), open(part, "ab", buffering=0) as out:
+            while True:
+                try:
+                    item = next(chunks, None)
+                except SwiftMeshError as err:  # from the other hub (not from sink)
+                    if err.code_name in RETRYABLE_HUB_CODES:
+                        raise RetryableError(f"hub {target}: {err.code_name}: {err.message}") from err
+                    raise
+                if item is None:
+                    return
+                data, sha256 = item
+                if sha256 and origin.get("sha256") and sha256 != origin["sha256"]:
+                    raise FailedPrecondition(f"{origin['model']}/{origin['path']} changed on {target} during the pull")
+                sink(data, out)
 
 
 def _content_range_start(value: str | None) -> int | None:

@@ -29,6 +29,7 @@ from swiftmesh.runtime.host import machine_id
 from .catalogue import Catalogue
 from .download import Fetcher
 from .eviction import Eviction
+from .peers import PeerHubs
 from .progress import Progress, PullJob
 from .pull import Puller, PullRequest
 from .sources import auth_headers
@@ -64,9 +65,10 @@ class Hub:
             ms_endpoint=hs.ms_endpoint,
             ms_token=(hs.ms_token.get_secret_value() if getattr(hs, "ms_token", None) else None),
             local_roots=getattr(hs, "local_source_roots", None),
-            hub_settings=settings,
         )
-        self.fetcher = Fetcher(retries=hs.download_retries, header_provider=self._headers_for, hub_settings=settings)
+        self.peers = PeerHubs(settings)
+        self.ctx.peers = self.peers
+        self.fetcher = Fetcher(retries=hs.download_retries, header_provider=self._headers_for, peers=self.peers)
         self.ctx.fetcher = self.fetcher
         self.eviction = Eviction(self.store, hs.quota_bytes)
         self.catalogue = Catalogue(self.store, self.eviction)
@@ -78,6 +80,7 @@ class Hub:
         """Cancel pulls in flight (their partial files stay) and wait up to ``timeout`` s for them."""
         self.puller.close(timeout)
         self.fetcher.close()
+        self.peers.close()
 
     def housekeeping(self) -> None:
         """Remove what interrupted work left that nothing will resume (:meth:`.Eviction.housekeeping`)."""

@@ -9,6 +9,9 @@
 Every server error comes back as the matching :mod:`swiftmesh.runtime.errors` exception
 (``NotFound``, ``InvalidArgument`` with its field violations, ``ResourceExhausted`` ...).
 
+``BlockingHubClient`` is the same client for blocking code (threads): it runs the async client
+on a private event loop.
+
 ``materialize`` uses the hub's own cache directory when the hub runs on this host (its
 ``LocalLocation.host_id`` names this machine and the files are there with the right sizes);
 otherwise it mirrors the model through ``ReadModelFile`` into a local directory, resuming
@@ -19,26 +22,30 @@ their own event loop, for threads and Ray workers.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextvars
 import hashlib
 import inspect
 import json
 import os
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+import threading
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from swiftmesh.clients.base import ServiceClient
 from swiftmesh.hub.v1 import hub_pb2, hub_pb2_grpc
 from swiftmesh.names import model_id as _model_id
-from swiftmesh.names import model_resource_name  # noqa: F401 (re-exported)
+from swiftmesh.names import model_resource_name
 from swiftmesh.runtime.client import DEFAULT_STREAM_TIMEOUT_S, raise_domain_errors
 from swiftmesh.runtime.config import Settings
 from swiftmesh.runtime.errors import AlreadyExists, DataLoss, InvalidArgument, NotFound
-from swiftmesh.runtime.host import MACHINE_ID_ENV, machine_id  # noqa: F401 (re-exported)
+from swiftmesh.runtime.host import MACHINE_ID_ENV, machine_id
 
 __all__ = [
     "MACHINE_ID_ENV",
     "MIRROR_MANIFEST",
+    "BlockingHubClient",
     "HubClient",
     "machine_id",
     "materialize_sync",
@@ -250,9 +257,13 @@ class HubClient(ServiceClient):
         req = hub_pb2.ReadModelFileRequest(
             name=model_resource_name(name), path=path, offset=offset, limit=limit, chunk_size=chunk_size
         )
-        with raise_domain_errors():
-            async for resp in self.stub.ReadModelFile(req):
-                yield resp
+        call = self.stub.ReadModelFile(req)
+        try:
+            with raise_domain_errors():
+                async for resp in call:
+                    yield resp
+        finally:
+            call.cancel()  # a reader that stops early ends the call (no-op once it is done)
 
     async def materialize(self, name: str, dest_root: Path | None = None) -> Path:
         """A local directory holding the model ``name``.
@@ -441,9 +452,6 @@ def _run(coro_fn: Callable[[], Any]) -> Any:
         return asyncio.run(coro_fn())
     # called from inside a running loop (e.g. a notebook): run on a private thread, in this
     # thread's context (the current trace span stays the parent of the calls)
-    import concurrent.futures
-    import contextvars
-
     ctx = contextvars.copy_context()
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         return pool.submit(ctx.run, lambda: asyncio.run(coro_fn())).result()
@@ -478,3 +486,56 @@ def get_sync(settings: Settings, name: str) -> hub_pb2.Model:
 
     return _run(go)
 
+
+class BlockingHubClient:
+    """:class:`HubClient` for blocking code: any number of threads may call it at once.
+
+    The async client (one channel from the shared factory: deadlines, retries of UNAVAILABLE,
+    auth, TLS, tracing) lives on a private event loop in a daemon thread; each call runs there,
+    in the calling thread's context (its trace span is the parent), and blocks until done.
+
+    Args:
+        settings: SwiftMesh settings (deadline, auth token, TLS).
+        target: hub address "host:port" (default ``settings.hub.target``).
+
+    Errors raise :mod:`swiftmesh.runtime.errors` exceptions, as :class:`HubClient`'s do.
+    """
+
+    def __init__(self, settings: Settings, target: str | None = None) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="hub-client", daemon=True)
+        self._thread.start()
+        self._client = HubClient(settings, target)
+        self._run(self._client.__aenter__())
+
+    def _run(self, coro: Any) -> Any:
+        # scheduled in this thread's context, so the task sees its trace span
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def get(self, name: str) -> hub_pb2.Model:
+        """:meth:`HubClient.get`: the model ``name``. Raises NotFound."""
+        return self._run(self._client.get(name))
+
+    def read_file(self, name: str, path: str, offset: int = 0, limit: int = 0, chunk_size: int = 0
+                  ) -> Iterator[hub_pb2.ReadModelFileResponse]:
+        """:meth:`HubClient.read_file` as a blocking iterator (one hand-over per chunk); closing
+        it early cancels the call."""
+        stream = self._client.read_file(name, path, offset=offset, limit=limit, chunk_size=chunk_size)
+        try:
+            while True:
+                try:
+                    resp = self._run(anext(stream))
+                except StopAsyncIteration:
+                    return
+                yield resp
+        finally:
+            self._run(stream.aclose())
+
+    def close(self) -> None:
+        """Close the channel (calls in flight are cancelled) and stop the loop; idempotent."""
+        if self._loop.is_closed():
+            return
+        self._run(self._client.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()

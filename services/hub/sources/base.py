@@ -22,6 +22,7 @@ from ..store import ModelFormat
 
 if TYPE_CHECKING:
     from ..download import Fetcher
+    from ..peers import PeerHubs
 
 log = logging.getLogger("swiftmesh.hub.sources")
 
@@ -73,7 +74,8 @@ class Plan:
 
 @dataclass
 class SourceContext:
-    """What resolvers need from the hub: settings values and the shared HTTP client."""
+    """What resolvers need from the hub: settings values, the shared HTTP client (``fetcher``)
+    and the client of other hubs (``peers``, for hub://)."""
 
     fetcher: Fetcher
     hf_endpoint: str | None = None
@@ -81,7 +83,7 @@ class SourceContext:
     ms_endpoint: str | None = None
     ms_token: str | None = None
     local_roots: list[Path] | None = None
-    hub_settings: object | None = None
+    peers: PeerHubs | None = None
 
 
 def bad_source(message: str, why: str | None = None, reason: str = "INVALID_SOURCE") -> InvalidArgument:

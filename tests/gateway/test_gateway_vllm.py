@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 
 import pytest
 
-from tests.gateway.api.conftest import LoopThread, free_port, make_settings
-from tests.gateway.api.workers import ROOT
+from swiftmesh.testing.services import ServiceProcess, free_ports, settings_for, start_in_process
+from tests.gateway.api.conftest import gateway_settings
 
 pytestmark = pytest.mark.slow
 
@@ -22,59 +20,31 @@ QUESTION = [{"role": "user", "content": "What is the capital of France? Answer i
 @pytest.fixture(scope="module")
 def vllm_gateway(smollm2_dir, tmp_path_factory):
     pytest.importorskip("vllm")
-    from swiftmesh.services.gateway.server import create_service
-
-    from swiftmesh.runtime.server import start_server
-
     tmp = tmp_path_factory.mktemp("gw-vllm")
-    port, metrics_port = free_port(), free_port()
-    env = os.environ.copy()
-    env.update({
-        "PYTHONPATH": str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
-        "SWIFTMESH_DATA_DIR": str(tmp / "worker"),
-        "SWIFTMESH_WORKER__PORT": str(port),
-        "SWIFTMESH_WORKER__METRICS_PORT": str(metrics_port),
-        "SWIFTMESH_WORKER__ENGINE": "vllm",
-        "SWIFTMESH_WORKER__MODEL": str(smollm2_dir),
-        "SWIFTMESH_WORKER__DEVICE": "cpu",
-        "SWIFTMESH_WORKER__DTYPE": "bfloat16",
-        "SWIFTMESH_WORKER__ENFORCE_EAGER": "true",
-        "SWIFTMESH_WORKER__MAX_MODEL_LEN": "2048",
-        "SWIFTMESH_WORKER__MAX_LORAS": "0",
-        "SWIFTMESH_TELEMETRY__LOG_LEVEL": "WARNING",
-        "VLLM_CPU_KVCACHE_SPACE": env.get("VLLM_CPU_KVCACHE_SPACE", "1"),
-    })
-    log = tmp / "worker.log"
-    with open(log, "ab") as f:
-        worker = subprocess.Popen([sys.executable, "-m", "swiftmesh.cli.main", "serve", "worker"], env=env,
-                                  stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT,
-                                  start_new_session=True)
-    loop = LoopThread()
-    settings = make_settings(tmp / "gw", workers=[f"127.0.0.1:{port}"])
-    service = create_service(settings)
-    running = loop.run(start_server(service, settings))
+    port, metrics_port = free_ports(2)
+    worker_settings = settings_for(tmp / "worker", telemetry={"log_level": "WARNING"}, worker={
+        "port": port, "metrics_port": metrics_port, "engine": "vllm", "model": str(smollm2_dir), "device": "cpu",
+        "dtype": "bfloat16", "enforce_eager": True, "max_model_len": 2048, "max_loras": 0})
+    worker = ServiceProcess("worker", worker_settings, log=tmp / "worker.log",
+                            env={"VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}).start()
+    gw = start_in_process("gateway", gateway_settings(tmp / "gw", workers=[f"127.0.0.1:{port}"]))
+    service = gw.service
     model = smollm2_dir.name
     try:
         deadline = time.monotonic() + 600
         while True:
-            if worker.poll() is not None:
-                pytest.fail(f"the vllm worker exited with {worker.returncode}:\n{log.read_text()[-3000:]}")
-            loop.run(service.pool.refresh_all())
+            if not worker.alive:
+                pytest.fail(f"the vllm worker exited with {worker.returncode}:\n{worker.log_tail()}")
+            gw.loop.run(service.pool.refresh_all())
             if service.pool.model_info(model) is not None:
                 break
-            assert time.monotonic() < deadline, f"the vllm worker did not serve {model}:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"the vllm worker did not serve {model}:\n{worker.log_tail()}"
             time.sleep(1.0)
         service.worker_metrics = f"http://127.0.0.1:{metrics_port}/metrics"  # type: ignore[attr-defined]
         yield service, model
     finally:
-        loop.run(running.stop(0.5))
-        loop.close()
-        worker.terminate()
-        try:
-            worker.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, 9)
-            worker.wait()
+        gw.stop(0.5)
+        worker.stop(60)
 
 
 def _client(service):

@@ -1,17 +1,15 @@
 """Fixtures of the gateway REST tests: a real engine worker and the gateway, served from a
-background event loop so that tests use the synchronous OpenAI SDK (and schemathesis, the CLI)
-over real HTTP on loopback.
+background event loop (swiftmesh.testing.services) so that tests use the synchronous OpenAI SDK
+(and schemathesis, the CLI) over real HTTP on loopback.
 
 * ``stack``: in-process workers serving the tiny model (and the tiny model without a chat
   template) + the gateway (session scope).
-* ``LoopThread.run(coro)`` runs a coroutine on the servers' loop (pool state, worker status).
+* ``Stack.run(coro)`` runs a coroutine on the servers' loop (pool state, worker status).
+* :func:`worker_process`: ``swiftmesh serve worker`` as a child process (killable with SIGKILL).
 """
 
 from __future__ import annotations
 
-import asyncio
-import socket
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,48 +17,22 @@ import openai
 import pytest
 
 from swiftmesh.runtime.config import Settings
+from swiftmesh.testing.services import ServiceLoop, ServiceProcess, free_ports, settings_for, start_in_process
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class LoopThread:
-    """An asyncio loop in a daemon thread."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="servers", daemon=True)
-        self.thread.start()
-
-    def run(self, coro, timeout: float = 300.0):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-
-
-def make_settings(data_dir: Path, **gateway) -> Settings:
-    return Settings.load(
-        None,
-        data_dir=data_dir,
-        hub={"port": free_port(), "metrics_port": 0},
-        worker={"port": free_port(), "metrics_port": 0},
-        gateway={"port": free_port(), "http_port": free_port(), "metrics_port": 0,
-                 "health_check_interval_s": 0.5, **gateway},
-        shutdown_grace_s=1.0,
-    )
+def gateway_settings(data_dir: Path, **gateway) -> Settings:
+    """Settings under ``data_dir`` (every service on a free port) with a gateway that checks its
+    workers every 0.5 s and a 1 s drain; ``gateway`` overrides fields of the gateway's section."""
+    return settings_for(data_dir, gateway={"health_check_interval_s": 0.5, **gateway}, shutdown_grace_s=1.0)
 
 
 @dataclass
 class Stack:
-    """Servers running on ``loop``: workers and a gateway."""
+    """Servers running on ``loop``: workers and a gateway (``gateway`` is its RunningServer,
+    ``gateway_service`` its Service with ``.pool``, ``.keys``, ``.http_port``)."""
 
     settings: Settings
-    loop: LoopThread
+    loop: ServiceLoop
     gateway_service: object = None
     gateway: object = None
     workers: list = field(default_factory=list)
@@ -91,60 +63,31 @@ class Stack:
 
 def start_stack(tmp: Path, workers: list[dict], **gateway) -> Stack:
     """Workers (each a dict of ``settings.worker`` fields: ``model`` ...) served in-process by
-    the real engine worker (``worker_server.create_service``), and a gateway in front of them."""
-    from swiftmesh.services.gateway.server import create_service
-    from swiftmesh.services.gateway.worker_server import create_service as create_worker
+    the real engine worker, and a gateway in front of them, all on one :class:`ServiceLoop`.
 
-    from swiftmesh.runtime.server import start_server
-
-    loop = LoopThread()
-    ports = [free_port() for _ in workers]
-    settings = make_settings(tmp / "data", workers=[f"127.0.0.1:{p}" for p in ports], **gateway)
+    Workers start one at a time, each once it is SERVING (its model loaded): transformers model
+    loading is not thread-safe within one process, and production runs one worker per process."""
+    loop = ServiceLoop("servers")
+    ports = free_ports(len(workers))
+    settings = gateway_settings(tmp / "data", workers=[f"127.0.0.1:{p}" for p in ports], **gateway)
     stack = Stack(settings, loop)
-
-    async def loaded(running) -> None:
-        """Wait for a worker's start-up load (one at a time: transformers model loading is not
-        thread-safe within one process, and production runs one worker per process)."""
-        from swiftmesh.clients.gateway import WorkerClient
-
-        deadline = loop.loop.time() + 120
-        async with WorkerClient(settings, running.target) as w:
-            while True:
-                status = await w.status(timeout=5)
-                if status.ready and status.models:
-                    return
-                assert loop.loop.time() < deadline, f"worker {running.target} did not load its model"
-                await asyncio.sleep(0.05)
-
     for port, fields in zip(ports, workers):
         worker = settings.worker.model_copy(update={"port": port, "device": "cpu", **fields})
         ws = settings.model_copy(update={"worker": worker})
-        running = loop.run(start_server(create_worker(ws), ws))
-        stack.workers.append(running)
-        loop.run(loaded(running))
-    stack.gateway_service = create_service(settings)
-    stack.gateway = loop.run(start_server(stack.gateway_service, settings))
+        stack.workers.append(start_in_process("worker", ws, loop=loop, timeout=120).running)
+    gw = start_in_process("gateway", settings, loop=loop)
+    stack.gateway_service, stack.gateway = gw.service, gw.running
     return stack
 
 
 def start_extra_gateway(stack: Stack, tmp: Path, **settings_overrides) -> Stack:
     """Another gateway on ``stack``'s loop and workers, with other settings (auth, limits)."""
-    from swiftmesh.services.gateway.server import create_service
-
-    from swiftmesh.runtime.server import start_server
-
-    gateway = {k: v for k, v in settings_overrides.pop("gateway", {}).items()}
-    settings = Settings.load(
-        None,
-        data_dir=tmp,
-        gateway={"port": free_port(), "http_port": free_port(), "metrics_port": 0, "health_check_interval_s": 0.5,
-                 "workers": list(stack.settings.gateway.workers), **gateway},
-        shutdown_grace_s=1.0,
-        **settings_overrides,
-    )
+    gateway = {"workers": list(stack.settings.gateway.workers), **settings_overrides.pop("gateway", {})}
+    settings = settings_for(tmp, gateway={"health_check_interval_s": 0.5, **gateway}, shutdown_grace_s=1.0,
+                            **settings_overrides)
     other = Stack(settings, stack.loop, model=stack.model, raw_model=stack.raw_model, model_dir=stack.model_dir)
-    other.gateway_service = create_service(settings)
-    other.gateway = stack.run(start_server(other.gateway_service, settings))
+    gw = start_in_process("gateway", settings, loop=stack.loop)
+    other.gateway_service, other.gateway = gw.service, gw.running
     return other
 
 
@@ -156,6 +99,15 @@ def stop_stack(stack: Stack) -> None:
             stack.run(w.stop(0.5), 60)
     finally:
         stack.loop.close()
+
+
+def worker_process(stack: Stack, port: int, log_path: Path) -> ServiceProcess:
+    """``swiftmesh serve worker`` serving the stack's model (a local directory) on ``port``, with
+    its own data dir next to ``log_path``; started, not yet waited for (``.wait_ready()``)."""
+    settings = settings_for(log_path.parent / f"worker-{port}",
+                            worker={"port": port, "model": str(stack.model_dir), "device": "cpu"},
+                            telemetry={"log_level": "WARNING"})
+    return ServiceProcess("worker", settings, log=log_path, env={"OMP_NUM_THREADS": "1"}, new_session=False).start()
 
 
 @pytest.fixture(scope="session")

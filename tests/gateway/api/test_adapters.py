@@ -15,7 +15,8 @@ import pytest
 from typer.testing import CliRunner
 
 from swiftmesh.cli.main import app
-from tests.gateway.api.conftest import free_port, start_extra_gateway
+from swiftmesh.testing.services import free_port
+from tests.gateway.api.conftest import start_extra_gateway
 
 MESSAGES = [{"role": "user", "content": "Hello, who are you?"}]
 GREEDY = {"max_tokens": 12, "temperature": 0, "extra_body": {"ignore_eos": True}}

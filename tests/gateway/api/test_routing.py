@@ -5,7 +5,6 @@ comes back when it is healthy again."""
 from __future__ import annotations
 
 import concurrent.futures
-import signal
 import time
 
 import httpx
@@ -13,8 +12,8 @@ import openai
 import pytest
 from prometheus_client import REGISTRY
 
-from tests.gateway.api.conftest import free_port, start_extra_gateway
-from tests.gateway.api.workers import spawn_worker, wait_worker
+from swiftmesh.testing.services import free_ports
+from tests.gateway.api.conftest import start_extra_gateway, worker_process
 
 MESSAGES = [{"role": "user", "content": "Tell me a long story."}]
 
@@ -81,19 +80,17 @@ def test_non_streamed_disconnect_aborts_too(stack):
 @pytest.fixture
 def two_workers(stack, tmp_path):
     """Two worker processes serving the stack's model, and a gateway in front of both."""
-    ports = [free_port(), free_port()]
-    procs = [spawn_worker(stack, port, tmp_path / f"w{i}.log") for i, port in enumerate(ports)]
+    ports = free_ports(2)
+    procs = [worker_process(stack, port, tmp_path / f"w{i}.log") for i, port in enumerate(ports)]
     try:
-        for port, proc in zip(ports, procs):
-            wait_worker(stack, port, proc)
+        for proc in procs:
+            proc.wait_ready()
         gw = start_extra_gateway(stack, tmp_path / "gw", gateway={"workers": [f"127.0.0.1:{p}" for p in ports]})
         yield gw, ports, procs
         stack.run(gw.gateway.stop(0.5))
     finally:
         for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+            p.kill()
 
 
 def test_worker_killed_during_load_fails_over_then_503_then_recovers(stack, two_workers, tmp_path):
@@ -114,8 +111,7 @@ def test_worker_killed_during_load_fails_over_then_503_then_recovers(stack, two_
     with concurrent.futures.ThreadPoolExecutor(8) as ex:
         futures = [ex.submit(one, i) for i in range(48)]
         _wait(lambda: all(started(a) > b for a, b in zip(addresses, before)), 60, "both workers to get requests")
-        procs[0].send_signal(signal.SIGKILL)  # dies with requests in flight
-        procs[0].wait()
+        procs[0].kill()  # dies with requests in flight
         results = [f.result() for f in futures]
     # Every request finished: those that had not started on the dead worker went to the other.
     assert results == ["length"] * 48
@@ -128,8 +124,7 @@ def test_worker_killed_during_load_fails_over_then_503_then_recovers(stack, two_
     assert started(addresses[0]) == after
 
     # With no worker left: 503 with Retry-After, in OpenAI's envelope.
-    procs[1].send_signal(signal.SIGKILL)
-    procs[1].wait()
+    procs[1].kill()
     with pytest.raises(openai.APIStatusError) as e:
         one(0)
     assert e.value.status_code == 503
@@ -140,8 +135,7 @@ def test_worker_killed_during_load_fails_over_then_503_then_recovers(stack, two_
     assert e.value.status_code == 503
 
     # A worker comes back on its address: it rejoins the rotation and requests succeed.
-    procs[0] = spawn_worker(stack, ports[0], tmp_path / "w0-restart.log")
-    wait_worker(stack, ports[0], procs[0])
+    procs[0] = worker_process(stack, ports[0], tmp_path / "w0-restart.log").wait_ready()
     _wait(lambda: next(w for w in gw.pool.workers() if w.address == addresses[0]).healthy, 60,
           "the restarted worker to rejoin")
     assert one(0) == "length"

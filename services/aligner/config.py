@@ -1,9 +1,14 @@
-"""The aligner's domain description of a job: what :func:`methods.build_trainer` consumes.
+"""The aligner's domain description of a job.
 
-These dataclasses mirror ``swiftmesh.aligner.v1.AlignmentSpec`` field for field (the servicer
-translates the proto into them) but hold plain Python values and local paths, so the domain
-code and its tests need neither gRPC nor the hub. Names follow TRL, PEFT and
-``transformers.TrainingArguments``; every field's default is the one the proto documents.
+* :class:`AlignmentSpec`: what a job asks for, ``swiftmesh.aligner.v1.AlignmentSpec`` field for
+  field (the servicer translates the proto into it, filling the proto's "0 means the default");
+  the shared :class:`~swiftmesh.jobkit.settings.TuningSpec` (model, tuner, LoRA, training,
+  distribution) plus the method and its settings.
+* :class:`AlignmentConfig`: what :func:`methods.build_trainer` consumes in a worker, with local
+  paths, so the domain code and its tests need neither gRPC nor the hub.
+
+Names follow TRL, PEFT and ``transformers.TrainingArguments``; the LoRA and training settings
+are jobkit's (:mod:`swiftmesh.jobkit.settings`), shared with the trainer.
 """
 
 from __future__ import annotations
@@ -11,75 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from swiftmesh.jobkit.settings import LoraSettings, TrainingSettings, Tuner, TuningSpec
 from swiftmesh.runtime.errors import InvalidArgument
 
 RLHF_TYPES = ("dpo", "kto", "orpo", "cpo", "simpo", "rm", "ppo", "grpo")
-TUNERS = ("full", "lora", "qlora", "dora", "rslora", "lora+")
-PEFT_TUNERS = ("lora", "qlora", "dora", "rslora", "lora+")
-
-
-@dataclass
-class LoraSettings:
-    """PEFT LoRA parameters (``peft.LoraConfig`` names; Hu et al. 2021, arXiv:2106.09685)."""
-
-    # Rank (default 8).
-    r: int = 8
-    # Scaling numerator; the update is scaled by lora_alpha / r (lora_alpha / sqrt(r) with rslora) (default 32).
-    lora_alpha: int = 32
-    # Dropout on the LoRA input (default 0.05).
-    lora_dropout: float = 0.05
-    # Module names, or ["all-linear"] for every linear layer but the output head (default).
-    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
-    # Modules trained in full and saved with the adapter (e.g. "lm_head") (default none).
-    modules_to_save: list[str] = field(default_factory=list)
-    # LoRA+: learning-rate ratio lr(B) / lr(A) (Hayou et al. 2024, arXiv:2402.12354) (default 16).
-    lora_plus_lr_ratio: float = 16.0
-    # "none", "all" or "lora_only" (default "none").
-    bias: str = "none"
-
-
-@dataclass
-class TrainingSettings:
-    """Optimisation settings (``transformers.TrainingArguments`` names). ``None``: the default."""
-
-    # Epochs over the data (default 1.0); ignored when max_steps > 0.
-    num_train_epochs: float = 1.0
-    # Optimizer steps (PPO: updates); overrides num_train_epochs when > 0 (default 0: unset).
-    max_steps: int = 0
-    # Peak learning rate (default 1e-4 for PEFT tuners, 1e-5 for full fine-tuning).
-    learning_rate: float | None = None
-    # Default "cosine".
-    lr_scheduler_type: str = "cosine"
-    # Fraction of steps for linear warmup (default 0.05); warmup_steps wins when > 0.
-    warmup_ratio: float = 0.05
-    warmup_steps: int = 0
-    # Micro-batch per worker (default 1). DPO-family: pairs; KTO: rows; PPO: rollouts per micro-batch.
-    per_device_train_batch_size: int = 1
-    per_device_eval_batch_size: int = 8
-    # Default 1.
-    gradient_accumulation_steps: int = 1
-    # Sequences (prompt + reply) are truncated to this many tokens (default 2048).
-    max_length: int = 2048
-    # Default False.
-    gradient_checkpointing: bool = False
-    # Default 42.
-    seed: int = 42
-    # bf16 mixed precision; None: on where CUDA supports it, off on CPU.
-    bf16: bool | None = None
-    # Default 0.
-    weight_decay: float = 0.0
-    # Gradient clipping norm (default 1.0).
-    max_grad_norm: float = 1.0
-    # Log metrics every N steps (default 1).
-    logging_steps: int = 1
-    # Fraction of the data held out for evaluation (default 0: none).
-    split_dataset_ratio: float = 0.0
-    # Evaluate every N steps (default 0: at the end of each epoch when there is an eval split).
-    eval_steps: int = 0
-    # Checkpoint every N steps (default 50; 0: no checkpoints).
-    save_steps: int = 50
-    # Keep the last K checkpoints (default 2).
-    save_total_limit: int = 2
 
 
 @dataclass
@@ -164,8 +104,9 @@ class PpoSettings:
     response_length: int = 53
     temperature: float = 0.7
     missing_eos_penalty: float | None = None
-    # Total PPO updates (sets max_steps when > 0) (default 0: from epochs / max_steps).
-    total_updates: int = 0
+    # Total PPO updates (sets max_steps when > 0) (default 0: from epochs / max_steps); the
+    # proto's ``total_episodes``.
+    total_updates: int = field(default=0, metadata={"proto": "total_episodes"})
 
 
 @dataclass
@@ -190,6 +131,48 @@ class GrpoSettings:
     loss_type: str = "dapo"
 
 
+# The method settings field each rlhf_type reads.
+METHOD_FIELD = {"dpo": "dpo", "kto": "kto", "orpo": "cpo", "cpo": "cpo", "simpo": "cpo", "rm": "rm", "ppo": "ppo",
+                "grpo": "grpo"}
+_METHOD_TYPES = {"dpo": DpoSettings, "kto": KtoSettings, "cpo": CpoSettings, "rm": RewardSettings,
+                 "ppo": PpoSettings, "grpo": GrpoSettings}
+
+
+@dataclass
+class AlignmentSpec(TuningSpec):
+    """A preference or RL alignment job: the shared tuning settings plus the method."""
+
+    rlhf_type: str = ""
+    """The method: one of :data:`RLHF_TYPES` (ms-swift's ``--rlhf_type``)."""
+    ref_model: str = ""
+    """Reference model "models/{id}" for full fine-tuning (default "": a frozen copy of the policy)."""
+    dpo: DpoSettings | None = None
+    """DPO settings (None: the defaults)."""
+    kto: KtoSettings | None = None
+    """KTO settings."""
+    cpo: CpoSettings | None = None
+    """ORPO / CPO / SimPO settings."""
+    rm: RewardSettings | None = None
+    """Reward model settings."""
+    ppo: PpoSettings | None = None
+    """PPO settings."""
+    grpo: GrpoSettings | None = None
+    """GRPO settings."""
+    max_prompt_length: int = 512
+    """Prompts are truncated to this many tokens, keeping their end (default 512)."""
+
+    @property
+    def method_config(self) -> str | None:
+        """The name of the method settings given ("dpo", "cpo", ...), None when none is."""
+        given = [f for f in _METHOD_TYPES if getattr(self, f) is not None]
+        return given[0] if given else None
+
+    def method(self, rlhf_type: str | None = None):
+        """The settings ``rlhf_type`` (default: the spec's) reads: the given ones or the defaults."""
+        f = METHOD_FIELD[rlhf_type or self.rlhf_type]
+        return getattr(self, f) or _METHOD_TYPES[f]()
+
+
 @dataclass
 class AlignmentConfig:
     """Everything :func:`~swiftmesh.services.aligner.methods.build_trainer` needs for one job.
@@ -205,7 +188,8 @@ class AlignmentConfig:
     # A PEFT adapter (e.g. from an SFT job) to start from; trained further with PEFT tuners,
     # merged into the model first with tuner "full".
     adapter: str | None = None
-    tuner: str = "lora"
+    # A Tuner, or its label ("lora", "qlora", "lora+", ...).
+    tuner: Tuner | str = Tuner.LORA
     lora: LoraSettings = field(default_factory=LoraSettings)
     training: TrainingSettings = field(default_factory=TrainingSettings)
     dpo: DpoSettings = field(default_factory=DpoSettings)
@@ -233,6 +217,13 @@ class AlignmentConfig:
     # Extra TrainingArguments / TRL config fields (expert overrides).
     extra_args: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if isinstance(self.tuner, str):
+            try:
+                self.tuner = Tuner.parse(self.tuner)
+            except InvalidArgument:
+                pass  # validate() names it
+
     def validate(self) -> None:
         """Raises InvalidArgument naming the bad field."""
         if self.rlhf_type not in RLHF_TYPES:
@@ -240,9 +231,9 @@ class AlignmentConfig:
                 f"unknown rlhf_type {self.rlhf_type!r}; choose one of {', '.join(RLHF_TYPES)}",
                 reason="BAD_RLHF_TYPE", field_violations=[("spec.rlhf_type", "unknown")],
             )
-        if self.tuner not in TUNERS:
+        if not isinstance(self.tuner, Tuner) or self.tuner == Tuner.UNSPECIFIED:
             raise InvalidArgument(
-                f"unknown tuner {self.tuner!r}; choose one of {', '.join(TUNERS)}",
+                f"unknown tuner {self.tuner!r}; choose one of full, lora, qlora, dora, rslora, lora+",
                 reason="BAD_TUNER", field_violations=[("spec.tuner", "unknown")],
             )
         if self.rlhf_type in ("ppo", "grpo"):
@@ -276,4 +267,5 @@ class AlignmentConfig:
 
     @property
     def is_peft(self) -> bool:
-        return self.tuner in PEFT_TUNERS
+        """True for the LoRA-family tuners."""
+        return isinstance(self.tuner, Tuner) and self.tuner.is_adapter

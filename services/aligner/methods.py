@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from swiftmesh.jobkit.data import AlignmentData, load_alignment_data
+from swiftmesh.jobkit.settings import Tuner
 from swiftmesh.runtime.errors import InvalidArgument
 from swiftmesh.services.aligner.config import AlignmentConfig
 from swiftmesh.services.aligner.models import (
@@ -254,13 +255,13 @@ def _policy(cfg: AlignmentConfig, *, bf16: bool, seq_cls: bool = False):
         return model, (peft_config(cfg.tuner, cfg.lora, task_type="SEQ_CLS") if cfg.is_peft else None), base
     model = load_causal_lm(base, dtype=dtype, quantization=quantization_config(cfg.tuner, bf16))
     if cfg.is_peft and adapter:
-        if cfg.tuner == "qlora":
+        if cfg.tuner == Tuner.QLORA:
             from peft import prepare_model_for_kbit_training
 
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.training.gradient_checkpointing)
         return load_adapter_trainable(model, adapter), None, base
     if cfg.is_peft:
-        if cfg.tuner == "qlora":
+        if cfg.tuner == Tuner.QLORA:
             from peft import prepare_model_for_kbit_training
 
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.training.gradient_checkpointing)
@@ -370,7 +371,7 @@ def build_trainer(cfg: AlignmentConfig, data: AlignmentData | None = None, *, ca
             common["reward_processing_classes"] = reward_classes
     else:  # pragma: no cover - validate() guards
         raise InvalidArgument(f"unknown rlhf_type {m!r}")
-    if cfg.tuner == "lora+":
+    if cfg.tuner == Tuner.LORA_PLUS:
         from swiftmesh.jobkit.hf import with_loraplus
 
         cls = with_loraplus(cls, cfg.lora.lora_plus_lr_ratio)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from swiftmesh.runtime.errors import FailedPrecondition, InvalidArgument
-from swiftmesh.services.aligner.config import LoraSettings
+from swiftmesh.jobkit.settings import LoraSettings, Tuner
 
 ADAPTER_CONFIG = "adapter_config.json"
 
@@ -65,20 +65,18 @@ def load_tokenizer(model_dir: str, adapter_dir: str | None = None, chat_template
     return tok
 
 
-def peft_config(tuner: str, lora: LoraSettings, task_type: str = "CAUSAL_LM"):
+def peft_config(tuner: Tuner, lora: LoraSettings, task_type: str = "CAUSAL_LM"):
     """A ``peft.LoraConfig`` for a PEFT tuner (lora, qlora, dora, rslora, lora+), built by the
     shared :func:`swiftmesh.jobkit.hf.lora_config` (DoRA: Liu et al. 2024, arXiv:2402.09353;
     rsLoRA: Kalajdzievski 2023, arXiv:2312.03732)."""
-    from dataclasses import asdict
-
     from swiftmesh.jobkit import hf
 
-    return hf.lora_config(hf.TUNER_BY_NAME[tuner], hf.Lora(**asdict(lora)), task_type)
+    return hf.lora_config(tuner, lora, task_type)
 
 
-def quantization_config(tuner: str, bf16: bool):
+def quantization_config(tuner: Tuner, bf16: bool):
     """bitsandbytes 4-bit NF4 for QLoRA (Dettmers et al. 2023, arXiv:2305.14314), else None."""
-    if tuner != "qlora":
+    if tuner != Tuner.QLORA:
         return None
     import torch
     from transformers import BitsAndBytesConfig

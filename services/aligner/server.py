@@ -18,19 +18,19 @@ SERVICE_NAME = aligner_pb2.DESCRIPTOR.services_by_name["AlignerService"].full_na
 
 def create_manager(settings: Settings, models: ModelSource | None = None, runtime=None) -> JobManager:
     """The aligner's JobManager (every alignment kind); ``models`` defaults to the hub."""
-    from swiftmesh.services.aligner.kinds import kinds
+    from .kinds import kinds
 
     return JobManager(settings, "aligner", kinds(), models=models, runtime=runtime)
 
 
 def create_service(settings: Settings, *, models: ModelSource | None = None, runtime=None) -> Service:
     """The aligner's Service description for ``runtime.server.serve``."""
-    from swiftmesh.services.aligner.servicer import AlignerServicer
+    from .servicer import AlignerServicer, spec_proto
 
     manager = create_manager(settings, models, runtime)
     service = Service("aligner", endpoint=settings.aligner)
     service.add(AlignerServicer(manager), aligner_pb2_grpc.add_AlignerServiceServicer_to_server, SERVICE_NAME)
-    service.add(JobServicer(manager), jobs_pb2_grpc.add_JobServiceServicer_to_server, JOB_SERVICE_NAME)
+    service.add(JobServicer(manager, spec_proto), jobs_pb2_grpc.add_JobServiceServicer_to_server, JOB_SERVICE_NAME)
     service.on_start.append(manager.start)
     service.on_stop.append(manager.stop)
     service.manager = manager  # type: ignore[attr-defined]  (tests and tools reach the domain)

@@ -17,19 +17,19 @@ SERVICE_NAME = trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"].full_na
 
 def create_manager(settings: Settings, models: ModelSource | None = None, runtime=None) -> JobManager:
     """The trainer's JobManager (kinds sft, pt, merge); ``models`` defaults to the hub."""
-    from swiftmesh.services.trainer.kinds import kinds
+    from .kinds import kinds
 
     return JobManager(settings, "trainer", kinds(), models=models, runtime=runtime)
 
 
 def create_service(settings: Settings, *, models: ModelSource | None = None, runtime=None) -> Service:
     """The trainer's Service description for ``runtime.server.serve``."""
-    from swiftmesh.services.trainer.servicer import TrainerServicer
+    from .servicer import TrainerServicer, spec_proto
 
     manager = create_manager(settings, models, runtime)
     service = Service("trainer", endpoint=settings.trainer)
     service.add(TrainerServicer(manager), trainer_pb2_grpc.add_TrainerServiceServicer_to_server, SERVICE_NAME)
-    service.add(JobServicer(manager), jobs_pb2_grpc.add_JobServiceServicer_to_server, JOB_SERVICE_NAME)
+    service.add(JobServicer(manager, spec_proto), jobs_pb2_grpc.add_JobServiceServicer_to_server, JOB_SERVICE_NAME)
     service.on_start.append(manager.start)
     service.on_stop.append(manager.stop)
     service.manager = manager  # type: ignore[attr-defined]  (tests and tools reach the domain)

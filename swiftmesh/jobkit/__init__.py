@@ -9,16 +9,22 @@ the last K (Ray Train storage), automatic restart from the last checkpoint on wo
 (Ray Train ``FailureConfig``), resume on request after a service restart, artifact upload to
 the hub with lineage, and the generic ``swiftmesh.jobs.v1.JobService`` servicer.
 
+What it may import: ``swiftmesh.runtime`` (errors, config, sqlite, paging, telemetry),
+``swiftmesh.names``, ``swiftmesh.clients`` (the hub, for models and uploads), Ray, torch and
+the HF stack. No service (``swiftmesh.services.*``), and no grpc or ``*_pb2`` outside
+:mod:`.servicer`: the domain has its own types (:mod:`.types`: Job, JobEvent, JobState;
+:mod:`.estimate`: Estimate; :mod:`.settings`: the tuner, LoRA, training and distribution
+settings and the :class:`~.settings.TuningSpec` the trainer and the aligner extend).
+
 Plugging in a kind of job
 -------------------------
 Subclass :class:`JobKind` (see :mod:`swiftmesh.jobkit.kinds`)::
 
     from swiftmesh import jobkit
-    from swiftmesh.aligner.v1 import aligner_pb2
 
     class DpoKind(jobkit.JobKind):
         name = "dpo"                              # Job.kind
-        spec_type = aligner_pb2.AlignmentSpec     # packed into Job.spec
+        spec_type = AlignmentSpec                 # a domain dataclass; stored as JSON in Job.spec
 
         def prepare(self, spec, ctx: jobkit.PrepareContext) -> jobkit.JobPlan:
             # service side, before any worker starts: validate, read + normalise the data,
@@ -28,7 +34,7 @@ Subclass :class:`JobKind` (see :mod:`swiftmesh.jobkit.kinds`)::
                                   num_workers=2, cpus_per_worker=1, total_steps=100,
                                   models=["models/base"], checkpoints_to_keep=2)
 
-        def estimate(self, spec, ctx) -> training_pb2.Estimate:
+        def estimate(self, spec, ctx) -> jobkit.Estimate:
             ...                                   # jobkit.estimate has the shared formulas
 
         def train(self, ctx: jobkit.WorkerContext) -> list[jobkit.Artifact]:
@@ -44,39 +50,50 @@ Subclass :class:`JobKind` (see :mod:`swiftmesh.jobkit.kinds`)::
 Then in the service::
 
     manager = jobkit.JobManager(settings, "aligner", [DpoKind(), ...])   # models: hub by default
-    service.add(jobkit.JobServicer(manager), jobs_pb2_grpc.add_JobServiceServicer_to_server,
-                jobkit.JOB_SERVICE_NAME)
+    service.add(jobkit.JobServicer(manager, spec_proto), jobs_pb2_grpc.add_JobServiceServicer_to_server,
+                jobkit.JOB_SERVICE_NAME)   # spec_proto: (kind, spec JSON) -> the service's spec proto
     service.on_start.append(manager.start); service.on_stop.append(manager.stop)
-    # in your CreateJob: return await manager.create("dpo", spec, job_id=..., labels=...,
-    #                                              force=..., validate_only=...)
-    # in your EstimateJob: return await manager.estimate("dpo", spec)
+    # in your servicer's CreateJob: translate the proto spec to the domain spec, then
+    #   job_to_proto(await manager.create("dpo", spec, job_id=..., labels=..., force=...,
+    #                                     validate_only=...), spec_proto)
+    # in your EstimateJob: estimate_to_proto(await manager.estimate("dpo", spec))
 
 Worker reporting without an HF trainer: ``ctx.report_metrics(step, {"train/loss": x},
 total_steps=n)``, ``ctx.log("...")``, ``ctx.save_checkpoint(local_dir, step)`` (all ranks, same
 steps). ``ctx.resume_from`` is the local copy of the checkpoint to resume from (or None).
 
-Modules: ``kinds`` (the plug-in interface), ``manager`` (JobManager), ``worker``
-(WorkerContext, HF callback), ``launcher`` (Ray), ``store`` (SQLite), ``events`` (fan-out),
-``states``, ``tensorboard``, ``models`` (hub / local model sources), ``hf`` (TrainingArguments,
-PEFT and DeepSpeed helpers), ``estimate`` (memory/time formulas), ``servicer`` (JobService).
+Modules: ``kinds`` (the plug-in interface), ``manager`` (JobManager: create, list, watch,
+cancel, resume, delete, recovery on start), ``runs`` (the monitor thread of one run), ``types``
+(the domain records), ``worker`` (WorkerContext, HF callback), ``launcher``, ``ray_runtime``,
+``placement``, ``run_monitor`` (Ray), ``store`` (SQLite), ``events`` (fan-out), ``states``,
+``tensorboard``, ``models`` (hub / local model sources, model resolution), ``settings`` (shared
+job settings), ``plan`` (shared planning: steps, estimate, worker config), ``hf``
+(TrainingArguments, PEFT and DeepSpeed helpers), ``estimate`` (memory/time formulas), ``data``
+(dataset reading and encoding), ``servicer`` (JobService and the proto <-> domain translation).
 """
 
+from swiftmesh.jobkit.estimate import Estimate
 from swiftmesh.jobkit.kinds import Artifact, ClusterResources, JobKind, JobPlan, KindRegistry, PrepareContext
 from swiftmesh.jobkit.manager import JobManager, job_name
 from swiftmesh.jobkit.models import HubModelSource, LocalModelSource, ModelInfo, ModelSource
 from swiftmesh.jobkit.servicer import JOB_SERVICE_NAME, JobServicer
+from swiftmesh.jobkit.types import Job, JobEvent, JobState
 from swiftmesh.jobkit.worker import FAIL_AT_STEP_LABEL, NonRetryableError, WorkerContext
 
 __all__ = [
+    "FAIL_AT_STEP_LABEL",
+    "JOB_SERVICE_NAME",
     "Artifact",
     "ClusterResources",
-    "FAIL_AT_STEP_LABEL",
+    "Estimate",
     "HubModelSource",
-    "JOB_SERVICE_NAME",
+    "Job",
+    "JobEvent",
     "JobKind",
     "JobManager",
     "JobPlan",
     "JobServicer",
+    "JobState",
     "KindRegistry",
     "LocalModelSource",
     "ModelInfo",

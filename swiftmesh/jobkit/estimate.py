@@ -28,12 +28,40 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from swiftmesh.jobs.v1 import training_pb2
-
 FRAMEWORK_OVERHEAD_BYTES = 600 * 1024**2
 # Share of peak FLOP/s a CPU training step reaches (measured by bench/trainer on LoRA SFT).
 DEFAULT_UTILISATION = 0.15
 STARTUP_SECONDS = 25.0
+
+
+@dataclass
+class Estimate:
+    """Memory per worker (bytes) and time of a job, as EstimateJob answers it.
+
+    Attributes:
+        weights_bytes / gradients_bytes / optimizer_states_bytes / activations_bytes: the parts
+            of the memory per worker.
+        total_bytes_per_worker: their sum plus the framework overhead.
+        available_bytes_per_worker: what a worker has (its reservation, or its share of a node).
+        fits: total <= available.
+        estimated_duration_s: wall time, seconds (start-up included).
+        trainable_parameters / total_parameters: parameter counts.
+        notes: how the numbers were reached, for people.
+        total_flops: training FLOPs of the whole job.
+    """
+
+    weights_bytes: int = 0
+    gradients_bytes: int = 0
+    optimizer_states_bytes: int = 0
+    activations_bytes: int = 0
+    total_bytes_per_worker: int = 0
+    available_bytes_per_worker: int = 0
+    fits: bool = False
+    estimated_duration_s: float = 0.0
+    trainable_parameters: int = 0
+    total_parameters: int = 0
+    notes: list[str] = field(default_factory=list)
+    total_flops: float = 0.0
 
 
 @dataclass
@@ -200,7 +228,7 @@ def machine_peak_flops(bf16: bool = False) -> float:
 
 
 def fill_estimate(
-    est: training_pb2.Estimate,
+    est: Estimate,
     mem: MemoryPlan,
     *,
     available_bytes_per_worker: int,
@@ -212,8 +240,9 @@ def fill_estimate(
     total_params: int,
     gpus_per_worker: float = 0.0,
     utilisation: float = DEFAULT_UTILISATION,
-) -> training_pb2.Estimate:
-    """Fill an Estimate proto from the memory plan and the FLOPs of the job."""
+) -> Estimate:
+    """Fill ``est`` from the memory plan and the FLOPs of the job (bytes, FLOPs; the time
+    assumes ``utilisation`` of the machine's peak FLOP/s); returns it."""
     est.weights_bytes = mem.weights
     est.gradients_bytes = mem.gradients
     est.optimizer_states_bytes = mem.optimizer
@@ -234,7 +263,7 @@ def fill_estimate(
         per_worker = machine_peak_flops(bf16) * min(1.0, max(cpus_per_worker, 1.0) / cores)
     rate = max(1.0, per_worker * max(1, num_workers) * utilisation)
     seconds = total_flops / rate + STARTUP_SECONDS
-    est.estimated_duration.FromNanoseconds(int(seconds * 1e9))
+    est.estimated_duration_s = int(seconds * 1e9) / 1e9
     est.notes.append(
         f"time: {total_flops:.3g} FLOPs at {utilisation:.0%} of {per_worker:.3g} FLOP/s per worker "
         f"x {max(1, num_workers)} workers, + {STARTUP_SECONDS:.0f} s start-up"
@@ -247,22 +276,25 @@ def fill_estimate(
 
 
 def gib(n: float) -> str:
+    """"1.50 GiB" for 1.5 * 2**30 bytes."""
     return f"{n / 2**30:.2f} GiB"
 
 
 def ceil_div(a: int, b: int) -> int:
+    """Ceiling of a / b (b < 1 counts as 1)."""
     return -(-a // max(1, b))
 
 
 __all__ = [
-    "ModelShape",
+    "Estimate",
     "MemoryPlan",
-    "model_shape",
-    "lora_trainable_params",
-    "estimate_memory",
-    "flops_per_token",
-    "machine_peak_flops",
-    "fill_estimate",
-    "gib",
+    "ModelShape",
     "ceil_div",
+    "estimate_memory",
+    "fill_estimate",
+    "flops_per_token",
+    "gib",
+    "lora_trainable_params",
+    "machine_peak_flops",
+    "model_shape",
 ]

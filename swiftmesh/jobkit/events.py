@@ -14,21 +14,29 @@ from collections.abc import AsyncIterator, Callable
 
 from swiftmesh.jobkit import states
 from swiftmesh.jobkit.store import JobStore
-from swiftmesh.jobs.v1 import jobs_pb2
+from swiftmesh.jobkit.types import JobEvent
 
 _END = object()
 
 
 class EventHub:
+    """The live watchers of every job of one store, and the publishing of their events."""
+
     def __init__(self, store: JobStore) -> None:
         self.store = store
         self._lock = threading.Lock()
         self._subs: dict[str, set[tuple[asyncio.AbstractEventLoop, asyncio.Queue]]] = {}
 
-    def publish(self, event: jobs_pb2.JobEvent) -> jobs_pb2.JobEvent:
+    def publish(self, event: JobEvent) -> JobEvent:
         """Store ``event`` (assigning its sequence and time) and deliver it to live watchers."""
         with self._lock:
             event = self.store.append_event(event)
+        return self.deliver(event)
+
+    def deliver(self, event: JobEvent) -> JobEvent:
+        """Hand an event already stored (e.g. by :meth:`JobStore.update`) to the live watchers
+        of its job; they drop duplicates and fetch what they missed, by sequence."""
+        with self._lock:
             subs = list(self._subs.get(event.job, ()))
         for loop, q in subs:
             try:
@@ -54,7 +62,7 @@ class EventHub:
         start_sequence: int = 0,
         follow: bool = True,
         is_terminal: Callable[[], bool] = lambda: False,
-    ) -> AsyncIterator[jobs_pb2.JobEvent]:
+    ) -> AsyncIterator[JobEvent]:
         """History from ``start_sequence``, then live events until the job ends."""
         loop = asyncio.get_running_loop()
         q: asyncio.Queue = asyncio.Queue()
@@ -94,7 +102,7 @@ class EventHub:
                         yield missed
                 last = ev.sequence
                 yield ev
-                if ev.HasField("state_change") and ev.state_change.state in states.TERMINAL:
+                if ev.state_change is not None and ev.state_change.state in states.TERMINAL:
                     return
         finally:
             with self._lock:

@@ -1,9 +1,7 @@
 """Hugging Face / PEFT / DeepSpeed helpers shared by the trainer's and the aligner's kinds.
 
-* :func:`resolve_args` fills the defaults of a ``swiftmesh.jobs.v1.TrainingArguments`` proto
-  (the names are ``transformers.TrainingArguments``'); :func:`validate_training` checks it
-  with the tuner, distribution and LoRA settings and raises ``InvalidArgument`` naming each bad
-  field.
+* :func:`validate_training` checks the :mod:`~swiftmesh.jobkit.settings` of a job (training,
+  tuner, distribution and LoRA) and lists a field violation per bad field.
 * :func:`training_arguments_kwargs` turns it into keyword arguments for
   ``transformers.TrainingArguments`` (or a TRL config, which subclasses it), with the DeepSpeed
   config of the strategy (:func:`deepspeed_config`).
@@ -20,84 +18,20 @@ QLoRA (Dettmers et al. 2023, arXiv:2305.14314); ZeRO (Rajbhandari et al. 2020, a
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from swiftmesh.jobs.v1 import training_pb2
-from swiftmesh.runtime.errors import InvalidArgument
-
-T = training_pb2.Tuner
-D = training_pb2.DistributionStrategy
-
-TUNER_NAMES = {
-    T.TUNER_FULL: "full",
-    T.TUNER_LORA: "lora",
-    T.TUNER_QLORA: "qlora",
-    T.TUNER_DORA: "dora",
-    T.TUNER_RSLORA: "rslora",
-    T.TUNER_LORA_PLUS: "lora+",
-}
-TUNER_BY_NAME = {v: k for k, v in TUNER_NAMES.items()} | {"lora_plus": T.TUNER_LORA_PLUS, "loraplus": T.TUNER_LORA_PLUS}
-STRATEGY_NAMES = {
-    D.DISTRIBUTION_STRATEGY_NONE: "none",
-    D.DISTRIBUTION_STRATEGY_DDP: "ddp",
-    D.DISTRIBUTION_STRATEGY_ZERO2: "zero2",
-    D.DISTRIBUTION_STRATEGY_ZERO3: "zero3",
-    D.DISTRIBUTION_STRATEGY_ZERO3_OFFLOAD: "zero3_offload",
-}
-STRATEGY_BY_NAME = {v: k for k, v in STRATEGY_NAMES.items()}
-ADAPTER_TUNERS = frozenset({T.TUNER_LORA, T.TUNER_QLORA, T.TUNER_DORA, T.TUNER_RSLORA, T.TUNER_LORA_PLUS})
-SCHEDULERS = (
-    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
-    "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "warmup_stable_decay",
+from swiftmesh.jobkit.settings import (
+    ADAPTER_TUNERS,
+    SCHEDULERS,
+    DistributionSettings,
+    LoraSettings,
+    Strategy,
+    TrainingSettings,
+    Tuner,
 )
 
-
-@dataclass
-class Args:
-    """``TrainingArguments`` with every default filled in (see training.proto for each field)."""
-
-    num_train_epochs: float = 1.0
-    max_steps: int = -1
-    learning_rate: float = 1e-4
-    lr_scheduler_type: str = "cosine"
-    warmup_ratio: float = 0.05
-    warmup_steps: int = 0
-    per_device_train_batch_size: int = 1
-    gradient_accumulation_steps: int = 1
-    max_length: int = 2048
-    gradient_checkpointing: bool = False
-    seed: int = 42
-    bf16: bool = False
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    logging_steps: int = 1
-    split_dataset_ratio: float = 0.0
-    eval_steps: int = 0
-    save_steps: int = 50
-    save_total_limit: int = 2
-    assistant_only_loss: bool = True
-    per_device_eval_batch_size: int = 8
-
-    def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-@dataclass
-class Lora:
-    """PEFT LoRA settings with defaults (see training.proto LoraConfig)."""
-
-    r: int = 8
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
-    modules_to_save: list[str] = field(default_factory=list)
-    lora_plus_lr_ratio: float = 16.0
-    bias: str = "none"
-
-    def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+_DEEPSPEED = (Strategy.ZERO2, Strategy.ZERO3, Strategy.ZERO3_OFFLOAD)
 
 
 @functools.cache
@@ -118,64 +52,23 @@ def bf16_supported() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def resolve_args(a: training_pb2.TrainingArguments, tuner: int = T.TUNER_LORA) -> Args:
-    """Defaults applied: 0 / empty means the default; the learning rate defaults to 1e-4 for
-    LoRA-family tuners and 1e-5 for full fine-tuning; bf16 unset means "where supported"."""
-    full = tuner == T.TUNER_FULL
-    return Args(
-        num_train_epochs=a.num_train_epochs or 1.0,
-        max_steps=a.max_steps if a.max_steps > 0 else -1,
-        learning_rate=a.learning_rate or (1e-5 if full else 1e-4),
-        lr_scheduler_type=a.lr_scheduler_type or "cosine",
-        warmup_ratio=a.warmup_ratio if a.warmup_ratio else 0.05,
-        warmup_steps=a.warmup_steps,
-        per_device_train_batch_size=a.per_device_train_batch_size or 1,
-        gradient_accumulation_steps=a.gradient_accumulation_steps or 1,
-        max_length=a.max_length or 2048,
-        gradient_checkpointing=a.gradient_checkpointing,
-        seed=a.seed or 42,
-        bf16=a.bf16 if a.HasField("bf16") else bf16_supported(),
-        weight_decay=a.weight_decay,
-        max_grad_norm=a.max_grad_norm or 1.0,
-        logging_steps=a.logging_steps or 1,
-        split_dataset_ratio=a.split_dataset_ratio,
-        eval_steps=a.eval_steps,
-        save_steps=a.save_steps or 50,
-        save_total_limit=a.save_total_limit or 2,
-        assistant_only_loss=a.assistant_only_loss if a.HasField("assistant_only_loss") else True,
-        per_device_eval_batch_size=a.per_device_eval_batch_size or 8,
-    )
-
-
-def resolve_lora(lora: training_pb2.LoraConfig) -> Lora:
-    return Lora(
-        r=lora.r or 8,
-        lora_alpha=lora.lora_alpha or 32,
-        lora_dropout=lora.lora_dropout if lora.lora_dropout else 0.05,
-        target_modules=list(lora.target_modules) or ["all-linear"],
-        modules_to_save=list(lora.modules_to_save),
-        lora_plus_lr_ratio=lora.lora_plus_lr_ratio or 16.0,
-        bias=lora.bias or "none",
-    )
-
-
 def validate_training(
-    args: training_pb2.TrainingArguments,
-    tuner: int,
-    lora: training_pb2.LoraConfig,
-    dist: training_pb2.Distribution,
+    args: TrainingSettings,
+    tuner: Tuner,
+    lora: LoraSettings,
+    dist: DistributionSettings,
     prefix: str = "spec",
 ) -> list[tuple[str, str]]:
-    """Field violations of the training settings (empty when fine)."""
+    """Field violations of the training settings, as ("spec.args.<field>", why) pairs (empty when fine)."""
     v: list[tuple[str, str]] = []
     p = prefix
-    if tuner not in TUNER_NAMES:
-        v.append((f"{p}.tuner", f"unknown tuner {tuner}; one of {sorted(TUNER_NAMES.values())}"))
+    if tuner == Tuner.UNSPECIFIED:
+        v.append((f"{p}.tuner", "unknown tuner 0; one of ['dora', 'full', 'lora', 'lora+', 'qlora', 'rslora']"))
     if args.num_train_epochs < 0:
         v.append((f"{p}.args.num_train_epochs", f"must be > 0, got {args.num_train_epochs}"))
     if args.max_steps < 0:
         v.append((f"{p}.args.max_steps", f"must be >= 0, got {args.max_steps}"))
-    if args.learning_rate < 0 or args.learning_rate > 1:
+    if args.learning_rate is not None and (args.learning_rate < 0 or args.learning_rate > 1):
         v.append((f"{p}.args.learning_rate", f"must be in (0, 1], got {args.learning_rate}"))
     if args.lr_scheduler_type and args.lr_scheduler_type not in SCHEDULERS:
         v.append((f"{p}.args.lr_scheduler_type", f"unknown scheduler {args.lr_scheduler_type!r}; one of {list(SCHEDULERS)}"))
@@ -202,24 +95,22 @@ def validate_training(
             v.append((f"{p}.lora.bias", f"must be none, all or lora_only, got {lora.bias!r}"))
         if lora.lora_plus_lr_ratio < 0:
             v.append((f"{p}.lora.lora_plus_lr_ratio", f"must be > 0, got {lora.lora_plus_lr_ratio}"))
-    strategy = dist.strategy or D.DISTRIBUTION_STRATEGY_NONE
-    if strategy not in STRATEGY_NAMES:
-        v.append((f"{p}.distribution.strategy", f"unknown strategy {strategy}"))
+    strategy = dist.strategy or Strategy.NONE
     if dist.num_workers < 0:
         v.append((f"{p}.distribution.num_workers", f"must be >= 1, got {dist.num_workers}"))
-    if strategy == D.DISTRIBUTION_STRATEGY_NONE and dist.num_workers > 1:
+    if strategy == Strategy.NONE and dist.num_workers > 1:
         v.append((f"{p}.distribution.num_workers",
                   f"strategy none runs one worker, got {dist.num_workers}; use ddp, zero2 or zero3 for more"))
     if dist.cpus_per_worker < 0 or dist.gpus_per_worker < 0 or dist.memory_bytes_per_worker < 0:
         v.append((f"{p}.distribution", "resources per worker must be >= 0"))
-    if tuner == T.TUNER_QLORA and strategy in (D.DISTRIBUTION_STRATEGY_ZERO3, D.DISTRIBUTION_STRATEGY_ZERO3_OFFLOAD):
+    if tuner == Tuner.QLORA and strategy in (Strategy.ZERO3, Strategy.ZERO3_OFFLOAD):
         v.append((f"{p}.distribution.strategy",
                   "qlora cannot be combined with ZeRO-3 (4-bit weights cannot be partitioned); use none, ddp or zero2"))
     return v
 
 
 def deepspeed_config(
-    strategy: int, *, micro_batch: int, grad_accum: int, world_size: int, bf16: bool, max_grad_norm: float
+    strategy: Strategy, *, micro_batch: int, grad_accum: int, world_size: int, bf16: bool, max_grad_norm: float
 ) -> dict[str, Any] | None:
     """The DeepSpeed config of a strategy (None for none/ddp).
 
@@ -228,14 +119,14 @@ def deepspeed_config(
     2020; ZeRO-Offload, Ren et al. 2021, arXiv:2101.06840). ``train_batch_size`` is left to
     DeepSpeed (micro batch x accumulation x world size of the process group).
     """
-    if strategy in (D.DISTRIBUTION_STRATEGY_NONE, D.DISTRIBUTION_STRATEGY_DDP, 0):
+    if strategy not in _DEEPSPEED:
         return None
-    zero: dict[str, Any] = {"stage": 2 if strategy == D.DISTRIBUTION_STRATEGY_ZERO2 else 3,
+    zero: dict[str, Any] = {"stage": 2 if strategy == Strategy.ZERO2 else 3,
                             "overlap_comm": False, "contiguous_gradients": True}
     if zero["stage"] == 3:
         zero.update({"stage3_gather_16bit_weights_on_model_save": True, "reduce_bucket_size": 5e7,
                      "stage3_prefetch_bucket_size": 5e7, "stage3_param_persistence_threshold": 1e4})
-    if strategy == D.DISTRIBUTION_STRATEGY_ZERO3_OFFLOAD:
+    if strategy == Strategy.ZERO3_OFFLOAD:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": False}
         zero["offload_param"] = {"device": "cpu", "pin_memory": False}
     return {
@@ -253,10 +144,10 @@ def deepspeed_config(
 
 
 def training_arguments_kwargs(
-    args: Args,
+    args: TrainingSettings,
     *,
     output_dir: str | Path,
-    strategy: int,
+    strategy: Strategy,
     world_size: int,
     use_gpu: bool = False,
     has_eval: bool = False,
@@ -266,9 +157,8 @@ def training_arguments_kwargs(
     Local checkpoints: one (``save_total_limit=1``); the job machinery keeps the last K in
     its storage. ``use_cpu`` is False under DeepSpeed (HF ignores DeepSpeed otherwise).
     """
-    bf16 = args.bf16
-    if not use_gpu and strategy in (D.DISTRIBUTION_STRATEGY_ZERO2, D.DISTRIBUTION_STRATEGY_ZERO3,
-                                    D.DISTRIBUTION_STRATEGY_ZERO3_OFFLOAD):
+    bf16 = bool(args.bf16)
+    if not use_gpu and strategy in _DEEPSPEED:
         bf16 = False  # HF refuses bf16 with use_cpu=False on a CPU; DeepSpeed on CPU runs fp32
     ds = deepspeed_config(
         strategy,
@@ -281,7 +171,7 @@ def training_arguments_kwargs(
     kw: dict[str, Any] = dict(
         output_dir=str(output_dir),
         num_train_epochs=args.num_train_epochs,
-        max_steps=args.max_steps,
+        max_steps=args.max_steps if args.max_steps > 0 else -1,
         learning_rate=args.learning_rate,
         lr_scheduler_type=args.lr_scheduler_type,
         warmup_steps=args.warmup_steps if args.warmup_steps > 0 else args.warmup_ratio,
@@ -331,7 +221,7 @@ _DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "NODE_RANK"
              "GROUP_RANK", "ROLE_RANK", "ROLE_WORLD_SIZE")
 
 
-def leave_process_group_of_one(world_size: int, strategy: int) -> bool:
+def leave_process_group_of_one(world_size: int, strategy: Strategy) -> bool:
     """With a single worker and no DeepSpeed, leave the torch.distributed group Ray Train set up
     (and unset its rendezvous variables), so that the HF Trainer runs the model as one process,
     without DistributedDataParallel: DDP over a group of one only adds gradient hooks, bucket
@@ -342,8 +232,7 @@ def leave_process_group_of_one(world_size: int, strategy: int) -> bool:
     """
     import os
 
-    if world_size != 1 or strategy in (D.DISTRIBUTION_STRATEGY_ZERO2, D.DISTRIBUTION_STRATEGY_ZERO3,
-                                       D.DISTRIBUTION_STRATEGY_ZERO3_OFFLOAD):
+    if world_size != 1 or strategy in _DEEPSPEED:
         return False
     import torch.distributed as dist
 
@@ -376,7 +265,7 @@ def prepare_cpu_deepspeed_state() -> None:
         os.environ.pop("ACCELERATE_USE_DEEPSPEED", None)
 
 
-def lora_config(tuner: int, lora: Lora, task_type: str = "CAUSAL_LM"):
+def lora_config(tuner: Tuner, lora: LoraSettings, task_type: str = "CAUSAL_LM"):
     """PEFT ``LoraConfig`` for a LoRA-family tuner (DoRA: ``use_dora``; rsLoRA: ``use_rslora``,
     scaling lora_alpha/sqrt(r)); None for full fine-tuning."""
     if tuner not in ADAPTER_TUNERS:
@@ -393,16 +282,16 @@ def lora_config(tuner: int, lora: Lora, task_type: str = "CAUSAL_LM"):
         target_modules=targets,
         modules_to_save=lora.modules_to_save or None,
         bias=lora.bias,
-        use_dora=tuner == T.TUNER_DORA,
-        use_rslora=tuner == T.TUNER_RSLORA,
+        use_dora=tuner == Tuner.DORA,
+        use_rslora=tuner == Tuner.RSLORA,
         task_type=task_type,
     )
 
 
 def load_model_for_tuning(
     model_dir: str | Path,
-    tuner: int,
-    lora: Lora | None,
+    tuner: Tuner,
+    lora: LoraSettings | None,
     *,
     bf16: bool,
     gradient_checkpointing: bool = False,
@@ -426,7 +315,7 @@ def load_model_for_tuning(
 
     model_cls = model_cls or AutoModelForCausalLM
     kwargs: dict[str, Any] = {"dtype": torch.float32}
-    if tuner == T.TUNER_QLORA:
+    if tuner == Tuner.QLORA:
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
@@ -440,20 +329,20 @@ def load_model_for_tuning(
     model = model_cls.from_pretrained(str(model_dir), **kwargs)
     if getattr(model.config, "use_cache", None):
         model.config.use_cache = False
-    if tuner == T.TUNER_FULL:
+    if tuner == Tuner.FULL:
         if gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         return model
     from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
 
-    if tuner == T.TUNER_QLORA:
+    if tuner == Tuner.QLORA:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     elif gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     if adapter_dir is not None:
         return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
-    return get_peft_model(model, lora_config(tuner, lora or Lora(), task_type))
+    return get_peft_model(model, lora_config(tuner, lora or LoraSettings(), task_type))
 
 
 def with_loraplus(trainer_cls, lr_ratio: float):

@@ -25,11 +25,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from swiftmesh.runtime.errors import InvalidArgument
 
 if TYPE_CHECKING:
-    from google.protobuf.message import Message
-
+    from swiftmesh.jobkit.estimate import Estimate
     from swiftmesh.jobkit.models import ModelSource
     from swiftmesh.jobkit.worker import WorkerContext
-    from swiftmesh.jobs.v1 import training_pb2
     from swiftmesh.runtime.config import Settings
 
 
@@ -57,6 +55,7 @@ class Artifact:
     labels: dict[str, str] = field(default_factory=dict)
 
     def resolved_format(self) -> str:
+        """``format``, or "peft_adapter" / "full" by what the directory holds."""
         if self.format:
             return self.format
         return "peft_adapter" if (Path(self.path) / "adapter_config.json").is_file() else "full"
@@ -116,6 +115,7 @@ class JobPlan:
 
     @classmethod
     def from_json(cls, d: dict[str, Any], data: dict[str, list] | None = None) -> JobPlan:
+        """The plan from :meth:`to_json` output and its data rows."""
         return cls(data=data or {}, **d)
 
 
@@ -138,6 +138,7 @@ class PrepareContext:
     cluster: Any = None
 
     def resources(self) -> ClusterResources:
+        """The cluster's resources now (this machine's when there is no cluster callable)."""
         if self.cluster is None:
             return ClusterResources.local()
         return self.cluster()
@@ -158,6 +159,7 @@ class ClusterResources:
 
     @classmethod
     def local(cls) -> ClusterResources:
+        """This machine: its CPUs, no GPUs, its memory, one node."""
         import os
 
         import psutil
@@ -172,25 +174,35 @@ class JobKind(abc.ABC):
 
     Class attributes:
         name: the Job.kind string ("sft", "dpo", ...).
-        spec_type: the proto message of the spec (packed into Job.spec as an Any).
+        spec_type: the domain type of the spec (a :class:`~swiftmesh.jobkit.settings.JsonDataclass`,
+            or ``dict``); the service's servicer translates the proto spec into it.
     """
 
     name: ClassVar[str]
-    spec_type: ClassVar[type[Message]]
+    spec_type: ClassVar[type]
 
     @abc.abstractmethod
-    def prepare(self, spec: Message, ctx: PrepareContext) -> JobPlan:
+    def prepare(self, spec: Any, ctx: PrepareContext) -> JobPlan:
         """Validate ``spec`` and plan the job (service side, blocking, runs in a thread)."""
 
     @abc.abstractmethod
-    def estimate(self, spec: Message, ctx: PrepareContext) -> training_pb2.Estimate:
+    def estimate(self, spec: Any, ctx: PrepareContext) -> Estimate:
         """Memory per worker and wall time for ``spec`` (service side, runs in a thread)."""
 
     @abc.abstractmethod
     def train(self, ctx: WorkerContext) -> list[Artifact] | None:
         """Run in every Ray Train worker; return the artifacts to upload (rank 0's are used)."""
 
-    def output_model_id(self, spec: Message, ctx: PrepareContext) -> str:
+    def spec_to_json(self, spec: Any) -> dict[str, Any]:
+        """The spec as JSON, stored with the job (``Job.spec``)."""
+        return spec.to_json() if hasattr(spec, "to_json") else dict(spec)
+
+    def spec_from_json(self, d: dict[str, Any]) -> Any:
+        """The spec back from :meth:`spec_to_json` output."""
+        from_json = getattr(self.spec_type, "from_json", None)
+        return from_json(d) if from_json is not None else self.spec_type(d)
+
+    def output_model_id(self, spec: Any, ctx: PrepareContext) -> str:
         """The hub id of the job's output: ``spec.output_model_id`` when set, else
         "<base model id>-<kind>-<job id>" (a job id "<kind>-x" gives "<base>-<kind>-x").
 
@@ -209,7 +221,7 @@ class JobKind(abc.ABC):
         return f"{base}-{self.name}-{jid.removeprefix(f'{self.name}-')}"
 
 
-def refuse_oversized(estimate: training_pb2.Estimate, ctx: PrepareContext, advice: str) -> None:
+def refuse_oversized(estimate: Estimate, ctx: PrepareContext, advice: str) -> None:
     """Raise ResourceExhausted (reason ESTIMATE_EXCEEDS_RESOURCES, with the memory breakdown)
     when ``estimate`` does not fit the resources per worker, unless the caller forced the job.
 
@@ -240,6 +252,7 @@ class KindRegistry:
             self.register(k)
 
     def register(self, kind: JobKind) -> JobKind:
+        """Add a kind; ValueError for a kind without a name or a name taken."""
         if not getattr(kind, "name", ""):
             raise ValueError(f"{type(kind).__name__} has no name")
         if kind.name in self._kinds:
@@ -248,6 +261,7 @@ class KindRegistry:
         return kind
 
     def get(self, name: str) -> JobKind:
+        """The kind called ``name``; InvalidArgument (UNKNOWN_JOB_KIND) for one this service lacks."""
         try:
             return self._kinds[name]
         except KeyError:
@@ -260,4 +274,5 @@ class KindRegistry:
         return name in self._kinds
 
     def names(self) -> list[str]:
+        """The kinds' names, sorted."""
         return sorted(self._kinds)

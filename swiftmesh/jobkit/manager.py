@@ -7,50 +7,57 @@ TensorBoard event files). Checkpoints live in Ray Train's storage
 (``<storage_path>/<id>/checkpoint-<step>``, ``storage_path`` defaulting to
 ``<state_dir>/checkpoints``; set it to shared storage on a multi-node cluster).
 
-All public methods are async and never block the event loop; errors are
-``swiftmesh.runtime.errors`` exceptions.
+The async methods never block the event loop; errors are ``swiftmesh.runtime.errors``
+exceptions. Records are the domain types of :mod:`swiftmesh.jobkit.types`; the monitor thread of
+each run is :class:`~swiftmesh.jobkit.runs.JobRun`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 import re
 import shutil
 import threading
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
 
-from google.protobuf import any_pb2
-from google.protobuf.message import Message
-from google.rpc import code_pb2
-
 from swiftmesh.jobkit import states
+from swiftmesh.jobkit.estimate import Estimate
 from swiftmesh.jobkit.events import EventHub
 from swiftmesh.jobkit.kinds import JobKind, JobPlan, KindRegistry, PrepareContext
-from swiftmesh.jobkit.launcher import RunRequest, launch
 from swiftmesh.jobkit.models import HubModelSource, ModelSource
 from swiftmesh.jobkit.placement import PLACEMENT_LABEL, placement_strategy, worker_bundle
 from swiftmesh.jobkit.ray_runtime import RayRuntime, default_temp_dir
-from swiftmesh.jobkit.run_monitor import LaunchedRun
+from swiftmesh.jobkit.runs import JobRun
 from swiftmesh.jobkit.store import JobStore
-from swiftmesh.jobkit.tensorboard import TensorBoardWriter
-from swiftmesh.jobs.v1 import jobs_pb2, training_pb2
-from swiftmesh.runtime.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, SwiftMeshError
+from swiftmesh.jobkit.types import (
+    ABORTED,
+    Job,
+    JobError,
+    JobEvent,
+    JobState,
+    LogLine,
+    Progress,
+    Resources,
+    StateChange,
+    now,
+)
+from swiftmesh.runtime.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    ResourceExhausted,
+    SwiftMeshError,
+)
+from swiftmesh.runtime.paging import page
 
 log = logging.getLogger("swiftmesh.jobkit")
 
 JOB_ID_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
-POLL_S = 0.5
-# How often a run that Ray has not placed yet is asked why (seconds).
-WAIT_CHECK_S = 2.0
-# Shortest interval between two "waiting for ..." lines in the job's log (seconds).
-WAIT_LOG_S = 30.0
 
 
 def job_name(name_or_id: str) -> str:
@@ -100,7 +107,7 @@ class JobManager:
         self.storage_path = str(Path(getattr(section, "storage_path", None) or self.state_dir / "checkpoints").absolute())
         self.store = JobStore(self.state_dir / "jobs.db")
         self.events = EventHub(self.store)
-        self._runs: dict[str, _Run] = {}
+        self._runs: dict[str, JobRun] = {}
         self._lock = threading.RLock()
         self._stopping = False
         self._started = False
@@ -124,18 +131,18 @@ class JobManager:
         for job in self.store.list(states=list(states.ACTIVE), limit=100_000):
             if job.name in self._runs:
                 continue
-            if job.state == states.QUEUED and not job.start_time.seconds:
-                self._log(job.name, "service restarted; starting the queued job", "INFO", "driver")
+            if job.state == states.QUEUED and not job.start_time:
+                self.log_line(job.name, "service restarted; starting the queued job", "INFO", "driver")
                 self._start_run(job.name, resume=bool(job.checkpoints))
             elif job.state == states.CANCELLING:
-                self._set_state(job.name, states.CANCELLED, "cancelled (the service restarted meanwhile)")
+                self.set_state(job.name, states.CANCELLED, "cancelled (the service restarted meanwhile)")
             else:
-                step = job.checkpoints[-1].step if job.checkpoints else 0
+                step = job.last_checkpoint_step
                 msg = (
                     f"the {self.service} service stopped while the job was {states.name(job.state)}; "
                     + (f"ResumeJob continues from checkpoint step {step}" if step else "ResumeJob restarts it")
                 )
-                self._set_state(job.name, states.FAILED, msg, error=(code_pb2.ABORTED, "INTERRUPTED", msg))
+                self.set_state(job.name, states.FAILED, msg, error=JobError(ABORTED, "INTERRUPTED", msg))
 
     async def stop(self) -> None:
         """Stop every running job (they become FAILED, reason SERVICE_STOPPED, resumable) and Ray."""
@@ -148,6 +155,7 @@ class JobManager:
         self.store.close()
 
     def cluster_resources(self):
+        """The Ray cluster's resources (starts or connects to Ray)."""
         return self.runtime.resources()
 
     # Create / estimate ---------------------------------------------------------------------
@@ -158,21 +166,23 @@ class JobManager:
         return PrepareContext(settings=self.settings, models=self.models, job=job, force=force,
                               cluster=self.cluster_resources)
 
-    async def estimate(self, kind: str, spec: Message) -> training_pb2.Estimate:
+    async def estimate(self, kind: str, spec: Any) -> Estimate:
+        """The kind's estimate of ``spec`` (raises what the kind raises, e.g. InvalidArgument)."""
         k = self._kind_for(kind)
         return await asyncio.to_thread(k.estimate, spec, self._prepare_context())
 
     async def create(
         self,
         kind: str,
-        spec: Message,
+        spec: Any,
         *,
         job_id: str = "",
         labels: dict[str, str] | None = None,
         force: bool = False,
         validate_only: bool = False,
-    ) -> jobs_pb2.Job:
-        """Validate ``spec`` with its kind, store the job QUEUED and launch it on Ray.
+    ) -> Job:
+        """Validate ``spec`` (the kind's domain spec) with its kind, store the job QUEUED and
+        launch it on Ray; with ``validate_only`` return the job that would be created.
 
         Raises what the kind's ``prepare`` raises (InvalidArgument, NotFound, ResourceExhausted),
         AlreadyExists for a taken job id, ResourceExhausted when the job asks for more CPUs/GPUs
@@ -186,8 +196,6 @@ class JobManager:
             except SwiftMeshError:
                 pass
             else:
-                from swiftmesh.runtime.errors import AlreadyExists
-
                 raise AlreadyExists(f"job {name} already exists", reason="JOB_EXISTS", metadata={"job": name})
         ctx = self._prepare_context(name, force)
         plan: JobPlan = await asyncio.to_thread(k.prepare, spec, ctx)
@@ -201,31 +209,32 @@ class JobManager:
             plan.placement_strategy = placement_strategy(plan.placement_strategy, "placement_strategy")
         if not force:
             await asyncio.to_thread(self._check_capacity, plan)
-        job = jobs_pb2.Job(
+        created = now()
+        job = Job(
             name=name,
             uid=uuid.uuid4().hex,
             kind=k.name,
-            state=states.QUEUED if not validate_only else jobs_pb2.JOB_STATE_UNSPECIFIED,
+            state=states.QUEUED if not validate_only else states.UNSPECIFIED,
             state_message="validated; not queued (validate_only)" if validate_only else "queued",
-            resources=jobs_pb2.Resources(
+            spec=k.spec_to_json(spec),
+            progress=Progress(total_steps=plan.total_steps),
+            resources=Resources(
                 num_workers=plan.num_workers,
                 cpus_per_worker=plan.cpus_per_worker,
                 gpus_per_worker=plan.gpus_per_worker,
                 memory_bytes_per_worker=plan.memory_bytes_per_worker,
             ),
-            labels=labels or {},
-            tensorboard_dir=str(self._job_dir(name) / "tensorboard"),
+            labels=dict(labels or {}),
+            tensorboard_dir=str(self.job_dir(name) / "tensorboard"),
+            create_time=created,
+            update_time=created,
         )
-        job.spec.Pack(spec)
-        job.progress.total_steps = plan.total_steps
-        job.create_time.GetCurrentTime()
-        job.update_time.CopyFrom(job.create_time)
         if validate_only:
             return job
-        await asyncio.to_thread(self._persist_new, job, plan)
-        self._publish(name, state_change=jobs_pb2.StateChange(state=states.QUEUED, message="queued"))
+        queued = await asyncio.to_thread(self._persist_new, job, plan)
+        self.events.deliver(queued)
         for note in plan.notes:
-            self._log(name, note, "INFO", "driver")
+            self.log_line(name, note, "INFO", "driver")
         self._start_run(name, resume=False, trace_context=_trace_context())
         return self.store.get(name)
 
@@ -250,48 +259,45 @@ class JobManager:
                 metadata={"needed_cpus": f"{need_cpu:g}", "cluster_cpus": f"{res.total_cpus:g}"},
             )
 
-    def _job_dir(self, name: str) -> Path:
+    def job_dir(self, name: str) -> Path:
+        """``<state_dir>/jobs/<id>``: the job's data rows and TensorBoard files."""
         return self.state_dir / "jobs" / name.removeprefix("jobs/")
 
-    def _persist_new(self, job: jobs_pb2.Job, plan: JobPlan) -> None:
-        d = self._job_dir(job.name)
+    def _persist_new(self, job: Job, plan: JobPlan) -> JobEvent:
+        d = self.job_dir(job.name)
         d.mkdir(parents=True, exist_ok=True)
         (d / "data.json").write_text(json.dumps(plan.data))
-        self.store.insert(job, json.dumps(plan.to_json()))
+        queued = JobEvent(job=job.name, state_change=StateChange(state=states.QUEUED, message="queued"))
+        return self.store.insert(job, json.dumps(plan.to_json()), event=queued)
 
-    def _load_plan(self, name: str) -> JobPlan:
+    def load_plan(self, name: str) -> JobPlan:
+        """The plan stored with the job, with its data rows."""
         raw = self.store.plan(name)
-        data_file = self._job_dir(name) / "data.json"
+        data_file = self.job_dir(name) / "data.json"
         data = json.loads(data_file.read_text()) if data_file.is_file() else {}
         return JobPlan.from_json(json.loads(raw or "{}"), data)
 
     # Queries -------------------------------------------------------------------------------
-    async def get(self, name: str) -> jobs_pb2.Job:
+    async def get(self, name: str) -> Job:
+        """The job ("jobs/x" or "x"); NotFound when there is none."""
         return await asyncio.to_thread(self.store.get, job_name(name))
 
     async def list(
         self, *, page_size: int = 50, page_token: str = "", states_: Iterable[int] = (), kinds: Iterable[str] = ()
-    ) -> tuple[list[jobs_pb2.Job], str]:
-        """A page of jobs, newest first, and the next page token ("" at the end)."""
-        if page_size < 0:
-            raise InvalidArgument("page_size must be >= 0", field_violations=[("page_size", f"got {page_size}")])
-        size = min(page_size or 50, 1000)
-        offset = 0
-        if page_token:
-            try:
-                offset = int(base64.urlsafe_b64decode(page_token.encode()).decode())
-            except ValueError:
-                raise InvalidArgument("invalid page_token", field_violations=[("page_token", "not from ListJobs")]) from None
-        jobs = await asyncio.to_thread(
-            self.store.list, states=list(states_), kinds=list(kinds), offset=offset, limit=size + 1
-        )
-        token = ""
-        if len(jobs) > size:
-            jobs = jobs[:size]
-            token = base64.urlsafe_b64encode(str(offset + size).encode()).decode()
-        return jobs, token
+    ) -> tuple[list[Job], str]:
+        """A page of jobs, newest first, and the next page token ("" at the end).
 
-    async def watch(self, name: str, *, start_sequence: int = 0, follow: bool = True) -> AsyncIterator[jobs_pb2.JobEvent]:
+        ``page_size`` 0 means 50 (at most 1000); a token only continues the query that made it
+        (:mod:`swiftmesh.runtime.paging`). InvalidArgument for a negative size or a bad token.
+        """
+        states_, kinds = [int(s) for s in states_], list(kinds)
+        pg = page(page_size, page_token, {"states": states_, "kinds": kinds})
+        jobs = await asyncio.to_thread(self.store.list, states=states_, kinds=kinds, offset=pg.offset,
+                                       limit=pg.size + 1)
+        return jobs[:pg.size], pg.next_token(len(jobs) > pg.size)
+
+    async def watch(self, name: str, *, start_sequence: int = 0, follow: bool = True) -> AsyncIterator[JobEvent]:
+        """The job's events from ``start_sequence``, then (``follow``) live ones until it ends."""
         name = job_name(name)
         await self.get(name)  # NotFound
 
@@ -305,7 +311,7 @@ class JobManager:
             yield ev
 
     # Control -------------------------------------------------------------------------------
-    async def cancel(self, name: str) -> jobs_pb2.Job:
+    async def cancel(self, name: str) -> Job:
         """QUEUED/RUNNING -> CANCELLING; the workers are aborted in the background and the job
         ends CANCELLED with its checkpoints. FailedPrecondition for a job that has ended."""
         name = job_name(name)
@@ -318,15 +324,15 @@ class JobManager:
                 reason="JOB_ENDED",
                 metadata={"job": name, "state": states.name(job.state)},
             )
-        job = await asyncio.to_thread(self._set_state, name, states.CANCELLING, "cancel requested")
+        job = await asyncio.to_thread(self.set_state, name, states.CANCELLING, "cancel requested")
         run = self._runs.get(name)
         if run is None:
-            job = await asyncio.to_thread(self._set_state, name, states.CANCELLED, "cancelled")
+            job = await asyncio.to_thread(self.set_state, name, states.CANCELLED, "cancelled")
         else:
             threading.Thread(target=run.cancel, name=f"cancel-{name}", daemon=True).start()
         return job
 
-    async def resume(self, name: str) -> jobs_pb2.Job:
+    async def resume(self, name: str) -> Job:
         """FAILED/CANCELLED -> QUEUED, restarting from the last checkpoint.
         FailedPrecondition for a queued, running or succeeded job."""
         name = job_name(name)
@@ -337,14 +343,9 @@ class JobManager:
                 reason="NOT_RESUMABLE",
                 metadata={"job": name, "state": states.name(job.state)},
             )
-        step = job.checkpoints[-1].step if job.checkpoints else 0
-
-        def mutate(j):
-            j.ClearField("error")
-
-        await asyncio.to_thread(self.store.update, name, mutate)
+        step = job.last_checkpoint_step
         msg = f"resuming from checkpoint step {step}" if step else "restarting (no checkpoint yet)"
-        job = await asyncio.to_thread(self._set_state, name, states.QUEUED, msg)
+        job = await asyncio.to_thread(self.set_state, name, states.QUEUED, msg, clear_error=True)
         self._start_run(name, resume=True, trace_context=_trace_context())
         return job
 
@@ -361,48 +362,52 @@ class JobManager:
 
         def rm():
             self.store.delete(name)
-            shutil.rmtree(self._job_dir(name), ignore_errors=True)
+            shutil.rmtree(self.job_dir(name), ignore_errors=True)
             shutil.rmtree(Path(self.storage_path) / name.removeprefix("jobs/"), ignore_errors=True)
 
         await asyncio.to_thread(rm)
         self.events.close_job(name)
 
-    # Internals -------------------------------------------------------------------------------
-    def _publish(self, name: str, **payload) -> jobs_pb2.JobEvent:
-        return self.events.publish(jobs_pb2.JobEvent(job=name, **payload))
+    # Record updates (also used by the runs) ------------------------------------------------
+    def _publish(self, name: str, **payload) -> JobEvent:
+        return self.events.publish(JobEvent(job=name, **payload))
 
-    def _log(self, name: str, message: str, level: str = "INFO", source: str = "driver") -> None:
+    def log_line(self, name: str, message: str, level: str = "INFO", source: str = "driver") -> None:
+        """Add a line to the job's log (an event) and to the service's log."""
         log.log(getattr(logging, level, logging.INFO), "%s [%s] %s", name, source, message)
-        self._publish(name, log=jobs_pb2.LogLine(level=level, message=message, source=source))
+        self._publish(name, log=LogLine(level=level, message=message, source=source))
 
-    def _set_state(
-        self, name: str, new: int, message: str = "", error: tuple[int, str, str] | None = None
-    ) -> jobs_pb2.Job:
+    def set_state(self, name: str, new: JobState, message: str = "", error: JobError | None = None, *,
+                  clear_error: bool = False) -> Job:
+        """Move the job to ``new`` (FailedPrecondition when the state machine forbids it), with its
+        state-change event in the same transaction; ``error`` is recorded, ``clear_error`` drops
+        the old one. Returns the new record."""
         with self._lock:
             prev = {}
 
-            def mutate(j: jobs_pb2.Job) -> None:
+            def mutate(j: Job) -> None:
                 prev["state"] = j.state
                 states.check_transition(name, j.state, new)
-                j.state = new
+                j.state = JobState(new)
                 j.state_message = message
-                if new == states.RUNNING and not j.start_time.seconds:
-                    j.start_time.GetCurrentTime()
+                if new == states.RUNNING and not j.start_time:
+                    j.start_time = now()
                 if new in states.TERMINAL:
-                    j.end_time.GetCurrentTime()
+                    j.end_time = now()
                 elif new == states.QUEUED:
-                    j.ClearField("end_time")
+                    j.end_time = 0.0
+                if clear_error:
+                    j.error = None
                 if error is not None:
-                    j.error.CopyFrom(jobs_pb2.JobError(code=error[0], reason=error[1], message=error[2]))
+                    j.error = error
 
-            job = self.store.update(name, mutate)
-            self._publish(
-                name,
-                state_change=jobs_pb2.StateChange(state=new, previous_state=prev["state"], message=message),
-            )
+            job, ev = self.store.update(name, mutate, lambda j: JobEvent(job=name, state_change=StateChange(
+                state=JobState(new), previous_state=prev["state"], message=message)))
+            self.events.deliver(ev)
             return job
 
-    def _set_message(self, name: str, message: str) -> None:
+    def set_message(self, name: str, message: str) -> None:
+        """Change the job's state message (no event)."""
         def mutate(j):
             j.state_message = message
 
@@ -412,273 +417,14 @@ class JobManager:
         with self._lock:
             if name in self._runs:
                 return
-            run = _Run(self, name, resume=resume, trace_context=trace_context)
+            run = JobRun(self, name, resume=resume, trace_context=trace_context)
             self._runs[name] = run
         run.thread.start()
 
-
-class _Run:
-    """Monitor thread of one launch: starts the run, turns worker events into job updates."""
-
-    def __init__(self, mgr: JobManager, name: str, *, resume: bool, trace_context: dict[str, str] | None = None) -> None:
-        self.mgr = mgr
-        self.name = name
-        self.resume = resume
-        self.trace_context = trace_context or {}
-        self.launched: LaunchedRun | None = None
-        self.cancel_event = threading.Event()
-        self.interrupt_event = threading.Event()
-        self.thread = threading.Thread(target=self._main, name=f"job-{name}", daemon=True)
-        self.tb = TensorBoardWriter(mgr._job_dir(name) / "tensorboard")
-        self._pinned: list[str] = []
-        self.fatal_error = ""
-        self.keep = 2
-        self.plan_total = 0
-        self.waiting = ""  # the "waiting for ..." reason last shown ("" when none)
-        self._waiting_logged_at = 0.0
-        self._clear_checks = 0
-
-    # Called from other threads.
-    def cancel(self) -> None:
-        self.cancel_event.set()
-        launched = self.launched
-        if launched is not None:
-            launched.cancel()
-
-    def interrupt(self) -> None:
-        self.interrupt_event.set()
-        launched = self.launched
-        if launched is not None:
-            launched.cancel()
-
-    def _main(self) -> None:
-        mgr, name = self.mgr, self.name
-        result: dict[str, Any] | None = None
-        try:
-            job = mgr.store.get(name)
-            plan = mgr._load_plan(name)
-            self.keep = plan.checkpoints_to_keep
-            self.plan_total = plan.total_steps
-            kind = mgr.kinds.get(job.kind)
-            mgr._set_message(name, "starting Ray" if mgr.runtime.embedded else "connecting to Ray")
-            mgr.runtime.ensure()
-            if self.cancel_event.is_set() or self.interrupt_event.is_set():
-                result = {"status": "aborted"}
-                return
-            mgr._set_message(name, "starting workers")
-            for m in plan.models:
-                try:
-                    mgr.models.pin(m, name)
-                    self._pinned.append(m)
-                except Exception:  # noqa: BLE001  (pinning is best effort)
-                    log.debug("pin %s failed", m, exc_info=True)
-            resume_from = ""
-            if self.resume and job.checkpoints:
-                last = job.checkpoints[-1].path
-                if Path(last).is_dir():
-                    resume_from = last
-            req = RunRequest(
-                job=name,
-                kind=kind,
-                plan_config=plan.config,
-                data=plan.data,
-                labels=dict(job.labels),
-                settings=mgr.settings,
-                models=mgr.models,
-                num_workers=plan.num_workers,
-                cpus_per_worker=plan.cpus_per_worker,
-                gpus_per_worker=plan.gpus_per_worker,
-                memory_bytes_per_worker=plan.memory_bytes_per_worker,
-                storage_path=mgr.storage_path,
-                max_failures=plan.max_failures,
-                num_to_keep=plan.checkpoints_to_keep,
-                resume_from=resume_from,
-                attempt_offset=job.attempt,
-                placement_strategy=plan.placement_strategy,
-                service=mgr.service,
-                trace_context=self.trace_context,
-            )
-            self.launched = launch(mgr.runtime, req)
-            if self.cancel_event.is_set() or self.interrupt_event.is_set():
-                self.launched.cancel()
-            next_check = time.monotonic() + WAIT_CHECK_S / 2
-            while True:
-                for ev in self.launched.drain():
-                    self._handle(ev)
-                result = self.launched.wait(POLL_S)
-                if result is not None:
-                    for ev in self.launched.drain():
-                        self._handle(ev)
-                    break
-                if time.monotonic() >= next_check:
-                    self._check_waiting()
-                    next_check = time.monotonic() + WAIT_CHECK_S
-        except Exception as e:  # noqa: BLE001
-            log.exception("job %s: launch failed", name)
-            result = {"status": "error", "error": f"{type(e).__name__}: {e}", "type": "LaunchError"}
-        finally:
-            self._finish(result or {"status": "error", "error": "the run ended without a result"})
-
-    def _check_waiting(self) -> None:
-        """Show in Job.state_message (and, now and then, the job's log) why Ray has not placed
-        the workers: before the first start (QUEUED) or while a restart waits for room (RUNNING)."""
-        mgr, name = self.mgr, self.name
-        if self.launched is None or self.cancel_event.is_set() or self.interrupt_event.is_set():
-            return
-        reason = self.launched.waiting_reason()
-        try:
-            job = mgr.store.get(name)
-        except SwiftMeshError:
-            return
-        if job.state not in (states.QUEUED, states.RUNNING):
-            return
-        if reason:
-            self._clear_checks = 0
-            msg = reason if job.state == states.QUEUED else (
-                f"a worker was lost; restarting from the last checkpoint once Ray has room: {reason}")
-            if msg != job.state_message:
-                mgr._set_message(name, msg)
-            now = time.monotonic()
-            if reason != self.waiting and (not self.waiting or now - self._waiting_logged_at >= WAIT_LOG_S):
-                mgr._log(name, msg, "INFO", "driver")
-                self._waiting_logged_at = now
-            self.waiting = reason
-        elif self.waiting:
-            # Ray re-creates a placement group that waited too long: two clear checks in a row.
-            self._clear_checks += 1
-            if self._clear_checks >= 2:
-                self.waiting = ""
-                mgr._set_message(name, "resources reserved; starting workers" if job.state == states.QUEUED
-                                 else "resources reserved; restarting workers")
-
-    def _finish(self, result: dict[str, Any]) -> None:
-        mgr, name = self.mgr, self.name
-        try:
-            if self.launched is not None:
-                self.launched.close()
-            for m in self._pinned:
-                try:
-                    mgr.models.unpin(m, name)
-                except Exception:  # noqa: BLE001
-                    pass
-            self.tb.close()
-            job = mgr.store.get(name)
-            status = result.get("status")
-            if self.fatal_error and status != "ok" and not self.cancel_event.is_set():
-                result = {"status": "error", "error": self.fatal_error}
-                status = "error"
-            if self.interrupt_event.is_set() and status != "ok":
-                msg = f"the {mgr.service} service stopped; ResumeJob continues from the last checkpoint"
-                target = states.FAILED if job.state != states.CANCELLING else states.CANCELLED
-                mgr._set_state(name, target, msg, error=(code_pb2.ABORTED, "SERVICE_STOPPED", msg) if target == states.FAILED else None)
-            elif status == "ok":
-                if job.state == states.QUEUED:
-                    mgr._set_state(name, states.RUNNING, "running")
-                mgr._set_state(name, states.SUCCEEDED, "succeeded")
-            elif self.cancel_event.is_set() or job.state == states.CANCELLING or (status == "aborted" and not self.fatal_error):
-                if job.state != states.CANCELLING:
-                    mgr._set_state(name, states.CANCELLING, "cancel requested")
-                step = job.checkpoints[-1].step if job.checkpoints else 0
-                mgr._set_state(name, states.CANCELLED,
-                               f"cancelled; kept checkpoint step {step}" if step else "cancelled")
-            else:
-                err = result.get("error", "unknown error")
-                mgr._log(name, f"job failed: {err}", "ERROR", "driver")
-                mgr._set_state(name, states.FAILED, err.splitlines()[-1][:500] if err else "failed",
-                               error=(code_pb2.INTERNAL, "TRAINING_FAILED", err))
-        except Exception:  # noqa: BLE001
-            log.exception("job %s: finishing failed", name)
-        finally:
-            with mgr._lock:
-                mgr._runs.pop(name, None)
-
-    # Worker events -> job updates.
-    def _handle(self, ev: dict[str, Any]) -> None:
-        mgr, name = self.mgr, self.name
-        t = ev.get("type")
-        try:
-            if t == "started":
-                if ev.get("source") != "worker-0":
-                    return
-                attempt = int(ev.get("attempt", 1))
-
-                def mutate(j):
-                    j.attempt = max(j.attempt, attempt)
-
-                job = mgr.store.update(name, mutate)
-                self.waiting = ""
-                if job.state == states.QUEUED:
-                    mgr._set_state(name, states.RUNNING, "running")
-                elif job.state == states.RUNNING and job.state_message != "running":
-                    mgr._set_message(name, "running")
-                rs = int(ev.get("resume_step", 0))
-                if rs:
-                    mgr._log(name, f"attempt {attempt}: resumed from checkpoint step {rs}", "INFO", "driver")
-                elif attempt > 1:
-                    mgr._log(name, f"attempt {attempt}: restarted from the beginning", "INFO", "driver")
-            elif t == "metrics":
-                self._metrics(ev)
-            elif t == "checkpoint":
-                ck = jobs_pb2.Checkpoint(step=int(ev["step"]), path=str(ev["path"]))
-                ck.create_time.FromSeconds(int(ev.get("time", time.time())))
-                keep = max(1, self.keep)
-
-                def mutate(j):
-                    kept = [c for c in j.checkpoints if c.step != ck.step] + [ck]
-                    kept.sort(key=lambda c: c.step)
-                    del j.checkpoints[:]
-                    j.checkpoints.extend(kept[-keep:])
-
-                mgr.store.update(name, mutate)
-                mgr._publish(name, checkpoint=jobs_pb2.CheckpointSaved(checkpoint=ck))
-            elif t == "fatal":
-                if not self.fatal_error:
-                    self.fatal_error = str(ev.get("error", "worker error"))
-                    mgr._log(name, f"non-retryable error on {ev.get('source')}; stopping the run", "ERROR", "driver")
-                    if self.launched is not None:
-                        self.launched.cancel()
-            elif t == "log":
-                mgr._log(name, str(ev.get("message", "")), str(ev.get("level", "INFO")), str(ev.get("source", "worker")))
-            elif t == "artifact":
-                art = jobs_pb2.JobArtifact(model=str(ev["model"]), kind=str(ev.get("kind", "")))
-
-                def mutate(j):
-                    if all(a.model != art.model for a in j.artifacts):
-                        j.artifacts.append(art)
-
-                mgr.store.update(name, mutate)
-                mgr._publish(name, artifact=art)
-        except Exception:  # noqa: BLE001
-            log.exception("job %s: bad worker event %r", name, ev)
-
-    def _metrics(self, ev: dict[str, Any]) -> None:
-        mgr, name = self.mgr, self.name
-        step = int(ev.get("step", 0))
-        total = int(ev.get("total_steps", 0)) or self.plan_total
-        metrics = {k: float(v) for k, v in (ev.get("metrics") or {}).items()}
-        progress = jobs_pb2.JobProgress(step=step, total_steps=total, epoch=float(ev.get("epoch", 0.0)))
-        if total:
-            progress.fraction = min(1.0, step / total)
-        if ev.get("eta_seconds") is not None:
-            progress.eta.FromNanoseconds(int(float(ev["eta_seconds"]) * 1e9))
-        if ev.get("tokens_per_second") is not None:
-            progress.tokens_per_second = float(ev["tokens_per_second"])
-
-        def mutate(j):
-            tps = j.progress.tokens_per_second
-            j.progress.CopyFrom(progress)
-            if not progress.tokens_per_second and tps:
-                j.progress.tokens_per_second = tps
-            for k, v in metrics.items():
-                j.metrics[k] = v
-
-        mgr.store.update(name, mutate)
-        if metrics:
-            self.tb.scalars(step, metrics)
-        mgr._publish(
-            name,
-            metrics=jobs_pb2.MetricsReport(step=step, epoch=progress.epoch, metrics=metrics, progress=progress),
-        )
+    def run_ended(self, name: str) -> None:
+        """Called by a run's thread as it ends."""
+        with self._lock:
+            self._runs.pop(name, None)
 
 
 def _trace_context() -> dict[str, str]:
@@ -689,9 +435,3 @@ def _trace_context() -> dict[str, str]:
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     return carrier
-
-
-def pack_spec(spec: Message) -> any_pb2.Any:
-    a = any_pb2.Any()
-    a.Pack(spec)
-    return a

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from swiftmesh.names import model_id, model_resource_name
 from swiftmesh.runtime.errors import InvalidArgument, NotFound
 
 # Formats, as the lower-case suffix of hub_pb2.ModelFormat names.
@@ -57,7 +58,7 @@ class MaterializedModel:
         path: local directory holding the model's files.
         mirrored: True when the files were copied through the hub's file stream (this host does
             not share the hub's disk); False when ``path`` is the hub's own cache directory.
-        host: this process's host identity (``swiftmesh.clients.hub.machine_id``).
+        host: this process's host identity (``swiftmesh.runtime.host.machine_id``).
     """
 
     path: Path
@@ -76,15 +77,48 @@ def mirror_root(settings) -> Path:
 
 
 def model_name(name: str) -> str:
-    """Normalise "x" or "models/x" to "models/x"; InvalidArgument for an empty name."""
-    name = (name or "").strip()
-    if not name:
-        raise InvalidArgument("a model name is required", field_violations=[("spec.model", "empty")])
-    return name if name.startswith("models/") else f"models/{name}"
+    """"models/x" for "x" or "models/x" (the shared grammar, :mod:`swiftmesh.names`); an empty
+    name is InvalidArgument on ``spec.model``."""
+    return model_resource_name(name, "spec.model")
 
 
-def model_id(name: str) -> str:
-    return model_name(name).removeprefix("models/")
+def resolve_model(models: ModelSource, name: str, field: str = "spec.model") -> dict[str, str]:
+    """``{"base_model", "adapter_model"}`` ("models/{id}"; adapter "" for a full model) of the
+    model a job starts from: a full model is its own base; a PEFT adapter's base comes from its
+    lineage (or its adapter_config.json).
+
+    Raises NotFound when the source lacks the model or its base, InvalidArgument on ``field``
+    for a dataset or an adapter that names no base.
+    """
+    info = models.get(model_resource_name(name, field))
+    if info.format == DATASET:
+        raise InvalidArgument(f"{info.name} is a dataset, not a model", field_violations=[(field, "a dataset")],
+                              reason="BAD_SPEC")
+    if info.format != PEFT_ADAPTER:
+        return {"base_model": info.name, "adapter_model": ""}
+    base = info.base_model
+    if not base:
+        cfg_path = Path(models.materialize(info.name)) / "adapter_config.json"
+        try:
+            base = json.loads(cfg_path.read_text()).get("base_model_name_or_path", "")
+        except (OSError, json.JSONDecodeError):
+            base = ""
+        if not base:
+            raise InvalidArgument(f"adapter {info.name} names no base model (lineage.base_model)",
+                                  field_violations=[(field, "adapter without a base model")], reason="BAD_SPEC")
+        base = model_resource_name(base, field)
+    models.get(base)  # NotFound when the source lacks the base
+    return {"base_model": model_resource_name(base, field), "adapter_model": info.name}
+
+
+def fix_adapter_config(adapter_dir: str | Path, base_model: str) -> None:
+    """Point ``base_model_name_or_path`` of a PEFT adapter at the hub id of its base (not a
+    worker's temporary path); nothing when the directory holds no adapter_config.json."""
+    p = Path(adapter_dir) / "adapter_config.json"
+    if p.is_file():
+        cfg = json.loads(p.read_text())
+        cfg["base_model_name_or_path"] = model_id(base_model)
+        p.write_text(json.dumps(cfg, indent=2))
 
 
 @runtime_checkable
@@ -161,7 +195,7 @@ class HubModelSource:
 
     def materialize_info(self, name: str) -> MaterializedModel:
         """:meth:`materialize`, also saying how the files got here (for the job's log)."""
-        from swiftmesh.clients.hub import machine_id
+        from swiftmesh.runtime.host import machine_id
 
         name = model_name(name)
 

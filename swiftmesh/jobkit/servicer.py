@@ -1,26 +1,211 @@
-"""The generic ``swiftmesh.jobs.v1.JobService`` servicer over a :class:`JobManager`.
+"""The generic ``swiftmesh.jobs.v1.JobService`` servicer over a :class:`JobManager`, and the
+proto <-> domain translation every job service shares.
 
-Proto <-> domain translation only; every service that runs jobs registers it as is::
+Translation only; every service that runs jobs registers the servicer as is, with the function
+that turns a job's stored spec (the JSON of its domain spec) back into the service's proto::
 
-    service.add(JobServicer(manager), jobs_pb2_grpc.add_JobServiceServicer_to_server, JOB_SERVICE_NAME)
+    service.add(JobServicer(manager, spec_proto), jobs_pb2_grpc.add_JobServiceServicer_to_server,
+                JOB_SERVICE_NAME)
+
+* :func:`spec_from_proto` / :func:`spec_to_proto`: a settings dataclass
+  (:mod:`swiftmesh.jobkit.settings`) from / to its proto message, field by field by name (a
+  field's ``metadata["proto"]`` names a differently called proto field). Proto3's "0 / empty /
+  unset means the default" becomes the dataclass default; an unknown enum value is
+  InvalidArgument naming the field.
+* :func:`job_to_proto`, :func:`event_to_proto`, :func:`estimate_to_proto`: the domain records
+  of :mod:`swiftmesh.jobkit.types` and :class:`~swiftmesh.jobkit.estimate.Estimate` as protos.
 """
 
 from __future__ import annotations
 
-from google.protobuf import empty_pb2
+import dataclasses
+import enum
+import typing
+from collections.abc import Callable
+from typing import Any
 
+from google.protobuf import empty_pb2, struct_pb2
+from google.protobuf.message import Message
+
+from swiftmesh.jobkit.estimate import Estimate
 from swiftmesh.jobkit.manager import JobManager
-from swiftmesh.jobs.v1 import jobs_pb2, jobs_pb2_grpc
+from swiftmesh.jobkit.settings import field_type
+from swiftmesh.jobkit.types import Checkpoint, Job, JobEvent, Progress
+from swiftmesh.jobs.v1 import jobs_pb2, jobs_pb2_grpc, training_pb2
+from swiftmesh.runtime.errors import InvalidArgument
 
 JOB_SERVICE_NAME = jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name
 
+# (kind, spec JSON) -> the proto packed into Job.spec.
+SpecToProto = Callable[[str, dict[str, Any]], Message]
 
+
+# Settings dataclasses <-> proto ----------------------------------------------------------------
+def spec_from_proto(msg: Message, cls: type, path: str = "spec", skip: tuple[str, ...] = ()):
+    """The dataclass ``cls`` from ``msg``: each field that ``msg`` has and sets (non-zero,
+    non-empty, or present for ``optional`` and message fields) is taken, nested settings
+    recursively; the rest keep the dataclass defaults. Fields named in ``skip`` are left to the
+    caller. Raises InvalidArgument ("<path>.<field>") for an enum value the domain lacks."""
+    hints = typing.get_type_hints(cls)
+    by_name = msg.DESCRIPTOR.fields_by_name
+    kw: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        pname = f.metadata.get("proto", f.name)
+        fd = by_name.get(pname)
+        if fd is None or f.name in skip:
+            continue
+        value = getattr(msg, pname)
+        where = f"{path}.{pname}"
+        tp = field_type(hints[f.name])
+        if fd.is_repeated:
+            if len(value):
+                kw[f.name] = list(value)
+        elif fd.type == fd.TYPE_MESSAGE:
+            if msg.HasField(pname):
+                kw[f.name] = spec_from_proto(value, tp, where)
+        elif fd.has_presence:
+            if msg.HasField(pname):
+                kw[f.name] = value
+        elif value:
+            kw[f.name] = _enum(tp, value, where) if isinstance(tp, type) and issubclass(tp, enum.IntEnum) else value
+    return cls(**kw)
+
+
+def _enum(tp: type[enum.IntEnum], value: int, where: str) -> enum.IntEnum:
+    try:
+        return tp(value)
+    except ValueError:
+        raise InvalidArgument(f"invalid spec: {where}: unknown value {value}",
+                              field_violations=[(where, f"unknown value {value}")], reason="BAD_SPEC") from None
+
+
+def spec_to_proto(obj: Any, msg: Message, skip: tuple[str, ...] = ()) -> Message:
+    """Fill ``msg`` from the dataclass ``obj`` (the inverse of :func:`spec_from_proto`; None
+    fields stay unset, enums become their numbers). Returns ``msg``."""
+    by_name = msg.DESCRIPTOR.fields_by_name
+    for f in dataclasses.fields(obj):
+        pname = f.metadata.get("proto", f.name)
+        if pname not in by_name or f.name in skip:
+            continue
+        value = getattr(obj, f.name)
+        if value is None:
+            continue
+        if dataclasses.is_dataclass(value):
+            sub = getattr(msg, pname)
+            sub.SetInParent()
+            spec_to_proto(value, sub)
+        elif isinstance(value, list):
+            getattr(msg, pname).extend(value)
+        else:
+            setattr(msg, pname, int(value) if isinstance(value, enum.IntEnum) else value)
+    return msg
+
+
+def struct_spec(kind: str, spec: dict[str, Any]) -> Message:
+    """A spec kept as plain JSON (e.g. the toy kind's) as a ``google.protobuf.Struct``."""
+    s = struct_pb2.Struct()
+    s.update(spec)
+    return s
+
+
+# Records -> proto ------------------------------------------------------------------------------
+def _ts(field, seconds: float) -> None:
+    if seconds:
+        field.FromNanoseconds(round(seconds * 1e9))
+
+
+def progress_to_proto(p: Progress) -> jobs_pb2.JobProgress:
+    """A :class:`~swiftmesh.jobkit.types.Progress` as ``JobProgress``."""
+    out = jobs_pb2.JobProgress(step=p.step, total_steps=p.total_steps, epoch=p.epoch, fraction=p.fraction,
+                               tokens_per_second=p.tokens_per_second)
+    if p.eta_s is not None:
+        out.eta.FromNanoseconds(int(p.eta_s * 1e9))
+    return out
+
+
+def _checkpoint(c: Checkpoint) -> jobs_pb2.Checkpoint:
+    out = jobs_pb2.Checkpoint(step=c.step, path=c.path)
+    if c.create_time:
+        out.create_time.FromSeconds(int(c.create_time))
+    return out
+
+
+def job_to_proto(job: Job, spec_proto: SpecToProto = struct_spec) -> jobs_pb2.Job:
+    """A job record as ``swiftmesh.jobs.v1.Job``, its spec packed by ``spec_proto``."""
+    out = jobs_pb2.Job(
+        name=job.name, uid=job.uid, kind=job.kind, state=int(job.state), state_message=job.state_message,
+        metrics=job.metrics, attempt=job.attempt, labels=job.labels, tensorboard_dir=job.tensorboard_dir,
+        artifacts=[jobs_pb2.JobArtifact(model=a.model, kind=a.kind) for a in job.artifacts],
+        checkpoints=[_checkpoint(c) for c in job.checkpoints],
+        resources=jobs_pb2.Resources(**dataclasses.asdict(job.resources)),
+        progress=progress_to_proto(job.progress),
+    )
+    if job.spec or job.kind:
+        out.spec.Pack(spec_proto(job.kind, job.spec))
+    if job.error is not None:
+        out.error.CopyFrom(jobs_pb2.JobError(code=job.error.code, reason=job.error.reason, message=job.error.message))
+    _ts(out.create_time, job.create_time)
+    _ts(out.start_time, job.start_time)
+    _ts(out.end_time, job.end_time)
+    _ts(out.update_time, job.update_time)
+    return out
+
+
+def event_to_proto(ev: JobEvent) -> jobs_pb2.JobEvent:
+    """A job event as ``swiftmesh.jobs.v1.JobEvent`` (its one payload set)."""
+    out = jobs_pb2.JobEvent(job=ev.job, sequence=ev.sequence)
+    _ts(out.time, ev.time)
+    if ev.state_change is not None:
+        c = ev.state_change
+        out.state_change.CopyFrom(jobs_pb2.StateChange(state=int(c.state), previous_state=int(c.previous_state),
+                                                       message=c.message))
+    elif ev.metrics is not None:
+        m = ev.metrics
+        out.metrics.CopyFrom(jobs_pb2.MetricsReport(step=m.step, epoch=m.epoch, metrics=m.metrics,
+                                                    progress=progress_to_proto(m.progress)))
+    elif ev.checkpoint is not None:
+        out.checkpoint.CopyFrom(jobs_pb2.CheckpointSaved(checkpoint=_checkpoint(ev.checkpoint)))
+    elif ev.log is not None:
+        out.log.CopyFrom(jobs_pb2.LogLine(level=ev.log.level, message=ev.log.message, source=ev.log.source))
+    elif ev.artifact is not None:
+        out.artifact.CopyFrom(jobs_pb2.JobArtifact(model=ev.artifact.model, kind=ev.artifact.kind))
+    return out
+
+
+def estimate_to_proto(e: Estimate) -> training_pb2.Estimate:
+    """An :class:`~swiftmesh.jobkit.estimate.Estimate` as ``swiftmesh.jobs.v1.Estimate``."""
+    out = training_pb2.Estimate(
+        weights_bytes=e.weights_bytes, gradients_bytes=e.gradients_bytes,
+        optimizer_states_bytes=e.optimizer_states_bytes, activations_bytes=e.activations_bytes,
+        total_bytes_per_worker=e.total_bytes_per_worker, available_bytes_per_worker=e.available_bytes_per_worker,
+        fits=e.fits, trainable_parameters=e.trainable_parameters, total_parameters=e.total_parameters,
+        notes=e.notes, total_flops=e.total_flops,
+    )
+    if e.estimated_duration_s:
+        out.estimated_duration.FromNanoseconds(round(e.estimated_duration_s * 1e9))
+    return out
+
+
+# The servicer ----------------------------------------------------------------------------------
 class JobServicer(jobs_pb2_grpc.JobServiceServicer):
-    def __init__(self, manager: JobManager) -> None:
+    """GetJob, ListJobs, CancelJob, ResumeJob, DeleteJob and WatchJob over ``manager``.
+
+    Args:
+        manager: the service's JobManager.
+        spec_proto: a job's (kind, spec JSON) -> the proto message packed into ``Job.spec``
+            (default: a ``google.protobuf.Struct`` of the JSON).
+    """
+
+    def __init__(self, manager: JobManager, spec_proto: SpecToProto = struct_spec) -> None:
         self.manager = manager
+        self.spec_proto = spec_proto
+
+    def job(self, job: Job) -> jobs_pb2.Job:
+        """A job record as the proto this service answers with."""
+        return job_to_proto(job, self.spec_proto)
 
     async def GetJob(self, request: jobs_pb2.GetJobRequest, context) -> jobs_pb2.Job:
-        return await self.manager.get(request.name)
+        return self.job(await self.manager.get(request.name))
 
     async def ListJobs(self, request: jobs_pb2.ListJobsRequest, context) -> jobs_pb2.ListJobsResponse:
         jobs, token = await self.manager.list(
@@ -29,13 +214,13 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             states_=list(request.states),
             kinds=list(request.kinds),
         )
-        return jobs_pb2.ListJobsResponse(jobs=jobs, next_page_token=token)
+        return jobs_pb2.ListJobsResponse(jobs=[self.job(j) for j in jobs], next_page_token=token)
 
     async def CancelJob(self, request: jobs_pb2.CancelJobRequest, context) -> jobs_pb2.Job:
-        return await self.manager.cancel(request.name)
+        return self.job(await self.manager.cancel(request.name))
 
     async def ResumeJob(self, request: jobs_pb2.ResumeJobRequest, context) -> jobs_pb2.Job:
-        return await self.manager.resume(request.name)
+        return self.job(await self.manager.resume(request.name))
 
     async def DeleteJob(self, request: jobs_pb2.DeleteJobRequest, context) -> empty_pb2.Empty:
         await self.manager.delete(request.name)
@@ -43,4 +228,4 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
 
     async def WatchJob(self, request: jobs_pb2.WatchJobRequest, context):
         async for ev in self.manager.watch(request.name, start_sequence=request.start_sequence, follow=request.follow):
-            yield ev
+            yield event_to_proto(ev)

@@ -10,21 +10,21 @@ while the workers are finishing may still end SUCCEEDED.
 
 from __future__ import annotations
 
-from swiftmesh.jobs.v1 import jobs_pb2
+from swiftmesh.jobkit.types import JobState
 from swiftmesh.runtime.errors import FailedPrecondition
 
-S = jobs_pb2.JobState
-QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLING, CANCELLED = (
-    S.JOB_STATE_QUEUED,
-    S.JOB_STATE_RUNNING,
-    S.JOB_STATE_SUCCEEDED,
-    S.JOB_STATE_FAILED,
-    S.JOB_STATE_CANCELLING,
-    S.JOB_STATE_CANCELLED,
+UNSPECIFIED, QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLING, CANCELLED = (
+    JobState.UNSPECIFIED,
+    JobState.QUEUED,
+    JobState.RUNNING,
+    JobState.SUCCEEDED,
+    JobState.FAILED,
+    JobState.CANCELLING,
+    JobState.CANCELLED,
 )
 
-TRANSITIONS: dict[int, frozenset[int]] = {
-    S.JOB_STATE_UNSPECIFIED: frozenset({QUEUED}),
+TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    UNSPECIFIED: frozenset({QUEUED}),
     QUEUED: frozenset({RUNNING, CANCELLING, CANCELLED, FAILED}),
     RUNNING: frozenset({SUCCEEDED, FAILED, CANCELLING}),
     CANCELLING: frozenset({CANCELLED, FAILED, SUCCEEDED}),
@@ -39,12 +39,13 @@ RESUMABLE = frozenset({FAILED, CANCELLED})
 
 
 def name(state: int) -> str:
-    """"RUNNING" for JOB_STATE_RUNNING."""
-    return S.Name(state).removeprefix("JOB_STATE_")
+    """"RUNNING" for JobState.RUNNING (or its int value)."""
+    return JobState(state).name
 
 
 def can_transition(old: int, new: int) -> bool:
-    return new in TRANSITIONS.get(old, frozenset())
+    """Whether the state machine allows ``old -> new``."""
+    return new in TRANSITIONS.get(JobState(old), frozenset())
 
 
 def check_transition(job_name: str, old: int, new: int) -> None:

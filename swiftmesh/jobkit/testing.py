@@ -3,8 +3,8 @@
 :class:`ToyKind` fits ``y = 3x + 1`` with a one-weight linear model on the rows it is given,
 reporting ``train/loss`` each step, saving a checkpoint every ``save_steps`` steps (all ranks,
 through ``ctx.save_checkpoint``), sleeping ``step_seconds`` per step (to make room for cancel
-tests), and resuming from ``ctx.resume_from``. Its spec is a ``google.protobuf.Struct`` with
-keys ``steps``, ``save_steps``, ``step_seconds``, ``num_workers``, ``fail`` (raise at that step),
+tests), and resuming from ``ctx.resume_from``. Its spec is a plain dict (a
+``google.protobuf.Struct`` on the wire) with keys ``steps``, ``save_steps``, ``step_seconds``, ``num_workers``, ``fail`` (raise at that step),
 ``output`` ("models/x" to upload the final weights as a "full" artifact).
 """
 
@@ -14,18 +14,19 @@ import json
 import time
 from pathlib import Path
 
-from google.protobuf import struct_pb2
-
+from swiftmesh.jobkit.estimate import Estimate
 from swiftmesh.jobkit.kinds import Artifact, JobKind, JobPlan, PrepareContext
-from swiftmesh.jobs.v1 import training_pb2
 from swiftmesh.runtime.errors import InvalidArgument
 
 
 class ToyKind(JobKind):
-    name = "toy"
-    spec_type = struct_pb2.Struct
+    """The toy linear fit (see the module docstring)."""
 
-    def prepare(self, spec: struct_pb2.Struct, ctx: PrepareContext) -> JobPlan:
+    name = "toy"
+    spec_type = dict
+
+    def prepare(self, spec: dict, ctx: PrepareContext) -> JobPlan:
+        """Plan ``spec["steps"]`` steps over 20 rows; InvalidArgument for steps <= 0."""
         cfg = dict(spec)
         steps = int(cfg.get("steps", 10))
         if steps <= 0:
@@ -48,10 +49,12 @@ class ToyKind(JobKind):
             notes=[f"toy job: {steps} steps"],
         )
 
-    def estimate(self, spec, ctx) -> training_pb2.Estimate:
-        return training_pb2.Estimate(total_bytes_per_worker=1 << 20, available_bytes_per_worker=1 << 30, fits=True)
+    def estimate(self, spec, ctx) -> Estimate:
+        """1 MiB of 1 GiB: always fits."""
+        return Estimate(total_bytes_per_worker=1 << 20, available_bytes_per_worker=1 << 30, fits=True)
 
     def train(self, ctx) -> list[Artifact]:
+        """Fit the line, reporting and checkpointing as it goes."""
         import torch
         import torch.distributed as dist
 
@@ -94,4 +97,5 @@ class ToyKind(JobKind):
 
 
 def final_weights(path: str | Path) -> list[float]:
+    """The two weights a ToyKind run saved in ``path``."""
     return json.loads((Path(path) / "weights.json").read_text())["w"]

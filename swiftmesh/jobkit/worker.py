@@ -377,7 +377,7 @@ def placement_report(ctx: WorkerContext) -> str:
 
     import ray
 
-    from swiftmesh.clients.hub import machine_id
+    from swiftmesh.runtime.host import machine_id
 
     rc = ray.get_runtime_context()
     try:

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
 from swiftmesh.jobkit.data import load_alignment_data
-from swiftmesh.services.aligner.config import AlignmentConfig, CpoSettings, DpoSettings, LoraSettings, TrainingSettings
+from swiftmesh.jobkit.settings import LoraSettings, TrainingSettings
+from swiftmesh.services.aligner.config import AlignmentConfig, CpoSettings, DpoSettings
 from swiftmesh.services.aligner.methods import build_trainer, save_result
-
 from tests.aligner.conftest import CHOSEN, REJECTED, toy_prompts, write_jsonl
 
 FAST = dict(per_device_train_batch_size=8, per_device_eval_batch_size=16, save_steps=0, logging_steps=5,

@@ -9,13 +9,12 @@ import os
 import time
 
 import pytest
-from google.protobuf import struct_pb2
 
 from swiftmesh.jobkit import JobManager, LocalModelSource, states
 from swiftmesh.jobkit.ray_runtime import RayRuntime
 from swiftmesh.jobkit.tensorboard import read_scalars
 from swiftmesh.jobkit.testing import ToyKind
-from swiftmesh.jobs.v1 import jobs_pb2
+from swiftmesh.jobkit.types import Checkpoint, Job
 from swiftmesh.runtime.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 
 pytestmark = pytest.mark.slow
@@ -62,10 +61,8 @@ def manager(make_settings, tmp_path, ray_runtime):
     mgr.store.close()
 
 
-def spec(**kw) -> struct_pb2.Struct:
-    s = struct_pb2.Struct()
-    s.update(kw)
-    return s
+def spec(**kw) -> dict:
+    return dict(kw)
 
 
 async def wait_state(mgr, name, wanted, timeout=120):
@@ -84,12 +81,12 @@ async def test_toy_job_lifecycle_events_checkpoints_artifact(manager, tmp_path):
     events = [ev async for ev in manager.watch(job.name, follow=True)]
     job = await manager.get(job.name)
     assert job.state == states.SUCCEEDED, job.error
-    seen_states = [e.state_change.state for e in events if e.HasField("state_change")]
+    seen_states = [e.state_change.state for e in events if e.state_change is not None]
     assert seen_states == [states.QUEUED, states.RUNNING, states.SUCCEEDED]
-    losses = [e.metrics.metrics["train/loss"] for e in events if e.HasField("metrics") and "train/loss" in e.metrics.metrics]
+    losses = [e.metrics.metrics["train/loss"] for e in events if e.metrics is not None and "train/loss" in e.metrics.metrics]
     assert len(losses) == 8 and losses[-1] < losses[0] / 2
     assert [c.step for c in job.checkpoints] == [6, 8]  # last K=2 of 3, 6, 8
-    assert [e.checkpoint.checkpoint.step for e in events if e.HasField("checkpoint")] == [3, 6, 8]
+    assert [e.checkpoint.step for e in events if e.checkpoint is not None] == [3, 6, 8]
     assert job.progress.step == 8 and job.progress.total_steps == 8 and job.progress.fraction == 1.0
     assert [(a.model, a.kind) for a in job.artifacts] == [("models/toy-out", "full")]
     assert manager.models.get("models/toy-out").format == "full"
@@ -130,7 +127,7 @@ async def test_cancel_frees_cpus_and_resume_finishes(manager, ray_runtime):
     j = await wait_state(manager, job.name, {states.RUNNING})
     assert j.attempt == 2
     for _ in range(40):
-        logs = [e.log.message async for e in manager.watch(job.name, follow=False) if e.HasField("log")]
+        logs = [e.log.message async for e in manager.watch(job.name, follow=False) if e.log is not None]
         if any(f"resumed from checkpoint step {kept}" in m for m in logs):
             break
         await asyncio.sleep(0.25)
@@ -158,9 +155,8 @@ async def test_restart_marks_running_jobs_interrupted(make_settings, tmp_path, r
     settings = make_settings()
     models = LocalModelSource(tmp_path / "m")
     mgr = JobManager(settings, "trainer", [ToyKind()], models=models, runtime=ray_runtime)
-    j = jobs_pb2.Job(name="jobs/was-running", uid="u", kind="toy", state=states.RUNNING)
-    j.create_time.GetCurrentTime()
-    j.checkpoints.add(step=4, path=str(tmp_path / "nowhere"))
+    j = Job(name="jobs/was-running", uid="u", kind="toy", state=states.RUNNING, create_time=time.time(),
+            checkpoints=[Checkpoint(step=4, path=str(tmp_path / "nowhere"))])
     mgr.store.insert(j, "{}")
     mgr.store.close()
     mgr2 = JobManager(settings, "trainer", [ToyKind()], models=models, runtime=ray_runtime)

@@ -9,14 +9,12 @@ import pytest
 from swiftmesh.jobkit import states
 from swiftmesh.jobkit.events import EventHub
 from swiftmesh.jobkit.store import JobStore
-from swiftmesh.jobs.v1 import jobs_pb2
+from swiftmesh.jobkit.types import Job, JobEvent, LogLine, StateChange, now
 from swiftmesh.runtime.errors import AlreadyExists, FailedPrecondition, NotFound
 
 
-def _job(name: str, kind: str = "sft", state=states.QUEUED) -> jobs_pb2.Job:
-    j = jobs_pb2.Job(name=name, uid=name, kind=kind, state=state)
-    j.create_time.GetCurrentTime()
-    return j
+def _job(name: str, kind: str = "sft", state=states.QUEUED) -> Job:
+    return Job(name=name, uid=name, kind=kind, state=state, create_time=now())
 
 
 def test_store_roundtrip_and_persistence(tmp_path):
@@ -27,8 +25,8 @@ def test_store_roundtrip_and_persistence(tmp_path):
     with pytest.raises(AlreadyExists):
         s.insert(_job("jobs/a"))
     s.update("jobs/a", lambda j: setattr(j, "state", states.RUNNING))
-    s.append_event(jobs_pb2.JobEvent(job="jobs/a", log=jobs_pb2.LogLine(message="one")))
-    s.append_event(jobs_pb2.JobEvent(job="jobs/a", log=jobs_pb2.LogLine(message="two")))
+    s.append_event(JobEvent(job="jobs/a", log=LogLine(message="one")))
+    s.append_event(JobEvent(job="jobs/a", log=LogLine(message="two")))
     s.close()
     s2 = JobStore(db)  # a restarted service sees everything
     assert s2.get("jobs/a").state == states.RUNNING
@@ -42,6 +40,23 @@ def test_store_roundtrip_and_persistence(tmp_path):
     with pytest.raises(NotFound):
         s2.get("jobs/a")
     assert s2.events("jobs/a") == []
+
+
+def test_update_writes_the_change_and_its_event_in_one_transaction(tmp_path):
+    s = JobStore(tmp_path / "jobs.db")
+    s.insert(_job("jobs/t"), event=JobEvent(job="jobs/t", state_change=StateChange(state=states.QUEUED)))
+
+    def refuse(j):
+        j.state = states.RUNNING
+        states.check_transition(j.name, states.SUCCEEDED, states.RUNNING)
+
+    with pytest.raises(FailedPrecondition):
+        s.update("jobs/t", refuse, JobEvent(job="jobs/t", log=LogLine(message="never")))
+    assert s.get("jobs/t").state == states.QUEUED and len(s.events("jobs/t")) == 1  # neither was written
+    job, ev = s.update("jobs/t", lambda j: setattr(j, "state", states.RUNNING),
+                       lambda j: JobEvent(job=j.name, state_change=StateChange(state=j.state)))
+    assert job.state == states.RUNNING and ev.sequence == 2
+    assert s.events("jobs/t")[-1].state_change.state == states.RUNNING
 
 
 def test_state_machine():
@@ -58,9 +73,9 @@ async def test_watch_replays_then_follows_until_terminal(tmp_path):
     store = JobStore(tmp_path / "jobs.db")
     store.insert(_job("jobs/w"))
     hub = EventHub(store)
-    hub.publish(jobs_pb2.JobEvent(job="jobs/w", log=jobs_pb2.LogLine(message="early")))
+    hub.publish(JobEvent(job="jobs/w", log=LogLine(message="early")))
     terminal = {"v": False}
-    got: list[jobs_pb2.JobEvent] = []
+    got: list[JobEvent] = []
 
     async def consume():
         async for ev in hub.watch("jobs/w", start_sequence=1, follow=True, is_terminal=lambda: terminal["v"]):
@@ -71,9 +86,9 @@ async def test_watch_replays_then_follows_until_terminal(tmp_path):
 
     def produce():
         for i in range(5):
-            hub.publish(jobs_pb2.JobEvent(job="jobs/w", log=jobs_pb2.LogLine(message=f"live {i}")))
+            hub.publish(JobEvent(job="jobs/w", log=LogLine(message=f"live {i}")))
         terminal["v"] = True
-        hub.publish(jobs_pb2.JobEvent(job="jobs/w", state_change=jobs_pb2.StateChange(state=states.SUCCEEDED)))
+        hub.publish(JobEvent(job="jobs/w", state_change=StateChange(state=states.SUCCEEDED)))
 
     await asyncio.to_thread(produce)
     await asyncio.wait_for(task, 10)

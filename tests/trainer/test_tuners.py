@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import identity_rows, write_jsonl
+
 from swiftmesh.clients.trainer import build_spec
 from swiftmesh.jobkit import LocalModelSource, PrepareContext, WorkerContext
 from swiftmesh.jobkit.kinds import ClusterResources
 from swiftmesh.runtime.config import Settings
 from swiftmesh.services.trainer.kinds import TrainKind, merge_adapter
+from swiftmesh.services.trainer.servicer import training_spec
 
 
 class _Sink:
@@ -39,8 +40,9 @@ def env(tmp_path_factory, tiny_model_dir):
 
 def run_direct(env, tuner, *, steps=8, lr=5e-3, **kw):
     root, src, data, settings = env
-    spec = build_spec(model="models/tiny", datasets=[str(data)], tuner=tuner, max_steps=steps, learning_rate=lr,
-                      per_device_train_batch_size=4, save_steps=1000, logging_steps=1, **kw)
+    spec = training_spec(build_spec(model="models/tiny", datasets=[str(data)], tuner=tuner, max_steps=steps,
+                                    learning_rate=lr, per_device_train_batch_size=4, save_steps=1000, logging_steps=1,
+                                    **kw))
     kind = TrainKind("sft")
     job = f"jobs/sft-{tuner.replace('+', 'p')}"
     plan = kind.prepare(spec, PrepareContext(settings=settings, models=src, job=job, cluster=ClusterResources.local))
@@ -81,9 +83,10 @@ def test_lora_plus_gives_b_a_larger_learning_rate(tiny_model_dir):
     from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
     from swiftmesh.jobkit import hf
+    from swiftmesh.jobkit.settings import LoraSettings, Tuner
 
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
-                           hf.lora_config(hf.T.TUNER_LORA_PLUS, hf.Lora(r=4)))
+                           hf.lora_config(Tuner.LORA_PLUS, LoraSettings(r=4)))
     cls = hf.with_loraplus(Trainer, 16.0)
     tr = cls(model=model, args=TrainingArguments(output_dir="/tmp/lp", learning_rate=1e-4, use_cpu=True, report_to="none"))
     opt = tr.create_optimizer()

@@ -14,10 +14,13 @@ and where each generation goes.
   longer serves) before its first response goes to the next worker; when none is left:
   :class:`~swiftmesh.runtime.errors.Unavailable` (HTTP 503). A model no worker has ever listed
   is :class:`~swiftmesh.runtime.errors.NotFound` (HTTP 404).
-* Abort: closing a :class:`GenerationStream` cancels its gRPC call, which aborts the request
-  in the engine (the InferenceService contract).
+* Abort: closing a :class:`GenerationStream` cancels its call, which aborts the request in the
+  engine (the InferenceService contract).
 
-Nothing here knows HTTP or the OpenAI API; the REST handlers use :meth:`WorkerPool.generate`.
+Every call to a worker goes through :class:`swiftmesh.clients.gateway.WorkerClient` (the shared
+channel factory: auth, TLS, deadlines, tracing; its retries are off, failing over is done here),
+in the domain types of :mod:`swiftmesh.clients.inference`. Nothing here knows gRPC, HTTP or the
+OpenAI API; the REST handlers use :meth:`WorkerPool.generate`.
 """
 
 from __future__ import annotations
@@ -31,13 +34,12 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Self
 
-import grpc
 from prometheus_client import Counter, Gauge
 
-from swiftmesh.gateway.v1 import inference_pb2, inference_pb2_grpc
-from swiftmesh.runtime.client import channel, domain_error
+from swiftmesh.clients.gateway import GenerationCall, WorkerClient
+from swiftmesh.clients.inference import GenerateRequest, GenerateResponse, ServedModel
 from swiftmesh.runtime.config import Settings
-from swiftmesh.runtime.errors import InvalidArgument, NotFound, SwiftMeshError, Unavailable
+from swiftmesh.runtime.errors import DeadlineExceeded, InvalidArgument, NotFound, SwiftMeshError, Unavailable
 
 log = logging.getLogger("swiftmesh.gateway.router")
 
@@ -86,7 +88,7 @@ class Worker:
     ready: bool = False
     engine: str = ""
     device: str = ""
-    models: dict[str, inference_pb2.ServedModel] = field(default_factory=dict)
+    models: dict[str, ServedModel] = field(default_factory=dict)
     running: int = 0
     waiting: int = 0
     kv_cache_usage: float = 0.0
@@ -96,8 +98,7 @@ class Worker:
     last_error: str = ""
     timeouts: int = 0
     polled: bool = False
-    _channel: grpc.aio.Channel | None = None
-    _stub: inference_pb2_grpc.InferenceServiceStub | None = None
+    _client: WorkerClient | None = None
 
     @property
     def name(self) -> str:
@@ -113,26 +114,28 @@ class Worker:
         """Polled running + waiting, plus what this gateway sent since that poll."""
         return max(self.running + self.waiting + self.inflight - self.inflight_at_poll, self.inflight)
 
-    def stub(self, settings: Settings) -> inference_pb2_grpc.InferenceServiceStub:
-        if self._stub is None:
-            self._channel = channel(self.address, settings, retries=False)
-            self._stub = inference_pb2_grpc.InferenceServiceStub(self._channel)
-        return self._stub
+    def client(self, settings: Settings) -> WorkerClient:
+        """The open client of this worker (opened on first use; no channel retries)."""
+        if self._client is None:
+            self._client = WorkerClient(settings, self.address, retries=False).open()
+        return self._client
 
     def reset_channel(self) -> None:
-        """Drop the channel (a fresh one reconnects at once, without gRPC's reconnect backoff);
+        """Drop the client (a fresh one reconnects at once, without gRPC's reconnect backoff);
         calls still on the old one get 30 s to finish."""
-        old, self._channel, self._stub = self._channel, None, None
+        old, self._client = self._client, None
         if old is not None:
             task = asyncio.ensure_future(old.close(grace=30.0))
             task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
 
     async def close(self) -> None:
-        old, self._channel, self._stub = self._channel, None, None
+        """Close the client now (calls in flight are cancelled)."""
+        old, self._client = self._client, None
         if old is not None:
             await old.close()
 
     def mark_unreachable(self, error: str) -> None:
+        """Out of the rotation (logged once) with ``error`` as the reason."""
         if self.reachable:
             log.warning("worker %s left the rotation: %s", self.address, error)
         self.reachable = False
@@ -145,13 +148,14 @@ class Worker:
 class GenerationStream:
     """One generation in flight on one worker: the first response (already received, so the
     request has started) and then the rest. Iterate it once; ``aclose()`` (or leaving an
-    ``async with``) cancels the gRPC call, which aborts the request in the engine.
+    ``async with``) cancels the call, which aborts the request in the engine.
 
     Errors while reading raise the domain error the worker's status carries
     (:class:`Unavailable` when the worker went away).
     """
 
-    def __init__(self, pool: WorkerPool, worker: Worker, call, first: inference_pb2.GenerateResponse | None) -> None:
+    def __init__(self, pool: WorkerPool, worker: Worker, call: GenerationCall | None,
+                 first: GenerateResponse | None) -> None:
         self.worker = worker
         self.first = first
         self._pool = pool
@@ -165,7 +169,7 @@ class GenerationStream:
             self.worker.inflight -= 1
             WORKER_INFLIGHT.labels(self.worker.address).set(self.worker.inflight)
 
-    async def __aiter__(self) -> AsyncIterator[inference_pb2.GenerateResponse]:
+    async def __aiter__(self) -> AsyncIterator[GenerateResponse]:
         try:
             if self.first is not None:
                 first, self.first = self.first, None
@@ -173,12 +177,10 @@ class GenerationStream:
             while True:
                 try:
                     msg = await self._call.read()
-                except grpc.aio.AioRpcError as e:
-                    err = domain_error(e)
-                    if isinstance(err, Unavailable):
-                        self._pool.worker_failed(self.worker, f"generate: {e.details()}")
-                    raise err from None
-                if msg is grpc.aio.EOF:
+                except Unavailable as err:
+                    self._pool.worker_failed(self.worker, f"generate: {err.message}")
+                    raise
+                if msg is None:
                     self.finished = True
                     return
                 yield msg
@@ -249,16 +251,13 @@ class WorkerPool:
     async def refresh(self, worker: Worker) -> bool:
         """Poll one worker's status; returns whether it is healthy afterwards."""
         try:
-            status = await worker.stub(self.settings).GetWorkerStatus(
-                inference_pb2.GetWorkerStatusRequest(), timeout=POLL_TIMEOUT_S
-            )
-        except grpc.aio.AioRpcError as e:
-            code = e.code()
-            if code == grpc.StatusCode.DEADLINE_EXCEEDED and worker.reachable:
+            status = await worker.client(self.settings).status(timeout=POLL_TIMEOUT_S)
+        except SwiftMeshError as e:
+            if isinstance(e, DeadlineExceeded) and worker.reachable:
                 worker.timeouts += 1
                 if worker.timeouts < MAX_POLL_TIMEOUTS:
                     return worker.healthy
-            self._poll_failed(worker, f"{code.name}: {e.details()}")
+            self._poll_failed(worker, f"{e.code_name}: {e.message}")
             return False
         except Exception as e:  # noqa: BLE001 - e.g. a channel closed under us
             self._poll_failed(worker, f"{type(e).__name__}: {e}")
@@ -339,6 +338,7 @@ class WorkerPool:
         await worker.close()
 
     def find(self, name: str) -> Worker:
+        """A worker by name (``workers/{id}``) or address. NotFound if unknown."""
         if name in self._workers:
             return self._workers[name]
         wid = name.removeprefix("workers/")
@@ -348,12 +348,13 @@ class WorkerPool:
         raise NotFound(f"worker {name!r} is not registered", reason="WORKER_NOT_FOUND")
 
     def workers(self) -> list[Worker]:
+        """Every registered worker, healthy or not."""
         return list(self._workers.values())
 
     # ------------------------------------------------------------------------ models
-    def served_models(self) -> list[inference_pb2.ServedModel]:
+    def served_models(self) -> list[ServedModel]:
         """Models served by at least one healthy worker (one entry per id)."""
-        out: dict[str, inference_pb2.ServedModel] = {}
+        out: dict[str, ServedModel] = {}
         for w in self._workers.values():
             if not w.healthy:
                 continue
@@ -362,14 +363,14 @@ class WorkerPool:
                     out[mid] = m
         return list(out.values())
 
-    def model_info(self, model: str) -> inference_pb2.ServedModel | None:
+    def model_info(self, model: str) -> ServedModel | None:
         """What a healthy worker says about ``model`` (None if none serves it)."""
         for w in self._workers.values():
             if w.healthy and model in w.models:
                 return w.models[model]
         return None
 
-    async def resolve(self, model: str) -> inference_pb2.ServedModel:
+    async def resolve(self, model: str) -> ServedModel:
         """The served model, polling every worker first (at most once a second) when no worker
         is known to serve it. NotFound if no worker (healthy or not) lists it; Unavailable if
         only unhealthy ones do."""
@@ -412,7 +413,7 @@ class WorkerPool:
 
     # ---------------------------------------------------------------------- generate
     async def generate(
-        self, request: inference_pb2.GenerateRequest, exclude: Iterable[str] = ()
+        self, request: GenerateRequest, exclude: Iterable[str] = ()
     ) -> GenerationStream:
         """Start a generation on the least loaded healthy worker serving ``request.model`` and
         wait for its first response, failing over to the next worker while a worker answers
@@ -433,15 +434,14 @@ class WorkerPool:
             WORKER_INFLIGHT.labels(worker.address).set(worker.inflight)
             stream = GenerationStream(self, worker, None, None)
             try:
-                call = worker.stub(self.settings).Generate(request)
+                call = worker.client(self.settings).generate(request)
                 stream._call = call
                 first = await call.read()
-            except grpc.aio.AioRpcError as e:
+            except SwiftMeshError as err:
                 stream._release()
-                err = domain_error(e)
                 if isinstance(err, Unavailable):
                     WORKER_ROUTED.labels(worker.address, "unavailable").inc()
-                    self.worker_failed(worker, f"generate: {e.details()}")
+                    self.worker_failed(worker, f"generate: {err.message}")
                     last_error = err
                     continue
                 WORKER_ROUTED.labels(worker.address, "error").inc()
@@ -450,29 +450,28 @@ class WorkerPool:
                     worker.models.pop(request.model, None)
                     last_error = err
                     continue
-                raise err from None
+                raise
             except BaseException:
                 stream._release()
                 if stream._call is not None:
                     stream._call.cancel()
                 raise
             WORKER_ROUTED.labels(worker.address, "started").inc()
-            stream.first = None if first is grpc.aio.EOF else first
-            stream.finished = first is grpc.aio.EOF
+            stream.first = first
+            stream.finished = first is None
             if stream.finished:
                 stream._release()
             return stream
 
     # ------------------------------------------------------------------------- admin
-    async def call(self, worker: Worker, method: str, request, timeout: float = ADMIN_TIMEOUT_S):
-        """A unary InferenceService call on one worker; domain errors on failure."""
+    async def _admin(self, worker: Worker, method: str, *args, **kwargs):
+        """``WorkerClient.<method>(*args, **kwargs)`` on one worker; an Unavailable worker
+        leaves the rotation. Domain errors on failure."""
         try:
-            return await getattr(worker.stub(self.settings), method)(request, timeout=timeout)
-        except grpc.aio.AioRpcError as e:
-            err = domain_error(e)
-            if isinstance(err, Unavailable):
-                self.worker_failed(worker, f"{method}: {e.details()}")
-            raise err from None
+            return await getattr(worker.client(self.settings), method)(*args, **kwargs)
+        except Unavailable as err:
+            self.worker_failed(worker, f"{method}: {err.message}")
+            raise
 
     def _targets(self, addresses: list[str] | None) -> list[Worker]:
         if addresses:
@@ -481,7 +480,7 @@ class WorkerPool:
 
     async def load_adapter(
         self, adapter: str, served_name: str = "", base: str = "", workers: list[str] | None = None
-    ) -> tuple[inference_pb2.ServedModel, list[str]]:
+    ) -> tuple[ServedModel, list[str]]:
         """Load an adapter (a hub name, ``models/{model}`` or ``{model}``, or a directory on the
         workers' hosts: the worker resolves it) on every healthy worker serving ``base``
         (required when the workers serve several base models), or on ``workers``.
@@ -504,17 +503,13 @@ class WorkerPool:
                 raise NotFound(f"The model `{base}` does not exist or you do not have access to it.",
                                reason="MODEL_NOT_FOUND", metadata={"param": "base", "openai_code": "model_not_found"})
             raise Unavailable(f"no healthy worker serves {what}", reason="NO_HEALTHY_WORKER")
-        req = inference_pb2.LoadAdapterRequest(hub_model=adapter, served_name=served_name, base=base)
-        results = await asyncio.gather(*(self.call(w, "LoadAdapter", req) for w in targets), return_exceptions=True)
+        results = await asyncio.gather(*(self._admin(w, "load_adapter", adapter, served_name, base) for w in targets),
+                                       return_exceptions=True)
         await asyncio.gather(*(self.refresh(w) for w in targets))
-        errors = [r for r in results if isinstance(r, BaseException)]
-        if errors:
-            first = errors[0]
-            if isinstance(first, SwiftMeshError):
-                raise first
-            raise first
-        served = results[0]
-        return served, [w.address for w in targets]
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        return results[0], [w.address for w in targets]
 
     async def unload_adapter(self, served_name: str) -> list[str]:
         """Unload an adapter from every healthy worker serving it. Returns the addresses.
@@ -526,8 +521,8 @@ class WorkerPool:
         if any(not w.models[served_name].parent for w in targets):
             raise InvalidArgument(f"{served_name!r} is a base model, not an adapter",
                                   field_violations=[("served_name", "a base model, not an adapter")])
-        req = inference_pb2.UnloadAdapterRequest(served_name=served_name)
-        results = await asyncio.gather(*(self.call(w, "UnloadAdapter", req) for w in targets), return_exceptions=True)
+        results = await asyncio.gather(*(self._admin(w, "unload_adapter", served_name, timeout=ADMIN_TIMEOUT_S)
+                                         for w in targets), return_exceptions=True)
         await asyncio.gather(*(self.refresh(w) for w in targets))
         for r in results:
             if isinstance(r, BaseException):

@@ -20,7 +20,8 @@ import contextlib
 import logging
 from pathlib import Path
 
-from swiftmesh.gateway.v1 import gateway_pb2, gateway_pb2_grpc, inference_pb2, inference_pb2_grpc
+from swiftmesh.gateway.v1 import inference_pb2, inference_pb2_grpc
+from swiftmesh.names import model_id, model_resource_name
 from swiftmesh.runtime.config import Settings
 from swiftmesh.runtime.errors import SwiftMeshError
 from swiftmesh.runtime.server import Service
@@ -31,10 +32,6 @@ from .worker_servicer import InferenceServicer
 
 SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
 log = logging.getLogger("swiftmesh.worker")
-
-
-def _model_id(name: str) -> str:
-    return name.removeprefix("models/")
 
 
 class ModelSource:
@@ -50,12 +47,12 @@ class ModelSource:
         local = Path(name).expanduser()
         if local.is_dir():
             return local.resolve(), local.name, ""
-        from swiftmesh.clients.hub import HubClient, model_resource_name
+        from swiftmesh.clients.hub import HubClient
 
         resource = model_resource_name(name)
         async with HubClient(self.settings) as hub:
             path = await hub.materialize(resource)
-        return Path(path), _model_id(resource), resource
+        return Path(path), model_id(resource), resource
 
     async def pin(self, resource: str, holder: str, pin: bool) -> None:
         """Pin / unpin a hub model for this worker (best effort: the hub may be gone)."""
@@ -139,20 +136,18 @@ class WorkerRuntime:
             await self._register(w.register_with)
 
     async def _register(self, gateway: str) -> None:
-        from swiftmesh.runtime.client import channel, domain_error
+        from swiftmesh.clients.gateway import GatewayClient
 
         delay = 0.5
         while True:
             try:
-                async with channel(gateway, self.settings) as ch:
-                    worker = await gateway_pb2_grpc.GatewayServiceStub(ch).RegisterWorker(
-                        gateway_pb2.RegisterWorkerRequest(address=self.settings.worker.target))
+                async with GatewayClient(self.settings, gateway) as gw:
+                    worker = await gw.register_worker(self.settings.worker.target)
                 self._registered_name = worker.name
                 log.info("worker: registered with the gateway at %s as %s", gateway, worker.name)
                 return
             except Exception as e:  # noqa: BLE001 - the gateway may start later
-                err = domain_error(e) if hasattr(e, "code") else e
-                log.warning("worker: registering with %s failed (%s); retrying in %.1fs", gateway, err, delay)
+                log.warning("worker: registering with %s failed (%s); retrying in %.1fs", gateway, e, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
@@ -160,12 +155,11 @@ class WorkerRuntime:
         gateway = self.settings.worker.register_with
         if not (gateway and self._registered_name):
             return
-        from swiftmesh.runtime.client import channel
+        from swiftmesh.clients.gateway import GatewayClient
 
         try:
-            async with channel(gateway, self.settings, timeout=3.0, retries=False) as ch:
-                await gateway_pb2_grpc.GatewayServiceStub(ch).DeregisterWorker(
-                    gateway_pb2.DeregisterWorkerRequest(name=self._registered_name))
+            async with GatewayClient(self.settings, gateway, timeout=3.0, retries=False) as gw:
+                await gw.deregister_worker(self._registered_name)
         except Exception as e:  # noqa: BLE001 - best effort while draining
             log.info("worker: deregistering failed: %s", e)
 

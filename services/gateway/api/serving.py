@@ -25,6 +25,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from opentelemetry import trace
 
+from swiftmesh.clients.inference import GenerateRequest, GenerateResponse, ServedModel
 from swiftmesh.runtime.errors import SwiftMeshError, Unavailable
 
 from ..router import GenerationStream, WorkerPool
@@ -33,7 +34,7 @@ from .metrics import RequestTimer
 from .protocol import ChatCompletionRequest, CompletionRequest, ParamError
 from .streaming import DONE, ClientDisconnected, EventStream, StreamCloser, StreamState, watch_disconnect
 from .tracing import end_span, start_span
-from .translate import Choice, Usage, unicode_guard
+from .translate import Choice, Usage
 
 log = logging.getLogger("swiftmesh.gateway.api")
 
@@ -61,7 +62,7 @@ class Collected:
 
     choices: dict[int, Choice]
     usage: Usage
-    first: Any
+    first: GenerateResponse | None
     worker: str
 
 
@@ -86,7 +87,7 @@ class OpenAIServing(Generic[Req]):
         self.pool = pool
 
     # ------------------------------------------------------------- what differs
-    def build(self, req: Req, info, request_id: str) -> list:
+    def build(self, req: Req, info: ServedModel, request_id: str) -> list[GenerateRequest]:
         """The engine requests of ``req`` (one per prompt). Raises ParamError/APIError (400)."""
         raise NotImplementedError
 
@@ -111,8 +112,7 @@ class OpenAIServing(Generic[Req]):
         error handlers."""
         info = await self.pool.resolve(req.model)
         request_id = f"{self.id_prefix}-{uuid.uuid4().hex}"
-        with unicode_guard():
-            greqs = self.build(req, info, request_id)
+        greqs = self.build(req, info, request_id)
         timer = RequestTimer(req.model, self.endpoint)
         timer.start = ctx.start
         span = start_span(self.operation, req, request_id)
@@ -148,7 +148,7 @@ class OpenAIServing(Generic[Req]):
             ctx.on_usage(usage.prompt + usage.completion)
         return JSONResponse(body, headers=ctx.headers)
 
-    async def _start_all(self, greqs: list) -> list[GenerationStream]:
+    async def _start_all(self, greqs: list[GenerateRequest]) -> list[GenerationStream]:
         if len(greqs) == 1:
             return [await self.pool.generate(greqs[0])]
         results = await asyncio.gather(*(self.pool.generate(g) for g in greqs), return_exceptions=True)
@@ -183,14 +183,14 @@ class OpenAIServing(Generic[Req]):
         finally:
             await closer.close(status, state.usage(), state.finish_reasons(), error)
 
-    async def _collect(self, greq, timer: RequestTimer) -> Collected:
+    async def _collect(self, greq: GenerateRequest, timer: RequestTimer) -> Collected:
         """Run a generation to its end (non-streamed), failing over while nothing is returned yet."""
         tried: list[str] = []
         for attempt in range(NONSTREAM_ATTEMPTS):
             stream = await self.pool.generate(greq, exclude=tried)
             choices: dict[int, Choice] = {}
             usage = Usage()
-            first_msg = None
+            first_msg: GenerateResponse | None = None
             try:
                 async for msg in stream:
                     if first_msg is None:

@@ -9,6 +9,8 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+from swiftmesh.clients.inference import GenerateRequest, ServedModel
+
 from ..router import GenerationStream
 from .metrics import RequestTimer
 from .protocol import ChatCompletionRequest
@@ -25,7 +27,7 @@ class OpenAIServingChat(OpenAIServing[ChatCompletionRequest]):
     id_prefix = "chatcmpl"
     chunk_object = "chat.completion.chunk"
 
-    def build(self, req: ChatCompletionRequest, info, request_id: str) -> list:
+    def build(self, req: ChatCompletionRequest, info: ServedModel, request_id: str) -> list[GenerateRequest]:
         """One engine request with the conversation (see :func:`.translate.chat_generate_request`)."""
         return [chat_generate_request(req, info, request_id)]
 

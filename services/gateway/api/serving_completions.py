@@ -8,6 +8,8 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from swiftmesh.clients.inference import GenerateRequest, GenerateResponse, ServedModel
+
 from ..router import GenerationStream
 from .metrics import RequestTimer
 from .protocol import CompletionRequest
@@ -24,12 +26,12 @@ class OpenAIServingCompletion(OpenAIServing[CompletionRequest]):
     id_prefix = "cmpl"
     chunk_object = "text_completion"
 
-    def build(self, req: CompletionRequest, info, request_id: str) -> list:
+    def build(self, req: CompletionRequest, info: ServedModel, request_id: str) -> list[GenerateRequest]:
         """One engine request per prompt (see :func:`.translate.completion_generate_requests`)."""
         return completion_generate_requests(req, info, request_id)
 
     @staticmethod
-    def _choice(req: CompletionRequest, index: int, c: Choice, first) -> dict[str, Any]:
+    def _choice(req: CompletionRequest, index: int, c: Choice, first: GenerateResponse | None) -> dict[str, Any]:
         k = req.logprobs or 0
         text = "".join(c.text)
         prefix = ""

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import time
 
+from swiftmesh.clients.inference import ServedModel
+
 from ..router import WorkerPool
 from .errors import APIError
 from .protocol import ModelCard, ModelList
 
 
-def model_card(m) -> ModelCard:
+def model_card(m: ServedModel) -> ModelCard:
     """The OpenAI model object of a served model (``created`` now when the worker did not say)."""
     return ModelCard(id=m.id, created=int(m.created) or int(time.time()), root=m.hub_model or None,
                      parent=m.parent or None, max_model_len=m.max_model_len or None)

@@ -8,13 +8,21 @@ Nothing here does I/O: the handlers (:mod:`.serving`, :mod:`.serving_chat`,
 
 from __future__ import annotations
 
-import contextlib
 import json
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from swiftmesh.gateway.v1 import inference_pb2 as pb
+from swiftmesh.clients.inference import (
+    ChatMessage,
+    ChatPrompt,
+    GenerateRequest,
+    GenerateResponse,
+    SamplingParams,
+    ServedModel,
+    StructuredOutput,
+    TokenLogprob,
+)
 
 from .errors import APIError
 from .protocol import (
@@ -31,51 +39,46 @@ SAMPLING_EPS = 1e-5
 
 
 # ---------------------------------------------------------------------------- requests
-def structured_output(fmt: ResponseFormat | None) -> pb.StructuredOutput | None:
+def structured_output(fmt: ResponseFormat | None) -> StructuredOutput | None:
     """The engine's structured-output constraint of ``response_format`` (None for text)."""
     if fmt is None or fmt.type == "text":
         return None
     if fmt.type == "json_object":
-        return pb.StructuredOutput(json_object=True)
+        return StructuredOutput(json_object=True)
     schema = (fmt.json_schema.schema_ if fmt.json_schema else None) or {"type": "object"}
-    return pb.StructuredOutput(json_schema=json.dumps(schema))
+    return StructuredOutput(json_schema=json.dumps(schema))
 
 
-def sampling_params(req: SamplingFields, max_tokens: int, logprobs: int, prompt_logprobs: int = -1) -> pb.SamplingParams:
+def sampling_params(req: SamplingFields, max_tokens: int, logprobs: int | None,
+                    prompt_logprobs: int | None = None) -> SamplingParams:
     """The engine's sampling parameters of a request. ``max_tokens`` 0 is the model's context
-    limit; ``logprobs``/``prompt_logprobs`` -1 for none, else the alternatives per position."""
-    s = pb.SamplingParams(
+    limit; ``logprobs``/``prompt_logprobs`` None for none, else the alternatives per position."""
+    temperature = req.temperature
+    if temperature is not None and temperature < SAMPLING_EPS:
+        temperature = 0.0  # as vLLM: this small is greedy (dividing logits by it would overflow)
+    return SamplingParams(
         max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=req.top_p,
+        top_k=req.top_k or 0,
+        min_p=req.min_p or 0.0,
         n=req.n or 1,
+        seed=req.seed,
         stop=req.stop_list(),
-        stop_token_ids=req.stop_token_ids or [],
+        stop_token_ids=list(req.stop_token_ids or []),
         presence_penalty=req.presence_penalty or 0.0,
         frequency_penalty=req.frequency_penalty or 0.0,
+        repetition_penalty=req.repetition_penalty,
+        logit_bias={int(k): float(v) for k, v in (req.logit_bias or {}).items()},
         logprobs=logprobs,
         prompt_logprobs=prompt_logprobs,
         ignore_eos=bool(req.ignore_eos),
         min_tokens=req.min_tokens or 0,
-        top_k=req.top_k or 0,
-        min_p=req.min_p or 0.0,
+        skip_special_tokens=req.skip_special_tokens,
     )
-    if req.temperature is not None:
-        # As vLLM: a temperature this small is greedy (dividing logits by it would overflow).
-        s.temperature = req.temperature if req.temperature >= SAMPLING_EPS else 0.0
-    if req.top_p is not None:
-        s.top_p = req.top_p
-    if req.seed is not None:
-        s.seed = req.seed
-    if req.repetition_penalty is not None:
-        s.repetition_penalty = req.repetition_penalty
-    if req.skip_special_tokens is not None:
-        s.skip_special_tokens = req.skip_special_tokens
-    if req.logit_bias:
-        for k, v in req.logit_bias.items():
-            s.logit_bias[int(k)] = float(v)
-    return s
 
 
-def check_limits(req: SamplingFields, info: pb.ServedModel, max_tokens: int, param: str) -> None:
+def check_limits(req: SamplingFields, info: ServedModel, max_tokens: int, param: str) -> None:
     """ParamError (naming ``param``) when ``max_tokens`` exceeds the model's context length or
     ``min_tokens`` exceeds ``max_tokens``."""
     if info.max_model_len and max_tokens > info.max_model_len:
@@ -107,7 +110,7 @@ def tool_schema(req: ChatCompletionRequest) -> tuple[str | None, dict | None]:
     return None, None
 
 
-def chat_generate_request(req: ChatCompletionRequest, info: pb.ServedModel, request_id: str) -> pb.GenerateRequest:
+def chat_generate_request(req: ChatCompletionRequest, info: ServedModel, request_id: str) -> GenerateRequest:
     """The GenerateRequest of a chat completion (the worker renders the chat template)."""
     if not info.has_chat_template:
         raise APIError(
@@ -118,64 +121,53 @@ def chat_generate_request(req: ChatCompletionRequest, info: pb.ServedModel, requ
         )
     max_tokens = req.output_limit or 0
     check_limits(req, info, max_tokens, "max_completion_tokens" if req.max_completion_tokens else "max_tokens")
-    logprobs = (req.top_logprobs or 0) if req.logprobs else -1
+    logprobs = (req.top_logprobs or 0) if req.logprobs else None
     sampling = sampling_params(req, max_tokens, logprobs)
     _mode, schema = tool_schema(req)
-    structured = pb.StructuredOutput(json_schema=json.dumps(schema)) if schema is not None else structured_output(req.response_format)
-    if structured is not None:
-        sampling.structured_output.CopyFrom(structured)
-    messages = []
-    for m in req.messages:
-        messages.append(pb.ChatMessage(
-            role=m.role, content=m.text(), name=m.name or "", tool_call_id=m.tool_call_id or "",
-            tool_calls_json=json.dumps(m.tool_calls) if m.tool_calls else "",
-        ))
-    chat = pb.ChatPrompt(messages=messages)
-    if req.add_generation_prompt is not None:
-        chat.add_generation_prompt = req.add_generation_prompt
-    if req.tools and req.tool_choice not in (None, "none"):
-        chat.tools_json = json.dumps([t.model_dump(exclude_none=True) for t in req.tools])
-    if req.chat_template_kwargs:
-        chat.chat_template_kwargs_json = json.dumps(req.chat_template_kwargs)
-    return pb.GenerateRequest(request_id=request_id, model=req.model, chat=chat, sampling=sampling, stream=True)
+    sampling.structured_output = (StructuredOutput(json_schema=json.dumps(schema)) if schema is not None
+                                  else structured_output(req.response_format))
+    messages = [ChatMessage(role=m.role, content=m.text(), name=m.name or "", tool_call_id=m.tool_call_id or "",
+                            tool_calls=m.tool_calls or None) for m in req.messages]
+    chat = ChatPrompt(
+        messages=messages,
+        add_generation_prompt=req.add_generation_prompt,
+        tools=[t.model_dump(exclude_none=True) for t in req.tools]
+        if req.tools and req.tool_choice not in (None, "none") else None,
+        chat_template_kwargs=req.chat_template_kwargs or None,
+    )
+    return GenerateRequest(request_id=request_id, model=req.model, chat=chat, sampling=sampling, stream=True)
 
 
 def completion_generate_requests(
-    req: CompletionRequest, info: pb.ServedModel, request_id: str
-) -> list[pb.GenerateRequest]:
+    req: CompletionRequest, info: ServedModel, request_id: str
+) -> list[GenerateRequest]:
     """One GenerateRequest per prompt. ``max_tokens`` 0 with ``echo`` asks for one token (dropped
     from the answer): the worker contract has no "prompt only" mode."""
     max_tokens = req.max_tokens if req.max_tokens is not None else 16
     check_limits(req, info, max_tokens, "max_tokens")
-    logprobs = req.logprobs if req.logprobs is not None else -1
-    prompt_logprobs = logprobs if (req.echo and req.logprobs is not None) else -1
+    logprobs = req.logprobs
+    prompt_logprobs = logprobs if req.echo else None
     sampling = sampling_params(req, max(max_tokens, 1), logprobs, prompt_logprobs)
-    structured = structured_output(req.response_format)
-    if structured is not None:
-        sampling.structured_output.CopyFrom(structured)
+    sampling.structured_output = structured_output(req.response_format)
     prompts = req.prompts()
     out = []
     for i, p in enumerate(prompts):
         rid = request_id if len(prompts) == 1 else f"{request_id}-{i}"
-        g = pb.GenerateRequest(request_id=rid, model=req.model, sampling=sampling, stream=True, echo=bool(req.echo))
-        if isinstance(p, str):
-            g.text = p
-        else:
-            g.token_ids.ids.extend(p)
-        out.append(g)
+        out.append(GenerateRequest(request_id=rid, model=req.model, sampling=sampling, stream=True,
+                                   echo=bool(req.echo), text=p if isinstance(p, str) else None,
+                                   token_ids=None if isinstance(p, str) else list(p)))
     return out
 
 
-
 # --------------------------------------------------------------------------- output shapes
-def chat_logprobs(items, k: int) -> list[dict[str, Any]]:
+def chat_logprobs(items: list[TokenLogprob], k: int) -> list[dict[str, Any]]:
     """Chat ``logprobs.content`` entries of the engine's token logprobs, ``k`` alternatives each
     (a token without a logprob gets -9999.0, as vLLM does)."""
     out = []
     for lp in items:
         out.append({
             "token": lp.token,
-            "logprob": lp.logprob if lp.HasField("logprob") else -9999.0,
+            "logprob": lp.logprob if lp.logprob is not None else -9999.0,
             "bytes": list(lp.token.encode("utf-8")),
             "top_logprobs": [
                 {"token": t.token, "logprob": t.logprob, "bytes": list(t.token.encode("utf-8"))}
@@ -198,12 +190,12 @@ class CompletionLogprobs:
         self.offset = offset
         self.k = k
 
-    def add(self, items, first_is_prompt_start: bool = False) -> dict[str, Any]:
+    def add(self, items: list[TokenLogprob], first_is_prompt_start: bool = False) -> dict[str, Any]:
         """Add tokens; returns the delta as a logprobs object (for a stream chunk)."""
         delta = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
         for i, lp in enumerate(items):
-            has = lp.HasField("logprob")
-            value = lp.logprob if has else None
+            value = lp.logprob
+            has = value is not None
             top: dict[str, float] | None
             if not has and (first_is_prompt_start and i == 0):
                 top = None
@@ -247,9 +239,9 @@ class Usage:
         self.completion = 0
         self.seen = False
 
-    def take(self, msg: pb.GenerateResponse) -> None:
+    def take(self, msg: GenerateResponse) -> None:
         """Adopt the usage a response carries, if any."""
-        if msg.HasField("usage"):
+        if msg.usage is not None:
             self.prompt = msg.usage.prompt_tokens
             self.completion = msg.usage.completion_tokens
             self.seen = True
@@ -258,7 +250,6 @@ class Usage:
         """OpenAI's ``usage`` object."""
         return {"prompt_tokens": self.prompt, "completion_tokens": self.completion,
                 "total_tokens": self.prompt + self.completion}
-
 
 
 def tool_calls(mode: str, req: ChatCompletionRequest, text: str) -> list[dict[str, Any]] | None:
@@ -274,14 +265,3 @@ def tool_calls(mode: str, req: ChatCompletionRequest, text: str) -> list[dict[st
                 for item in items]
     except (ValueError, TypeError, KeyError):
         return None
-
-
-
-@contextlib.contextmanager
-def unicode_guard():
-    """Turn a UnicodeEncodeError (lone surrogates in the request) into a 400 ParamError."""
-    try:
-        yield
-    except UnicodeEncodeError as e:
-        raise ParamError(f"the request contains text that is not valid Unicode ({e.reason})",
-                         None, "invalid_unicode") from None

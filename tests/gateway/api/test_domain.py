@@ -4,15 +4,15 @@ parameter names of validation errors, request translation."""
 from __future__ import annotations
 
 import pytest
+
+from swiftmesh.clients.inference import ServedModel
+from swiftmesh.runtime.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from swiftmesh.services.gateway.api.errors import param_from_loc
 from swiftmesh.services.gateway.api.protocol import ChatCompletionRequest, CompletionRequest
 from swiftmesh.services.gateway.api.translate import chat_generate_request, completion_generate_requests
 from swiftmesh.services.gateway.keys import ApiKeyStore
 from swiftmesh.services.gateway.ratelimit import RateLimiter
 from swiftmesh.services.gateway.router import Worker, WorkerPool, check_address, worker_id
-
-from swiftmesh.gateway.v1 import inference_pb2 as pb
-from swiftmesh.runtime.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
 
 
 class Clock:
@@ -80,7 +80,7 @@ def test_key_store(tmp_path):
 
 def _worker(address, models, running=0, waiting=0, healthy=True):
     w = Worker(address, reachable=healthy, ready=True, running=running, waiting=waiting)
-    w.models = {m: pb.ServedModel(id=m) for m in models}
+    w.models = {m: ServedModel(id=m) for m in models}
     return w
 
 
@@ -131,28 +131,28 @@ def test_param_names_from_validation_locations(loc, param):
 
 
 def test_chat_translation():
-    info = pb.ServedModel(id="m", has_chat_template=True, max_model_len=100)
+    info = ServedModel(id="m", has_chat_template=True, max_model_len=100)
     req = ChatCompletionRequest(model="m", messages=[{"role": "user", "content": [{"type": "text", "text": "a"},
                                                                                    {"type": "text", "text": "b"}]}],
                                 max_completion_tokens=7, temperature=0, stop="x", logprobs=True, top_logprobs=2,
                                 seed=3, logit_bias={"5": -100}, top_k=4, response_format={"type": "json_object"})
     g = chat_generate_request(req, info, "rid")
-    assert g.WhichOneof("prompt") == "chat" and g.chat.messages[0].content == "ab"
+    assert g.chat is not None and g.text is None and g.token_ids is None and g.chat.messages[0].content == "ab"
     s = g.sampling
     assert (s.max_tokens, s.temperature, list(s.stop), s.logprobs, s.seed, dict(s.logit_bias), s.top_k) == \
         (7, 0.0, ["x"], 2, 3, {5: -100.0}, 4)
-    assert s.structured_output.json_object and not s.HasField("top_p")
-    # No logprobs asked: -1; prompt logprobs never for chat.
+    assert s.structured_output.json_object and s.top_p is None
+    # No logprobs asked: None; prompt logprobs never for chat.
     g = chat_generate_request(ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "a"}]), info, "r")
-    assert g.sampling.logprobs == -1 and g.sampling.prompt_logprobs == -1 and g.sampling.max_tokens == 0
+    assert g.sampling.logprobs is None and g.sampling.prompt_logprobs is None and g.sampling.max_tokens == 0
 
 
 def test_completion_translation():
-    info = pb.ServedModel(id="m", max_model_len=100)
+    info = ServedModel(id="m", max_model_len=100)
     reqs = completion_generate_requests(
         CompletionRequest(model="m", prompt=[[1, 2], [3]], echo=True, logprobs=1, max_tokens=0), info, "rid")
-    assert [list(r.token_ids.ids) for r in reqs] == [[1, 2], [3]]
+    assert [r.token_ids for r in reqs] == [[1, 2], [3]]
     assert [r.request_id for r in reqs] == ["rid-0", "rid-1"]
     assert all(r.echo and r.sampling.prompt_logprobs == 1 and r.sampling.max_tokens == 1 for r in reqs)
     (r,) = completion_generate_requests(CompletionRequest(model="m", prompt="hi"), info, "x")
-    assert r.text == "hi" and r.sampling.max_tokens == 16 and r.sampling.prompt_logprobs == -1
+    assert r.text == "hi" and r.sampling.max_tokens == 16 and r.sampling.prompt_logprobs is None

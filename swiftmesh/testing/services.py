@@ -421,6 +421,17 @@ class ServiceProcess:
             time.sleep(0.2)
         raise RuntimeError(f"{self.name} was not SERVING on {self.target} after {timeout:.0f} s:\n{self.log_tail()}")
 
+    def send_signal(self, sig: int) -> None:
+        """Send ``sig`` to the child (e.g. SIGTERM to watch it drain); nothing if it is not running."""
+        if self.alive:
+            assert self.proc is not None
+            self.proc.send_signal(sig)
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Wait up to ``timeout`` s (None: forever) for the child to exit; its exit status (None
+        if it never started). subprocess.TimeoutExpired if it still runs."""
+        return self.proc.wait(timeout) if self.proc is not None else None
+
     def stop(self, timeout: float = 60.0) -> int | None:
         """SIGTERM (the service drains), then SIGKILL to its process group after ``timeout`` s.
         Returns the exit status (None if it never started)."""

@@ -5,7 +5,6 @@ seconds in the model id ("models/sleep-1.5"), raises domain errors for "models/b
 from __future__ import annotations
 
 import asyncio
-import sys
 
 from swiftmesh.hub.v1 import hub_pb2, hub_pb2_grpc
 from swiftmesh.runtime.config import Settings
@@ -46,10 +45,8 @@ def sleepy_service(settings: Settings) -> Service:
     return service
 
 
-if __name__ == "__main__":  # run under runtime.server.serve, for the SIGTERM test
+if __name__ == "__main__":  # the SIGTERM test's server, under runtime.server.serve, settings from SWIFTMESH_*
     from swiftmesh.runtime.server import serve
 
-    port = int(sys.argv[1])
-    grace = float(sys.argv[2])
-    s = Settings.load(None, hub={"port": port, "metrics_port": 0}, shutdown_grace_s=grace)
-    asyncio.run(serve(sleepy_service(s), s, ready=lambda r: print(f"ready {r.port}", flush=True)))
+    s = Settings.load(None)
+    asyncio.run(serve(sleepy_service(s), s))

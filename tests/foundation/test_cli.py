@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,12 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from swiftmesh.cli.main import app
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from swiftmesh.testing.services import child_env, settings_for
 
 
 def _commands(group, prefix=()):
@@ -53,14 +47,8 @@ def test_unknown_service_is_a_clear_error():
 
 @pytest.fixture
 def stack_env(tmp_path):
-    env = dict(os.environ)
-    env["SWIFTMESH_DATA_DIR"] = str(tmp_path / "data")
-    for svc in ("hub", "trainer", "aligner", "worker", "gateway"):
-        env[f"SWIFTMESH_{svc.upper()}__PORT"] = str(_free_port())
-        env[f"SWIFTMESH_{svc.upper()}__METRICS_PORT"] = "0"
-    env["SWIFTMESH_GATEWAY__HTTP_PORT"] = str(_free_port())
-    env.pop("SWIFTMESH_GATEWAY__WORKERS", None)
-    return env
+    """The environment of a `swiftmesh up` with every service on a free port under tmp_path."""
+    return child_env(settings_for(tmp_path / "data"))
 
 
 def test_up_then_status_then_ctrl_c_leaves_no_process(stack_env):

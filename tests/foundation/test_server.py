@@ -21,6 +21,7 @@ from swiftmesh.runtime.client import channel, domain_error
 from swiftmesh.runtime.errors import InvalidArgument
 from swiftmesh.runtime.health import check
 from swiftmesh.runtime.server import start_server
+from swiftmesh.testing.services import ServiceProcess
 
 from .servers import SERVICE_NAME, sleepy_service
 
@@ -63,19 +64,13 @@ async def test_reflection_lists_the_services(make_settings):
         await running.stop(0)
 
 
-def test_sigterm_drains_in_flight_calls_and_refuses_new_ones(make_settings, free_port):
+def test_sigterm_drains_in_flight_calls_and_refuses_new_ones(make_settings):
     """A call in flight when SIGTERM arrives completes within the grace period; new calls are refused."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.foundation.servers", str(port), "5"],
-        cwd=HERE.parents[1],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    settings = make_settings(shutdown_grace_s=5)
+    proc = ServiceProcess("hub", settings, argv=[sys.executable, "-m", "tests.foundation.servers"], new_session=False)
     try:
-        assert proc.stdout.readline().startswith("ready"), "server did not start"
-        settings = make_settings()
-        target = f"127.0.0.1:{port}"
+        proc.wait_ready(60)
+        target = proc.target
 
         async def scenario():
             in_flight = asyncio.ensure_future(_get(settings, target, "models/sleep-2"))
@@ -95,8 +90,7 @@ def test_sigterm_drains_in_flight_calls_and_refuses_new_ones(make_settings, free
         assert waited < 5
         assert proc.wait(timeout=15) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        proc.kill()
 
 
 async def test_grace_period_cancels_calls_that_run_too_long(make_settings):

@@ -1,13 +1,17 @@
-"""Per-key rate limits: requests per minute and tokens (prompt + completion) per minute.
+"""Per-key rate limits: requests per minute and tokens (prompt + completion) per minute, on the
+`limits <https://limits.readthedocs.io>`_ library (moving windows of 60 s).
 
-Sliding windows of 60 s kept in memory by each gateway process (so with N gateway replicas
-behind a load balancer a key gets up to N times its limits; put the limits in proportion).
+The windows live in a ``limits`` storage made from a URI: ``memory://`` (the default: each
+gateway process counts for itself, so with N gateway replicas behind a load balancer a key gets
+up to N times its limits) or a shared one such as ``redis://host:6379`` for replicas that must
+count together.
 
 * Requests: a request is refused when the key already made ``requests_per_minute`` requests
   in the last 60 s.
 * Tokens: a request is refused while the tokens the key used in the last 60 s are at or over
-  ``tokens_per_minute``; a request's tokens are counted when it finishes (its usage), so one
-  request can overshoot the limit, and the next ones wait until the window has room again.
+  ``tokens_per_minute``; a request's tokens are counted when it finishes (its usage), up to what
+  the window has left (a request that overshoots fills the window; the excess is not carried
+  over), and the next requests wait until the window has room again.
 
 A refusal raises :class:`~swiftmesh.runtime.errors.ResourceExhausted` with ``retry_after`` (the
 seconds until the window has room) and metadata ``openai_type`` ``requests`` or ``tokens``,
@@ -18,26 +22,16 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from limits import RateLimitItem, RateLimitItemPerMinute
+from limits.storage import storage_from_string
+from limits.strategies import MovingWindowRateLimiter
 
 from swiftmesh.runtime.errors import ResourceExhausted
 
+#: The window of both limits, seconds.
 WINDOW_S = 60.0
-
-
-@dataclass
-class _Window:
-    requests: deque[float] = field(default_factory=deque)
-    tokens: deque[tuple[float, int]] = field(default_factory=deque)
-    token_sum: int = 0
-
-    def trim(self, now: float) -> None:
-        edge = now - WINDOW_S
-        while self.requests and self.requests[0] <= edge:
-            self.requests.popleft()
-        while self.tokens and self.tokens[0][0] <= edge:
-            self.token_sum -= self.tokens.popleft()[1]
 
 
 @dataclass(frozen=True)
@@ -49,12 +43,34 @@ class Remaining:
 
 
 class RateLimiter:
-    """Sliding-window limits per key id (thread-safe)."""
+    """Moving-window limits per key id (thread-safe).
 
-    def __init__(self, clock=time.monotonic) -> None:
-        self._clock = clock
-        self._windows: dict[str, _Window] = {}
+    Args:
+        storage_uri: where the windows are kept, a ``limits`` storage URI (default
+            ``memory://``; ``redis://host:port`` shares them between gateway replicas).
+    """
+
+    def __init__(self, storage_uri: str = "memory://") -> None:
+        self._limiter = MovingWindowRateLimiter(storage_from_string(storage_uri))
+        self._items: dict[str, set[tuple[str, RateLimitItem]]] = {}
         self._lock = threading.Lock()
+
+    def _item(self, key_id: str, kind: str, per_minute: int) -> RateLimitItem:
+        item = RateLimitItemPerMinute(per_minute)
+        self._items.setdefault(key_id, set()).add((kind, item))
+        return item
+
+    def _refuse(self, kind: str, item: RateLimitItem, key_id: str, label: str) -> ResourceExhausted:
+        stats = self._limiter.get_window_stats(item, kind, key_id)
+        wait = stats.reset_time - time.time()
+        used = item.amount - stats.remaining
+        return ResourceExhausted(
+            f"Rate limit reached for {kind} per minute ({label}): limit {item.amount}, "
+            f"used {used}. Please try again in {wait:.1f}s.",
+            reason="RATE_LIMIT_EXCEEDED",
+            retry_after=max(wait, 0.001),
+            metadata={"openai_type": kind, "openai_code": "rate_limit_exceeded"},
+        )
 
     def acquire(self, key_id: str, requests_per_minute: int, tokens_per_minute: int) -> Remaining:
         """Admit one request of ``key_id`` or raise ResourceExhausted (limits 0: unlimited).
@@ -63,54 +79,33 @@ class RateLimiter:
         """
         if requests_per_minute <= 0 and tokens_per_minute <= 0:
             return Remaining(-1, -1)
-        now = self._clock()
         with self._lock:
-            w = self._windows.setdefault(key_id, _Window())
-            w.trim(now)
-            if requests_per_minute > 0 and len(w.requests) >= requests_per_minute:
-                wait = w.requests[len(w.requests) - requests_per_minute] + WINDOW_S - now
-                raise ResourceExhausted(
-                    f"Rate limit reached for requests per minute (RPM): limit {requests_per_minute}, "
-                    f"used {len(w.requests)}. Please try again in {wait:.1f}s.",
-                    reason="RATE_LIMIT_EXCEEDED",
-                    retry_after=max(wait, 0.001),
-                    metadata={"openai_type": "requests", "openai_code": "rate_limit_exceeded"},
-                )
-            if tokens_per_minute > 0 and w.token_sum >= tokens_per_minute:
-                # Wait until enough old usage leaves the window to drop below the limit.
-                excess = w.token_sum - tokens_per_minute + 1
-                freed, wait = 0, WINDOW_S
-                for ts, n in w.tokens:
-                    freed += n
-                    if freed >= excess:
-                        wait = ts + WINDOW_S - now
-                        break
-                raise ResourceExhausted(
-                    f"Rate limit reached for tokens per minute (TPM): limit {tokens_per_minute}, "
-                    f"used {w.token_sum}. Please try again in {wait:.1f}s.",
-                    reason="RATE_LIMIT_EXCEEDED",
-                    retry_after=max(wait, 0.001),
-                    metadata={"openai_type": "tokens", "openai_code": "rate_limit_exceeded"},
-                )
-            w.requests.append(now)
+            requests = self._item(key_id, "requests", requests_per_minute) if requests_per_minute > 0 else None
+            tokens = self._item(key_id, "tokens", tokens_per_minute) if tokens_per_minute > 0 else None
+            if requests is not None and not self._limiter.test(requests, "requests", key_id):
+                raise self._refuse("requests", requests, key_id, "RPM")
+            if tokens is not None and not self._limiter.test(tokens, "tokens", key_id):
+                raise self._refuse("tokens", tokens, key_id, "TPM")
+            if requests is not None and not self._limiter.hit(requests, "requests", key_id):
+                raise self._refuse("requests", requests, key_id, "RPM")
             return Remaining(
-                requests_per_minute - len(w.requests) if requests_per_minute > 0 else -1,
-                tokens_per_minute - w.token_sum if tokens_per_minute > 0 else -1,
+                self._limiter.get_window_stats(requests, "requests", key_id).remaining if requests else -1,
+                self._limiter.get_window_stats(tokens, "tokens", key_id).remaining if tokens else -1,
             )
 
-    def record_tokens(self, key_id: str, tokens: int) -> None:
-        """Count ``tokens`` (prompt + completion of a finished request) against ``key_id``."""
-        if tokens <= 0:
+    def record_tokens(self, key_id: str, tokens: int, tokens_per_minute: int) -> None:
+        """Count ``tokens`` (prompt + completion of a finished request) against ``key_id``'s
+        ``tokens_per_minute`` (0: unlimited, nothing counted), up to what the window has left."""
+        if tokens <= 0 or tokens_per_minute <= 0:
             return
-        now = self._clock()
         with self._lock:
-            w = self._windows.get(key_id)
-            if w is None:
-                return  # the key has no token limit (acquire never made a window)
-            w.trim(now)
-            w.tokens.append((now, tokens))
-            w.token_sum += tokens
+            item = self._item(key_id, "tokens", tokens_per_minute)
+            room = self._limiter.get_window_stats(item, "tokens", key_id).remaining
+            if room > 0:
+                self._limiter.hit(item, "tokens", key_id, cost=min(tokens, room))
 
     def forget(self, key_id: str) -> None:
+        """Drop the windows of a deleted key."""
         with self._lock:
-            self._windows.pop(key_id, None)
+            for kind, item in self._items.pop(key_id, ()):
+                self._limiter.clear(item, kind, key_id)

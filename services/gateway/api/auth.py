@@ -104,7 +104,7 @@ class Authenticator:
         key = principal.key
         if key is None or key.tokens_per_minute <= 0:
             return None
-        return lambda tokens: self.limiter.record_tokens(key.key_id, tokens)
+        return lambda tokens: self.limiter.record_tokens(key.key_id, tokens, key.tokens_per_minute)
 
     def admin(self, request: Request) -> Principal:
         """The caller of an admin endpoint: 401 without a valid key, 403 with a non-admin key

@@ -16,16 +16,29 @@ from swiftmesh.services.gateway.router import Worker, WorkerPool, check_address,
 
 
 class Clock:
+    """A stand-in for the ``time`` module (``time()``) of the limits storage and the limiter."""
+
     def __init__(self) -> None:
         self.t = 1000.0
 
-    def __call__(self) -> float:
+    def time(self) -> float:
         return self.t
 
 
-def test_requests_per_minute_window_slides():
-    clock = Clock()
-    rl = RateLimiter(clock)
+@pytest.fixture
+def clock(monkeypatch):
+    import limits.storage.memory
+
+    import swiftmesh.services.gateway.ratelimit
+
+    c = Clock()
+    monkeypatch.setattr(limits.storage.memory, "time", c)
+    monkeypatch.setattr(swiftmesh.services.gateway.ratelimit, "time", c)
+    return c
+
+
+def test_requests_per_minute_window_slides(clock):
+    rl = RateLimiter()
     assert rl.acquire("k", 2, 0).requests == 1
     clock.t += 10
     assert rl.acquire("k", 2, 0).requests == 0
@@ -38,14 +51,13 @@ def test_requests_per_minute_window_slides():
     rl.acquire("other", 2, 0)  # keys are independent
 
 
-def test_tokens_per_minute_counts_finished_requests():
-    clock = Clock()
-    rl = RateLimiter(clock)
+def test_tokens_per_minute_counts_finished_requests(clock):
+    rl = RateLimiter()
     rl.acquire("k", 0, 100)
-    rl.record_tokens("k", 60)
+    rl.record_tokens("k", 60, 100)
     clock.t += 5
     rl.acquire("k", 0, 100)  # 60 < 100
-    rl.record_tokens("k", 60)
+    rl.record_tokens("k", 60, 100)
     with pytest.raises(ResourceExhausted) as e:
         rl.acquire("k", 0, 100)
     assert e.value.metadata["openai_type"] == "tokens"
@@ -53,6 +65,8 @@ def test_tokens_per_minute_counts_finished_requests():
     clock.t += 55.01
     rl.acquire("k", 0, 100)
     assert rl.acquire("free", 0, 0).requests == -1  # unlimited
+    rl.forget("k")
+    assert rl.acquire("k", 1, 100).tokens == 100
 
 
 def test_key_store(tmp_path):

@@ -20,6 +20,7 @@ def _ts(seconds: float) -> timestamp_pb2.Timestamp:
 
 
 def worker_proto(w: Worker) -> gateway_pb2.Worker:
+    """The ``Worker`` message of a pool worker."""
     return gateway_pb2.Worker(
         name=w.name, address=w.address, healthy=w.healthy, engine=w.engine, models=sorted(w.models),
         running=w.running, waiting=w.waiting, last_seen_time=_ts(w.last_seen),
@@ -27,22 +28,11 @@ def worker_proto(w: Worker) -> gateway_pb2.Worker:
 
 
 def key_proto(k: ApiKey) -> gateway_pb2.ApiKey:
+    """The ``ApiKey`` message of a stored key (never its secret)."""
     return gateway_pb2.ApiKey(
         name=k.name, display_name=k.display_name, requests_per_minute=k.requests_per_minute,
         tokens_per_minute=k.tokens_per_minute, create_time=_ts(k.create_time), prefix=k.prefix, admin=k.admin,
     )
-
-
-def _page(page_size: int, page_token: str, total: int) -> tuple[int, int]:
-    size = 100 if page_size <= 0 else min(page_size, 1000)
-    try:
-        offset = int(page_token) if page_token else 0
-        if offset < 0 or offset > total:
-            raise ValueError
-    except ValueError:
-        raise InvalidArgument(f"invalid page_token {page_token!r}",
-                              field_violations=[("page_token", "not a token from a previous page")]) from None
-    return offset, size
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
@@ -65,11 +55,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         return empty_pb2.Empty()
 
     async def ListWorkers(self, request, context):
-        workers = sorted(self.pool.workers(), key=lambda w: w.address)
-        offset, size = _page(request.page_size, request.page_token, len(workers))
-        page = workers[offset: offset + size]
-        next_token = str(offset + size) if offset + size < len(workers) else ""
-        return gateway_pb2.ListWorkersResponse(workers=[worker_proto(w) for w in page], next_page_token=next_token)
+        workers, next_token = self.pool.list_workers(request.page_size, request.page_token)
+        return gateway_pb2.ListWorkersResponse(workers=[worker_proto(w) for w in workers], next_page_token=next_token)
 
     async def CreateApiKey(self, request, context):
         key, secret = self.keys.create(request.display_name, request.requests_per_minute,

@@ -6,21 +6,24 @@ length, and it lets a request's key be found by an indexed lookup). Each key has
 per-minute limits on requests and on prompt + completion tokens (0: unlimited), enforced by
 :mod:`swiftmesh.services.gateway.ratelimit`, and an ``admin`` flag for the admin endpoints.
 
-SQLite in WAL mode lets several gateway processes on one host share the store; keys created
-or deleted by one are seen by the others at their next lookup (nothing is cached).
+The database is opened by the shared opener (:func:`swiftmesh.runtime.sqlite.connect`: WAL, busy
+timeout, ``synchronous=FULL``), so several gateway processes on one host share the store; keys
+created or deleted by one are seen by the others at their next lookup (nothing is cached).
+Listings page with the shared token scheme (:mod:`swiftmesh.runtime.paging`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from swiftmesh.runtime.errors import InvalidArgument, NotFound
+from swiftmesh.runtime.paging import page
+from swiftmesh.runtime.sqlite import connect
 
 SECRET_PREFIX = "sk-"
 #: Characters of the secret kept in clear (``prefix``) to tell keys apart in listings.
@@ -55,10 +58,12 @@ class ApiKey:
 
     @property
     def name(self) -> str:
+        """``apiKeys/{key_id}``."""
         return f"apiKeys/{self.key_id}"
 
 
 def hash_secret(secret: str) -> str:
+    """The hex SHA-256 of a secret, as stored."""
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
@@ -80,13 +85,12 @@ class ApiKeyStore:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10.0)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db = connect(self.path)
         self._db.execute(_SCHEMA)
 
     def close(self) -> None:
+        """Close the database."""
         with self._lock:
             self._db.close()
 
@@ -138,24 +142,18 @@ class ApiKeyStore:
 
     def list(self, page_size: int = 0, page_token: str = "") -> tuple[list[ApiKey], str]:
         """Keys in creation order, ``page_size`` at a time (0: 100, at most 1000). Returns the keys
-        and the next page token ("" after the last page). A bad token raises InvalidArgument."""
-        size = 100 if page_size <= 0 else min(page_size, 1000)
-        try:
-            offset = int(page_token) if page_token else 0
-            if offset < 0:
-                raise ValueError
-        except ValueError:
-            raise InvalidArgument(f"invalid page_token {page_token!r}",
-                                  field_violations=[("page_token", "not a token from a previous page")]) from None
+        and the next page token ("" after the last page). A bad token (or a negative size) raises
+        InvalidArgument."""
+        p = page(page_size, page_token, "api_keys", default=100)
         with self._lock:
             rows = self._db.execute(
                 f"SELECT {self._COLUMNS} FROM api_keys ORDER BY create_time, key_id LIMIT ? OFFSET ?",
-                (size + 1, offset),
+                (p.size + 1, p.offset),
             ).fetchall()
-        keys = [self._row(r) for r in rows[:size]]
-        return keys, (str(offset + size) if len(rows) > size else "")
+        return [self._row(r) for r in rows[:p.size]], p.next_token(len(rows) > p.size)
 
     def get(self, key_id: str) -> ApiKey:
+        """A key by id. NotFound if there is no such key."""
         with self._lock:
             row = self._db.execute(f"SELECT {self._COLUMNS} FROM api_keys WHERE key_id = ?", (key_id,)).fetchone()
         if row is None:
@@ -180,5 +178,6 @@ class ApiKeyStore:
         return self._row(row) if row else None
 
     def count(self) -> int:
+        """How many keys there are."""
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM api_keys").fetchone()[0])

@@ -40,6 +40,7 @@ from swiftmesh.clients.gateway import GenerationCall, WorkerClient
 from swiftmesh.clients.inference import GenerateRequest, GenerateResponse, ServedModel
 from swiftmesh.runtime.config import Settings
 from swiftmesh.runtime.errors import DeadlineExceeded, InvalidArgument, NotFound, SwiftMeshError, Unavailable
+from swiftmesh.runtime.paging import page
 
 log = logging.getLogger("swiftmesh.gateway.router")
 
@@ -350,6 +351,13 @@ class WorkerPool:
     def workers(self) -> list[Worker]:
         """Every registered worker, healthy or not."""
         return list(self._workers.values())
+
+    def list_workers(self, page_size: int = 0, page_token: str = "") -> tuple[list[Worker], str]:
+        """Workers by address, ``page_size`` at a time (0: 100, at most 1000), and the next page
+        token ("" after the last page). InvalidArgument for a bad token."""
+        p = page(page_size, page_token, "workers", default=100)
+        workers = sorted(self._workers.values(), key=lambda w: w.address)
+        return workers[p.offset:p.offset + p.size], p.next_token(p.offset + p.size < len(workers))
 
     # ------------------------------------------------------------------------ models
     def served_models(self) -> list[ServedModel]:

@@ -30,9 +30,6 @@ from limits.strategies import MovingWindowRateLimiter
 
 from swiftmesh.runtime.errors import ResourceExhausted
 
-#: The window of both limits, seconds.
-WINDOW_S = 60.0
-
 
 @dataclass(frozen=True)
 class Remaining:

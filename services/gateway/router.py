@@ -103,6 +103,7 @@ class Worker:
 
     @property
     def name(self) -> str:
+        """Resource name ``workers/{id}``."""
         return f"workers/{worker_id(self.address)}"
 
     @property
@@ -230,6 +231,7 @@ class WorkerPool:
         self._task = asyncio.create_task(self._loop(), name="gateway-health-check")
 
     async def stop(self) -> None:
+        """Stop the health check and close every worker's client."""
         if self._task is not None:
             self._task.cancel()
             try:

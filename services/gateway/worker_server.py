@@ -83,11 +83,13 @@ class WorkerRuntime:
 
     @property
     def holder(self) -> str:
+        """The pin holder of this worker on the hub (``workers/{host:port}``)."""
         return f"workers/{self.settings.worker.target}"
 
     # ------------------------------------------------------------ models
     async def load_model(self, name: str, served_name: str = "", *, max_model_len: int = 0,
                          dtype: str = "") -> ServedModelInfo:
+        """Load a base model (local directory or hub name, pinned on the hub while served); raises as the engine and the hub do."""
         path, default_name, resource = await self.source.resolve(name)
         info = await self.engine.load_model(path, served_name or default_name, hub_model=resource,
                                             max_model_len=max_model_len, dtype=dtype)
@@ -96,12 +98,14 @@ class WorkerRuntime:
         return info
 
     async def unload_model(self, served_name: str) -> None:
+        """Unload the base model (and its adapters) and unpin them on the hub."""
         await self.engine.unload_model(served_name)
         for resource in set(self._pins.values()):
             await self.source.pin(resource, self.holder, False)
         self._pins.clear()
 
     async def load_adapter(self, name: str, served_name: str = "", *, base: str = "") -> ServedModelInfo:
+        """Load a PEFT adapter (local directory or hub name, pinned while served) on the base model ``base``."""
         path, default_name, resource = await self.source.resolve(name)
         info = await self.engine.load_adapter(path, served_name or default_name, base=base, hub_model=resource)
         self._pins[info.id] = resource
@@ -109,12 +113,14 @@ class WorkerRuntime:
         return info
 
     async def unload_adapter(self, served_name: str) -> None:
+        """Unload an adapter and unpin it on the hub."""
         await self.engine.unload_adapter(served_name)
         resource = self._pins.pop(served_name, "")
         await self.source.pin(resource, self.holder, False)
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
+        """Start the engine, the gauges and the start-up load (in the background)."""
         await self.engine.start()
         self._tasks.append(asyncio.create_task(self._gauges(), name="worker-gauges"))
         self._tasks.append(asyncio.create_task(self._startup(), name="worker-startup"))
@@ -176,6 +182,7 @@ class WorkerRuntime:
             await asyncio.sleep(1.0)
 
     async def stop(self) -> None:
+        """Drain: refuse new requests, deregister from the gateway, unpin, stop the engine."""
         self.accepting = False
         await self._deregister()
         for resource in set(self._pins.values()):

@@ -81,6 +81,7 @@ def sampling_from_proto(s: pb.SamplingParams) -> SamplingParams:
 
 
 def chat_from_proto(c: pb.ChatPrompt) -> ChatPrompt:
+    """Proto chat prompt -> :class:`ChatPrompt`; InvalidArgument naming the field for malformed JSON fields."""
     messages = []
     for i, m in enumerate(c.messages):
         calls = parse_json_list(m.tool_calls_json, f"chat.messages[{i}].tool_calls_json")
@@ -95,6 +96,7 @@ def chat_from_proto(c: pb.ChatPrompt) -> ChatPrompt:
 
 
 def request_from_proto(r: pb.GenerateRequest, request_id: str, trace_context: Any = None) -> GenerationRequest:
+    """Proto GenerateRequest -> :class:`GenerationRequest` with the worker's ``request_id``; InvalidArgument for a request without a prompt."""
     which = r.WhichOneof("prompt")
     if which == "text":
         prompt: Any = r.text
@@ -112,6 +114,7 @@ def request_from_proto(r: pb.GenerateRequest, request_id: str, trace_context: An
 
 # ------------------------------------------------------------------------------ domain -> proto
 def logprob_to_proto(lp: TokenLogprob) -> pb.TokenLogprob:
+    """An engine :class:`TokenLogprob` -> its proto message (``logprob`` unset when None)."""
     m = pb.TokenLogprob(token_id=lp.token_id, token=lp.token,
                         top_logprobs=[pb.TopLogprob(token_id=t.token_id, token=t.token, logprob=t.logprob)
                                       for t in lp.top_logprobs])
@@ -121,6 +124,7 @@ def logprob_to_proto(lp: TokenLogprob) -> pb.TokenLogprob:
 
 
 def served_model_to_proto(m: ServedModelInfo) -> pb.ServedModel:
+    """An engine :class:`ServedModelInfo` -> the ``ServedModel`` message."""
     return pb.ServedModel(id=m.id, parent=m.parent, hub_model=m.hub_model, max_model_len=m.max_model_len,
                           has_chat_template=m.has_chat_template, created=m.created)
 

@@ -46,6 +46,7 @@ class Principal:
 
     @property
     def admin(self) -> bool:
+        """Whether the caller may use the admin endpoints (the service token or an admin key)."""
         return self.service or (self.key is not None and self.key.admin)
 
 

@@ -94,9 +94,11 @@ class APIError(Exception):
         self.headers = headers or {}
 
     def body(self) -> dict[str, Any]:
+        """The OpenAI error envelope ``{"error": {...}}``."""
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
     def response(self) -> JSONResponse:
+        """The JSON response (status, envelope, headers such as Retry-After)."""
         return SafeJSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 

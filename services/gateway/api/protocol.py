@@ -187,12 +187,14 @@ class SamplingFields(OpenAIBaseModel):
         return self
 
     def stop_list(self) -> list[str]:
+        """``stop`` as a list (a single string becomes one item; none: empty)."""
         if self.stop is None or self.stop == "":
             return []
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
 
     @property
     def include_usage(self) -> bool:
+        """Whether the stream ends with a usage chunk (``stream_options.include_usage``)."""
         return bool(self.stream and self.stream_options and self.stream_options.include_usage)
 
 
@@ -312,6 +314,7 @@ class ChatCompletionRequest(SamplingFields):
 
     @property
     def output_limit(self) -> int | None:
+        """The cap on generated tokens: ``max_completion_tokens``, else ``max_tokens`` (None: the context length)."""
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
 

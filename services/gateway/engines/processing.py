@@ -85,6 +85,7 @@ class TokenizerBundle:
     # --- templates and tokenization --------------------------------------------------------
     @property
     def has_chat_template(self) -> bool:
+        """Whether the tokenizer has a chat template."""
         return bool(getattr(self.tokenizer, "chat_template", None))
 
     def render_chat(self, chat: ChatPrompt, model: str = "") -> str:
@@ -124,9 +125,11 @@ class TokenizerBundle:
         return text
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of ``text``."""
         return list(self.tokenizer.encode(text, add_special_tokens=add_special_tokens))
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        """Text of token ids."""
         return self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens,
                                      clean_up_tokenization_spaces=False)
 
@@ -161,6 +164,7 @@ class TokenizerBundle:
         return t
 
     def logprob_entry(self, token_id: int, logprob: float | None, top: Sequence[tuple[int, float]] = ()) -> TokenLogprob:
+        """A :class:`TokenLogprob` for ``token_id`` with its text and the ``top`` (id, logprob) alternatives."""
         return TokenLogprob(
             token_id=token_id,
             token=self.token_text(token_id),
@@ -263,6 +267,7 @@ class StopStringMatcher:
         return 0
 
     def flush(self) -> str:
+        """The text held back (the stream ended without a stop string)."""
         out, self.pending = self.pending, ""
         return out
 
@@ -311,10 +316,12 @@ class SequenceProcessor:
 
     @property
     def finished(self) -> bool:
+        """Whether the choice has finished."""
         return self.finish_reason is not None
 
     @property
     def num_tokens(self) -> int:
+        """Tokens generated so far."""
         return len(self.output_ids)
 
     def _emit_text(self, s: str) -> None:

@@ -60,10 +60,12 @@ class EngineRequest:
 
     @property
     def id(self) -> str:
+        """The request id."""
         return self.prepared.request_id
 
     @property
     def n(self) -> int:
+        """Choices asked for."""
         return self.prepared.sampling.n
 
 
@@ -82,6 +84,7 @@ class Sequence:
 
     @property
     def finished(self) -> bool:
+        """Whether this choice has finished."""
         return self.proc.finished
 
 

@@ -187,6 +187,7 @@ class TransformersEngine(Engine):
                 return
 
     async def abort(self, request_id: str) -> None:
+        """Abort a request in flight (no-op for an unknown id or without a model)."""
         if self._sched is not None:
             self._sched.abort(request_id)
 

@@ -168,6 +168,7 @@ class ChatMessage:
     tool_calls: list[dict] | None = None
 
     def to_template_dict(self) -> dict:
+        """The message as a chat template reads it (empty optional fields left out)."""
         d: dict = {"role": self.role, "content": self.content}
         if self.name:
             d["name"] = self.name
@@ -258,6 +259,7 @@ class Usage:
 
     @property
     def total_tokens(self) -> int:
+        """Prompt + completion tokens."""
         return self.prompt_tokens + self.completion_tokens
 
 
@@ -293,6 +295,7 @@ class ServedModelInfo:
 
     @property
     def is_adapter(self) -> bool:
+        """Whether this is an adapter (it has a base model)."""
         return bool(self.parent)
 
 

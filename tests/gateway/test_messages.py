@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 from pydantic import ValidationError
+
+from swiftmesh.runtime.errors import InvalidArgument
 from swiftmesh.services.gateway.api.errors import from_validation_error
 from swiftmesh.services.gateway.api.protocol import ChatCompletionRequest
 from swiftmesh.services.gateway.engines.processing import TokenizerBundle
 from swiftmesh.services.gateway.engines.types import ChatMessage, ChatPrompt
 from swiftmesh.services.gateway.messages import check_message
-
-from swiftmesh.runtime.errors import InvalidArgument
 
 CALL = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}
 GOOD = [

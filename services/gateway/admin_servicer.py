@@ -9,7 +9,8 @@ from swiftmesh.runtime.errors import InvalidArgument
 
 from .keys import ApiKey, ApiKeyStore, key_id_from_name
 from .ratelimit import RateLimiter
-from .router import Worker, WorkerPool
+from .router import WorkerPool
+from .workers import Worker
 
 
 def _ts(seconds: float) -> timestamp_pb2.Timestamp:

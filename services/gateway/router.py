@@ -1,7 +1,7 @@
 """The worker pool: which engine workers serve which models, how loaded and healthy they are,
 and where each generation goes.
 
-* Workers come from ``settings.gateway.workers`` and from ``GatewayService.RegisterWorker``.
+* Workers (:class:`~.workers.Worker`) come from ``settings.gateway.workers`` and from ``GatewayService.RegisterWorker``.
   Each is polled every ``settings.gateway.health_check_interval_s`` seconds with
   ``InferenceService.GetWorkerStatus`` (served models, running and waiting requests, ready).
   A worker that cannot be reached (or is not ready: loading, draining) leaves the rotation at
@@ -28,29 +28,29 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import re
 import time
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass, field
 from typing import Self
 
-from prometheus_client import Counter, Gauge
-
-from swiftmesh.clients.gateway import GenerationCall, WorkerClient
+from swiftmesh.clients.gateway import GenerationCall
 from swiftmesh.clients.inference import GenerateRequest, GenerateResponse, ServedModel
 from swiftmesh.runtime.config import Settings
 from swiftmesh.runtime.errors import DeadlineExceeded, InvalidArgument, NotFound, SwiftMeshError, Unavailable
 from swiftmesh.runtime.paging import page
 
-log = logging.getLogger("swiftmesh.gateway.router")
+from .workers import (
+    WORKER_HEALTHY,
+    WORKER_INFLIGHT,
+    WORKER_KV,
+    WORKER_ROUTED,
+    WORKER_RUNNING,
+    WORKER_WAITING,
+    Worker,
+    check_address,
+    worker_id,
+)
 
-WORKER_HEALTHY = Gauge("swiftmesh_gateway_worker_healthy", "1 when the worker is in rotation.", ["worker"])
-WORKER_RUNNING = Gauge("swiftmesh_gateway_worker_running_requests", "Requests the worker decodes (last poll).", ["worker"])
-WORKER_WAITING = Gauge("swiftmesh_gateway_worker_waiting_requests", "Requests waiting on the worker (last poll).", ["worker"])
-WORKER_KV = Gauge("swiftmesh_gateway_worker_kv_cache_usage", "KV-cache fraction in use on the worker (last poll).", ["worker"])
-WORKER_ROUTED = Counter("swiftmesh_gateway_worker_generations", "Generations sent to the worker, by outcome of the "
-                        "start (started, unavailable: failed over, error).", ["worker", "outcome"])
-WORKER_INFLIGHT = Gauge("swiftmesh_gateway_worker_inflight_requests", "Requests this gateway has in flight on the worker.", ["worker"])
+log = logging.getLogger("swiftmesh.gateway.router")
 
 #: Deadline of one status poll, seconds.
 POLL_TIMEOUT_S = 5.0
@@ -60,92 +60,6 @@ MAX_POLL_TIMEOUTS = 2
 REFRESH_MIN_INTERVAL_S = 1.0
 #: Deadline of admin calls (loading a model or adapter may download it), seconds.
 ADMIN_TIMEOUT_S = 1800.0
-
-_ADDRESS = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.\-]+):(\d{1,5})$")
-
-
-def worker_id(address: str) -> str:
-    """Resource id of a worker from its address: ``"127.0.0.1:50054"`` -> ``"127-0-0-1-50054"``."""
-    return re.sub(r"[^a-z0-9]+", "-", address.lower()).strip("-")
-
-
-def check_address(address: str) -> str:
-    """Validate ``host:port``; InvalidArgument naming ``address`` otherwise."""
-    address = address.strip()
-    m = _ADDRESS.match(address)
-    if not m or not 0 < int(m.group(2)) < 65536:
-        raise InvalidArgument(f"invalid worker address {address!r}: expected host:port",
-                              field_violations=[("address", "expected host:port")])
-    return address
-
-
-@dataclass
-class Worker:
-    """An engine worker as the gateway sees it."""
-
-    address: str
-    static: bool = False
-    reachable: bool = False
-    ready: bool = False
-    engine: str = ""
-    device: str = ""
-    models: dict[str, ServedModel] = field(default_factory=dict)
-    running: int = 0
-    waiting: int = 0
-    kv_cache_usage: float = 0.0
-    inflight: int = 0
-    inflight_at_poll: int = 0
-    last_seen: float = 0.0  # unix seconds of the last successful poll
-    last_error: str = ""
-    timeouts: int = 0
-    polled: bool = False
-    _client: WorkerClient | None = None
-
-    @property
-    def name(self) -> str:
-        """Resource name ``workers/{id}``."""
-        return f"workers/{worker_id(self.address)}"
-
-    @property
-    def healthy(self) -> bool:
-        """In rotation: reachable at the last poll and ready."""
-        return self.reachable and self.ready
-
-    @property
-    def load(self) -> int:
-        """Polled running + waiting, plus what this gateway sent since that poll."""
-        return max(self.running + self.waiting + self.inflight - self.inflight_at_poll, self.inflight)
-
-    def client(self, settings: Settings) -> WorkerClient:
-        """The open client of this worker (opened on first use; no channel retries)."""
-        if self._client is None:
-            self._client = WorkerClient(settings, self.address, retries=False).open()
-        return self._client
-
-    def reset_channel(self) -> None:
-        """Drop the client (a fresh one reconnects at once, without gRPC's reconnect backoff);
-        calls still on the old one get 30 s to finish."""
-        old, self._client = self._client, None
-        if old is not None:
-            task = asyncio.ensure_future(old.close(grace=30.0))
-            task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
-
-    async def close(self) -> None:
-        """Close the client now (calls in flight are cancelled)."""
-        old, self._client = self._client, None
-        if old is not None:
-            await old.close()
-
-    def mark_unreachable(self, error: str) -> None:
-        """Out of the rotation (logged once) with ``error`` as the reason."""
-        if self.reachable:
-            log.warning("worker %s left the rotation: %s", self.address, error)
-        self.reachable = False
-        self.last_error = error
-        self.running = self.waiting = 0
-        self.inflight_at_poll = self.inflight
-        WORKER_HEALTHY.labels(self.address).set(0)
-
 
 class GenerationStream:
     """One generation in flight on one worker: the first response (already received, so the

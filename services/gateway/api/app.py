@@ -8,7 +8,7 @@ Routes (OpenAI API reference, https://platform.openai.com/docs/api-reference):
 * ``POST /v1/chat/completions``, ``POST /v1/completions``: :mod:`.serving_chat` and
   :mod:`.serving_completions`, sharing the lifecycle of :mod:`.serving`.
 * ``GET /health``: 200 ``{"status": "ok", "workers": {...}}`` while the process runs.
-* ``GET /metrics``: Prometheus text format (:mod:`.metrics`, worker gauges in ``router``).
+* ``GET /metrics``: Prometheus text format (:mod:`.metrics`, worker gauges in ``workers``).
 * ``GET /openapi.json``: the schema of the OpenAI-compatible routes (admin routes are left out).
 * Admin (an admin key or the service token when the gateway is secured, see :mod:`.auth`):
   ``GET /v1/admin/workers``, ``POST /v1/admin/workers`` ``{"address": "host:port"}``,
@@ -29,7 +29,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..keys import ApiKeyStore
 from ..ratelimit import RateLimiter
-from ..router import Worker, WorkerPool
+from ..router import WorkerPool
+from ..workers import Worker
 from .auth import Authenticator, Principal
 from .errors import install_error_handlers
 from .protocol import (

@@ -11,6 +11,10 @@ These models know nothing about workers or engines: the functions in
 :mod:`swiftmesh.services.gateway.api.translate` turn them into engine requests.
 Request models ignore unknown fields (as OpenAI-compatible servers do). Violations of the
 limits below become HTTP 400 errors naming the parameter (``error.param``).
+
+Slightly over 500 lines on purpose: it is the whole OpenAI schema the gateway serves, requests
+and responses side by side (as vLLM keeps its ``protocol.py``), and the OpenAPI document is
+generated from it; splitting it would separate a request from the response it documents.
 """
 
 from __future__ import annotations

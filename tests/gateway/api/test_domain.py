@@ -12,7 +12,8 @@ from swiftmesh.services.gateway.api.protocol import ChatCompletionRequest, Compl
 from swiftmesh.services.gateway.api.translate import chat_generate_request, completion_generate_requests
 from swiftmesh.services.gateway.keys import ApiKeyStore
 from swiftmesh.services.gateway.ratelimit import RateLimiter
-from swiftmesh.services.gateway.router import Worker, WorkerPool, check_address, worker_id
+from swiftmesh.services.gateway.router import WorkerPool
+from swiftmesh.services.gateway.workers import Worker, check_address, worker_id
 
 
 class Clock:

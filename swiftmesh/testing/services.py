@@ -19,6 +19,10 @@ loopback port under one data directory; :class:`Stack` composes several services
 and stops them in reverse order.
 
 Nothing here imports pytest: fixtures live in the ``conftest.py`` files and call this module.
+
+Why one module of ~560 lines: the in-process starter, the process starter and the stack share
+the settings-to-environment translation and the readiness check, and a reader looking for "how
+does a test start a service" should find every way in one place (about half is docstrings).
 """
 
 from __future__ import annotations

@@ -9,10 +9,10 @@ Bradley-Terry loss, Ouyang et al. 2022, arXiv:2203.02155), PPO (our own trainer,
 
 Modules:
 
-* :mod:`.data`: dataset formats per method (prompt/chosen/rejected, ms-swift ``messages`` +
-  ``rejected_response``, prompt/completion/label, ``messages`` + ``label``, prompt-only), their
-  detection, conversion to TRL's columns and the INVALID_ARGUMENT a bad row gets.
-* :mod:`.config`: the domain description of a job (:class:`~.config.AlignmentConfig`).
+* :mod:`.config`: the domain spec of a job (:class:`~.config.AlignmentSpec`, jobkit's
+  ``TuningSpec`` plus the method and its settings) and what a worker's trainer consumes
+  (:class:`~.config.AlignmentConfig`). Dataset formats per method live in
+  :mod:`swiftmesh.jobkit.data`.
 * :mod:`.models`: loading the policy, PEFT adapters and the reference model (the choice of
   reference is documented there: adapter disabled for a new adapter, a frozen copy of the
   starting adapter when continuing an SFT adapter, a frozen full copy for full fine-tuning).
@@ -20,5 +20,9 @@ Modules:
 * :mod:`.rewards`: built-in reward functions and reward-model scoring for PPO and GRPO.
 * :mod:`.ppo`: PPO for RLHF (``PPOConfig`` + ``PPOTrainer``) and its tensor math.
 * :mod:`.kinds`: the jobkit job kinds (prepare / estimate on the service, train in Ray workers).
-* :mod:`.servicer`, :mod:`.server`: ``AlignerService`` + the shared ``JobService``.
+* :mod:`.servicer`, :mod:`.server`: ``AlignerService`` (proto <-> domain) + the shared ``JobService``.
+
+What it may import: ``swiftmesh.jobkit`` (job machinery, settings, data reading), ``swiftmesh.runtime``,
+``swiftmesh.names``, the HF/TRL stack; never another service. Only :mod:`.servicer` and
+:mod:`.server` import grpc or generated ``*_pb2`` modules.
 """

@@ -235,13 +235,13 @@ class AlignKind(JobKind):
 
     def estimate(self, spec: AlignmentSpec, ctx: PrepareContext) -> est.Estimate:
         """Memory per worker and time of the job (reads the data, as prepare does)."""
-        tuner, args, lora, models, reward, ref, base_dir, tok, data, train, evals, notes = self._plan_parts(spec, ctx)
+        _, args, _, _, reward, _, base_dir, tok, _, train, _, _ = self._plan_parts(spec, ctx)
         steps = self._steps(spec, args, len(train))
         return self._estimate(spec, args, base_dir, tok, train, ctx, steps, reward)
 
     def prepare(self, spec: AlignmentSpec, ctx: PrepareContext) -> JobPlan:
         """Check the spec, read the data, estimate (ResourceExhausted unless forced), plan."""
-        tuner, args, lora, models, reward, ref, base_dir, tok, data, train, evals, notes = self._plan_parts(spec, ctx)
+        tuner, args, _, models, reward, ref, base_dir, tok, data, train, evals, notes = self._plan_parts(spec, ctx)
         steps = self._steps(spec, args, len(train))
         estimate = self._estimate(spec, args, base_dir, tok, train, ctx, steps, reward)
         refuse_oversized(estimate, ctx, "Use PEFT, more workers with zero3, a smaller batch or max_length, "

@@ -37,8 +37,9 @@ from typing import Any
 from swiftmesh.jobkit.data import AlignmentData, load_alignment_data
 from swiftmesh.jobkit.settings import Tuner
 from swiftmesh.runtime.errors import InvalidArgument
-from swiftmesh.services.aligner.config import AlignmentConfig
-from swiftmesh.services.aligner.models import (
+
+from .config import AlignmentConfig
+from .models import (
     is_adapter_dir,
     load_adapter_trainable,
     load_causal_lm,
@@ -213,7 +214,7 @@ def _method_args(cfg: AlignmentConfig, kw: dict[str, Any]):
             temperature=g.temperature, epsilon=g.epsilon, loss_type=g.loss_type,
         )
     if m == "ppo":
-        from swiftmesh.services.aligner.ppo import PPOConfig
+        from .ppo import PPOConfig
 
         p = cfg.ppo
         if p.total_updates > 0:
@@ -381,7 +382,7 @@ def build_trainer(cfg: AlignmentConfig, data: AlignmentData | None = None, *, ca
 
 def _grpo_rewards(cfg: AlignmentConfig) -> tuple[list, list | None]:
     """GRPO's reward functions (built-ins, then the reward model) and their processing classes."""
-    from swiftmesh.services.aligner.rewards import load_reward_model, make_reward_funcs
+    from .rewards import load_reward_model, make_reward_funcs
 
     funcs: list = make_reward_funcs(cfg.grpo.reward_funcs)
     classes: list = [None] * len(funcs)
@@ -393,8 +394,8 @@ def _grpo_rewards(cfg: AlignmentConfig) -> tuple[list, list | None]:
 
 
 def _build_ppo(cfg: AlignmentConfig, args, tokenizer, train_ds, eval_ds, callbacks, bf16: bool):
-    from swiftmesh.services.aligner.ppo import PPOTrainer
-    from swiftmesh.services.aligner.rewards import RewardModelScorer, make_reward_funcs
+    from .ppo import PPOTrainer
+    from .rewards import RewardModelScorer, make_reward_funcs
 
     rewards: list = make_reward_funcs(cfg.ppo.reward_funcs)
     if cfg.ppo.reward_model:

@@ -21,8 +21,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from swiftmesh.runtime.errors import FailedPrecondition, InvalidArgument
 from swiftmesh.jobkit.settings import LoraSettings, Tuner
+from swiftmesh.runtime.errors import FailedPrecondition, InvalidArgument
 
 ADAPTER_CONFIG = "adapter_config.json"
 

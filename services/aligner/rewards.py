@@ -210,7 +210,7 @@ def load_reward_model(path: str, *, base: str | None = None, dtype=None):
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from swiftmesh.services.aligner.models import is_adapter_dir, read_adapter_base
+    from .models import is_adapter_dir, read_adapter_base
 
     dtype = dtype or torch.float32
     if is_adapter_dir(path):

@@ -120,13 +120,13 @@ class TrainKind(JobKind):
 
     def estimate(self, spec: TrainingSpec, ctx: PrepareContext) -> est.Estimate:
         """Memory per worker and time of the job (reads and encodes the data, as prepare does)."""
-        tuner, args, lora, models, base_dir, train, evals, notes = self._plan_parts(spec, ctx)
+        _, args, _, _, base_dir, train, _, _ = self._plan_parts(spec, ctx)
         steps = count_steps(len(train), spec.distribution.num_workers, args)
         return self._estimate(spec, args, base_dir, train, ctx, steps)
 
     def prepare(self, spec: TrainingSpec, ctx: PrepareContext) -> JobPlan:
         """Check the spec, encode the data, estimate (ResourceExhausted unless forced), plan."""
-        tuner, args, lora, models, base_dir, train, evals, notes = self._plan_parts(spec, ctx)
+        tuner, args, _, models, base_dir, train, evals, notes = self._plan_parts(spec, ctx)
         steps = count_steps(len(train), spec.distribution.num_workers, args)
         estimate = self._estimate(spec, args, base_dir, train, ctx, steps)
         refuse_oversized(estimate, ctx, "Use more workers with zero3, a smaller batch or max_length, gradient checkpointing, or force=true")

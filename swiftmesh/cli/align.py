@@ -26,8 +26,7 @@ from google.protobuf import json_format
 from swiftmesh.cli.common import console, err_console, fail, run_async, settings_from
 from swiftmesh.cli.jobs import exit_for, follow_job
 from swiftmesh.clients.aligner import RLHF_TYPES, AlignerClient, build_spec
-from swiftmesh.clients.jobs import state_name
-from swiftmesh.clients.trainer import STRATEGIES, TUNERS
+from swiftmesh.clients.jobs import STRATEGIES, TUNERS, state_name
 
 # Metrics shown at the end of a job, per method family (TensorBoard tags as jobkit reports them);
 # the live view while it runs is the shared one of `swiftmesh jobs watch`.
@@ -152,8 +151,8 @@ def rlhf(
         rollout_batch_size=rollout_batch_size, num_ppo_epochs=num_ppo_epochs, num_mini_batches=num_mini_batches,
         kl_coef=kl_coef, temperature=temperature,
     )
-    from swiftmesh.clients.aligner import METHOD_CONFIG
     from swiftmesh.aligner.v1 import aligner_pb2
+    from swiftmesh.clients.aligner import METHOD_CONFIG
 
     msg_fields = set(getattr(aligner_pb2.AlignmentSpec(), METHOD_CONFIG[rlhf_type]).DESCRIPTOR.fields_by_name)
     for k, v in method.items():

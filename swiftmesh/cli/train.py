@@ -26,12 +26,13 @@ from typer.core import TyperCommand
 
 from swiftmesh.cli.common import console, err_console, run_async, settings_from
 from swiftmesh.cli.jobs import exit_for, follow_job, print_job
-from swiftmesh.clients.trainer import STRATEGIES, TUNERS, TrainerClient, build_spec
+from swiftmesh.clients.jobs import STRATEGIES, TUNERS
+from swiftmesh.clients.trainer import TrainerClient, build_spec
 
 BOOL_FLAGS = ("use_dora", "use_rslora", "gradient_checkpointing", "bf16", "assistant_only_loss", "merge_lora")
 
 
-def BoolOpt(name: str, help: str = ""):  # noqa: N802 - a type alias factory
+def BoolOpt(name: str, help: str = ""):
     """A boolean flag ms-swift style: ``--name``, ``--name true`` or ``--name false``
     (:class:`_SwiftStyleCommand` gives a bare ``--name`` its "true")."""
     return Annotated[str | None, typer.Option(f"--{name}", metavar="[true|false]", help=help)]

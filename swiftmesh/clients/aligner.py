@@ -14,18 +14,14 @@ file, row and the fields the method expects; NotFound for a model the hub lacks;
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from swiftmesh.aligner.v1 import aligner_pb2, aligner_pb2_grpc
-from swiftmesh.clients.jobs import JobsClient
-from swiftmesh.clients.trainer import STRATEGIES, TUNERS
-from swiftmesh.jobs.v1 import jobs_pb2, training_pb2
-from swiftmesh.runtime.client import raise_domain_errors
-from swiftmesh.runtime.config import Settings
+from swiftmesh.clients.jobs import JobServiceClient, set_field, tuning_fields
 from swiftmesh.runtime.errors import InvalidArgument
 
-__all__ = ["AlignerClient", "build_spec", "RLHF_TYPES", "METHOD_CONFIG"]
+__all__ = ["METHOD_CONFIG", "RLHF_TYPES", "AlignerClient", "build_spec"]
 
 RLHF_TYPES = {
     "dpo": aligner_pb2.RLHF_TYPE_DPO,
@@ -40,16 +36,6 @@ RLHF_TYPES = {
 # The AlignmentSpec oneof field (and its message) holding each method's settings.
 METHOD_CONFIG = {"dpo": "dpo", "kto": "kto", "orpo": "cpo", "cpo": "cpo", "simpo": "cpo", "rm": "rm", "ppo": "ppo",
                  "grpo": "grpo"}
-_ARG_FIELDS = {f.name for f in training_pb2.TrainingArguments.DESCRIPTOR.fields}
-_LORA_FIELDS = {f.name for f in training_pb2.LoraConfig.DESCRIPTOR.fields}
-
-
-def _set(msg, k: str, v: Any) -> None:
-    fd = msg.DESCRIPTOR.fields_by_name[k]
-    if fd.is_repeated:
-        getattr(msg, k).extend([v] if isinstance(v, str) else list(v))
-    else:
-        setattr(msg, k, v)
 
 
 def build_spec(
@@ -83,84 +69,34 @@ def build_spec(
     if rlhf_type not in RLHF_TYPES:
         raise InvalidArgument(f"unknown rlhf_type {rlhf_type!r}; one of {', '.join(RLHF_TYPES)}",
                               field_violations=[("rlhf_type", rlhf_type)])
-    if tuner not in TUNERS:
-        raise InvalidArgument(f"unknown tuner {tuner!r}; one of {sorted(TUNERS)}", field_violations=[("tuner", tuner)])
-    if strategy not in STRATEGIES:
-        raise InvalidArgument(f"unknown strategy {strategy!r}; one of {sorted(STRATEGIES)}",
-                              field_violations=[("strategy", strategy)])
-    spec = aligner_pb2.AlignmentSpec(
-        model=model if model.startswith("models/") else f"models/{model}",
-        rlhf_type=RLHF_TYPES[rlhf_type],
-        tuner=TUNERS[tuner],
-        datasets=list(datasets),
-        distribution=training_pb2.Distribution(
-            strategy=STRATEGIES[strategy], num_workers=num_workers, cpus_per_worker=cpus_per_worker,
-            gpus_per_worker=gpus_per_worker, memory_bytes_per_worker=memory_bytes_per_worker,
-        ),
-        ref_model=ref_model,
-        output_model_id=output_model_id,
-        max_prompt_length=max_prompt_length,
-        chat_template=chat_template,
-    )
+    spec = aligner_pb2.AlignmentSpec(rlhf_type=RLHF_TYPES[rlhf_type], ref_model=ref_model,
+                                     output_model_id=output_model_id, max_prompt_length=max_prompt_length,
+                                     chat_template=chat_template)
     method_field = METHOD_CONFIG[rlhf_type]
     method_msg = getattr(spec, method_field)
     method_fields = set(method_msg.DESCRIPTOR.fields_by_name)
-    touched = False
+    # The method's own fields first (DpoConfig.beta before anything of the same name).
+    rest = {k: v for k, v in kwargs.items() if v is not None and k not in method_fields}
     for k, v in kwargs.items():
-        if v is None:
-            continue
-        if k in method_fields:
-            _set(method_msg, k, v)
-            touched = True
-        elif k in _ARG_FIELDS:
-            _set(spec.args, k, v)
-        elif k in _LORA_FIELDS:
-            _set(spec.lora, k, v)
-        else:
-            raise InvalidArgument(
-                f"unknown field {k!r} for rlhf_type {rlhf_type}: not a {method_msg.DESCRIPTOR.name}, "
-                "TrainingArguments or LoraConfig field",
-                field_violations=[(k, "unknown field")],
-            )
-    if not touched:
-        getattr(spec, method_field).SetInParent()
+        if v is not None and k in method_fields:
+            set_field(method_msg, k, v)
+    for k in tuning_fields(spec, model=model, datasets=datasets, tuner=tuner, strategy=strategy,
+                           num_workers=num_workers, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
+                           memory_bytes_per_worker=memory_bytes_per_worker, kwargs=rest):
+        raise InvalidArgument(
+            f"unknown field {k!r} for rlhf_type {rlhf_type}: not a {method_msg.DESCRIPTOR.name}, "
+            "TrainingArguments or LoraConfig field",
+            field_violations=[(k, "unknown field")],
+        )
+    method_msg.SetInParent()  # the method's config is set even when every field keeps its default
     return spec
 
 
-class AlignerClient(JobsClient):
-    """Async aligner client. Use as ``async with AlignerClient(settings) as aligner:``."""
+class AlignerClient(JobServiceClient):
+    """Async aligner client. Use as ``async with AlignerClient(settings) as aligner:``; its
+    ``create_job`` and ``estimate`` take an ``AlignmentSpec`` (see :func:`build_spec`)."""
 
-    def __init__(self, settings: Settings, target: str | None = None) -> None:
-        super().__init__(settings, target or settings.aligner.target)
-        self._aligner: aligner_pb2_grpc.AlignerServiceStub | None = None
-
-    def _open(self) -> None:
-        super()._open()
-        self._aligner = aligner_pb2_grpc.AlignerServiceStub(self._channel)
-
-    @property
-    def aligner_stub(self) -> aligner_pb2_grpc.AlignerServiceStub:
-        if self._aligner is None:
-            raise RuntimeError("AlignerClient is not open: use `async with AlignerClient(settings) as a:`")
-        return self._aligner
-
-    async def create_job(
-        self,
-        spec: aligner_pb2.AlignmentSpec,
-        *,
-        job_id: str = "",
-        labels: Mapping[str, str] | None = None,
-        force: bool = False,
-        validate_only: bool = False,
-        timeout: float = 600.0,
-    ) -> jobs_pb2.Job:
-        """Validate and queue an alignment job (the data is read and checked before this returns)."""
-        req = aligner_pb2.CreateJobRequest(spec=spec, job_id=job_id.removeprefix("jobs/"), labels=dict(labels or {}),
-                                           force=force, validate_only=validate_only)
-        with raise_domain_errors():
-            return await self.aligner_stub.CreateJob(req, timeout=timeout)
-
-    async def estimate(self, spec: aligner_pb2.AlignmentSpec, *, timeout: float = 600.0) -> training_pb2.Estimate:
-        """Memory per worker and time, without running anything."""
-        with raise_domain_errors():
-            return await self.aligner_stub.EstimateJob(aligner_pb2.EstimateJobRequest(spec=spec), timeout=timeout)
+    section = "aligner"
+    stub_class = aligner_pb2_grpc.AlignerServiceStub
+    create_request = aligner_pb2.CreateJobRequest
+    estimate_request = aligner_pb2.EstimateJobRequest

@@ -1,10 +1,15 @@
-"""Typed async client of ``swiftmesh.jobs.v1.JobService``, served by the trainer and the aligner.
+"""Typed async client of ``swiftmesh.jobs.v1.JobService``, served by the trainer and the aligner,
+and :class:`JobServiceClient`, the base of the clients of services that create jobs (their
+CreateJob and EstimateJob on top of the JobService methods).
 
     async with JobsClient(settings, settings.trainer.target) as jobs:
         job = await jobs.get("jobs/sft-1a2b")
         async for event in jobs.watch(job.name):
             ...
         job = await jobs.wait(job.name)          # until SUCCEEDED / FAILED / CANCELLED
+
+:data:`TUNERS`, :data:`STRATEGIES` and :func:`tuning_fields` are the parts of a spec the
+trainer's and the aligner's ``build_spec`` share.
 
 Errors raise :mod:`swiftmesh.runtime.errors` exceptions (NotFound, FailedPrecondition, ...).
 """
@@ -13,15 +18,38 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from typing import Any, ClassVar
+
+from google.protobuf.message import Message
 
 from swiftmesh.clients.base import ServiceClient
-from swiftmesh.jobs.v1 import jobs_pb2, jobs_pb2_grpc
+from swiftmesh.jobs.v1 import jobs_pb2, jobs_pb2_grpc, training_pb2
 from swiftmesh.runtime.client import DEFAULT_STREAM_TIMEOUT_S, raise_domain_errors
 from swiftmesh.runtime.config import Settings
-from swiftmesh.runtime.errors import DeadlineExceeded
+from swiftmesh.runtime.errors import DeadlineExceeded, InvalidArgument
 
-__all__ = ["JobsClient", "job_resource_name", "state_name", "TERMINAL_STATES"]
+__all__ = ["STRATEGIES", "TERMINAL_STATES", "TUNERS", "JobServiceClient", "JobsClient", "job_resource_name",
+           "state_name", "tuning_fields"]
+
+TUNERS = {
+    "full": training_pb2.TUNER_FULL,
+    "lora": training_pb2.TUNER_LORA,
+    "qlora": training_pb2.TUNER_QLORA,
+    "dora": training_pb2.TUNER_DORA,
+    "rslora": training_pb2.TUNER_RSLORA,
+    "lora+": training_pb2.TUNER_LORA_PLUS,
+    "lora_plus": training_pb2.TUNER_LORA_PLUS,
+}
+STRATEGIES = {
+    "none": training_pb2.DISTRIBUTION_STRATEGY_NONE,
+    "ddp": training_pb2.DISTRIBUTION_STRATEGY_DDP,
+    "zero2": training_pb2.DISTRIBUTION_STRATEGY_ZERO2,
+    "zero3": training_pb2.DISTRIBUTION_STRATEGY_ZERO3,
+    "zero3_offload": training_pb2.DISTRIBUTION_STRATEGY_ZERO3_OFFLOAD,
+}
+ARG_FIELDS = frozenset(f.name for f in training_pb2.TrainingArguments.DESCRIPTOR.fields)
+LORA_FIELDS = frozenset(f.name for f in training_pb2.LoraConfig.DESCRIPTOR.fields)
 
 TERMINAL_STATES = frozenset({jobs_pb2.JOB_STATE_SUCCEEDED, jobs_pb2.JOB_STATE_FAILED, jobs_pb2.JOB_STATE_CANCELLED})
 
@@ -35,6 +63,58 @@ def job_resource_name(name: str) -> str:
 def state_name(state: int) -> str:
     """"RUNNING" for JOB_STATE_RUNNING."""
     return jobs_pb2.JobState.Name(state).removeprefix("JOB_STATE_")
+
+
+def set_field(msg: Message, k: str, v: Any) -> None:
+    """``msg.k = v``; a repeated field is extended (with ``[v]`` for a string)."""
+    fd = msg.DESCRIPTOR.fields_by_name[k]
+    if fd.is_repeated:
+        getattr(msg, k).extend([v] if isinstance(v, str) else list(v))
+    else:
+        setattr(msg, k, v)
+
+
+def tuning_fields(
+    spec: Message,
+    *,
+    model: str,
+    datasets: Sequence[str],
+    tuner: str,
+    strategy: str,
+    num_workers: int,
+    cpus_per_worker: float,
+    gpus_per_worker: float,
+    memory_bytes_per_worker: int,
+    kwargs: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Fill the fields a TrainingSpec and an AlignmentSpec share (model, tuner, datasets,
+    distribution; ``kwargs`` that are TrainingArguments or LoraConfig fields into ``spec.args`` /
+    ``spec.lora``; ``None`` values skipped). Returns the ``kwargs`` left over.
+
+    Raises InvalidArgument for an unknown tuner or strategy."""
+    if tuner not in TUNERS:
+        raise InvalidArgument(f"unknown tuner {tuner!r}; one of {sorted(TUNERS)}", field_violations=[("tuner", tuner)])
+    if strategy not in STRATEGIES:
+        raise InvalidArgument(f"unknown strategy {strategy!r}; one of {sorted(STRATEGIES)}",
+                              field_violations=[("strategy", strategy)])
+    spec.model = model if model.startswith("models/") else f"models/{model}"
+    spec.tuner = TUNERS[tuner]
+    spec.datasets.extend(datasets)
+    spec.distribution.CopyFrom(training_pb2.Distribution(
+        strategy=STRATEGIES[strategy], num_workers=num_workers, cpus_per_worker=cpus_per_worker,
+        gpus_per_worker=gpus_per_worker, memory_bytes_per_worker=memory_bytes_per_worker,
+    ))
+    rest = {}
+    for k, v in kwargs.items():
+        if v is None:
+            continue
+        if k in ARG_FIELDS:
+            set_field(spec.args, k, v)
+        elif k in LORA_FIELDS:
+            set_field(spec.lora, k, v)
+        else:
+            rest[k] = v
+    return rest
 
 
 class JobsClient(ServiceClient):
@@ -54,6 +134,7 @@ class JobsClient(ServiceClient):
 
     @property
     def jobs_stub(self) -> jobs_pb2_grpc.JobServiceStub:
+        """The JobService stub (RuntimeError outside ``async with``)."""
         if self._jobs is None:
             raise RuntimeError(f"{type(self).__name__} is not open: use `async with`")
         return self._jobs
@@ -90,6 +171,7 @@ class JobsClient(ServiceClient):
             return await self.jobs_stub.ResumeJob(jobs_pb2.ResumeJobRequest(name=job_resource_name(name)))
 
     async def delete(self, name: str) -> None:
+        """Delete an ended job (FailedPrecondition while it is active)."""
         with raise_domain_errors():
             await self.jobs_stub.DeleteJob(jobs_pb2.DeleteJobRequest(name=job_resource_name(name)))
 
@@ -112,3 +194,58 @@ class JobsClient(ServiceClient):
             if deadline is not None and time.monotonic() > deadline:
                 raise DeadlineExceeded(f"{job.name} is still {state_name(job.state)} after {timeout:.0f} s")
             await asyncio.sleep(poll_s)
+
+
+class JobServiceClient(JobsClient):
+    """The client of a service that creates its own kind of job: its ``CreateJob`` and
+    ``EstimateJob`` plus the JobService methods. Subclasses name the service:
+
+    Class attributes:
+        section: the settings section of the service ("trainer", "aligner"): the default target.
+        stub_class: the generated stub of the service.
+        create_request / estimate_request: its CreateJobRequest / EstimateJobRequest messages.
+    """
+
+    section: ClassVar[str]
+    stub_class: ClassVar[type]
+    create_request: ClassVar[type[Message]]
+    estimate_request: ClassVar[type[Message]]
+
+    def __init__(self, settings: Settings, target: str | None = None) -> None:
+        super().__init__(settings, target or settings.endpoint(self.section).target)
+        self._service = None
+
+    def _open(self) -> None:
+        super()._open()
+        self._service = self.stub_class(self._channel)
+
+    @property
+    def service_stub(self):
+        """The service's own stub (RuntimeError outside ``async with``)."""
+        if self._service is None:
+            raise RuntimeError(f"{type(self).__name__} is not open: use `async with {type(self).__name__}(settings) as c:`")
+        return self._service
+
+    async def create_job(
+        self,
+        spec: Message,
+        *,
+        job_id: str = "",
+        labels: Mapping[str, str] | None = None,
+        force: bool = False,
+        validate_only: bool = False,
+        timeout: float = 600.0,
+    ) -> jobs_pb2.Job:
+        """Validate and queue a job (its data is read and checked before this returns; ``timeout`` s).
+
+        Raises InvalidArgument naming the spec field (or dataset file and row), NotFound for a
+        model the hub lacks, AlreadyExists for a taken job id, ResourceExhausted when it does not fit."""
+        req = self.create_request(spec=spec, job_id=job_id.removeprefix("jobs/"), labels=dict(labels or {}),
+                                  force=force, validate_only=validate_only)
+        with raise_domain_errors():
+            return await self.service_stub.CreateJob(req, timeout=timeout)
+
+    async def estimate(self, spec: Message, *, timeout: float = 600.0) -> training_pb2.Estimate:
+        """Memory per worker and time, without running anything (``timeout`` s)."""
+        with raise_domain_errors():
+            return await self.service_stub.EstimateJob(self.estimate_request(spec=spec), timeout=timeout)

@@ -34,8 +34,8 @@ from rich.progress import (
 from swiftmesh.aligner.v1 import aligner_pb2
 from swiftmesh.clients.gateway import WorkerClient, openai_base_url
 from swiftmesh.clients.hub import HubClient
-from swiftmesh.clients.jobs import JobsClient, state_name
-from swiftmesh.clients.trainer import STRATEGIES, TrainerClient, build_spec
+from swiftmesh.clients.jobs import STRATEGIES, JobsClient, state_name
+from swiftmesh.clients.trainer import TrainerClient, build_spec
 from swiftmesh.data.identity import render_identity_dataset
 from swiftmesh.gateway.v1 import inference_pb2
 from swiftmesh.hub.v1 import hub_pb2

@@ -4,7 +4,7 @@ See :mod:`.trainer` for the algorithm and :mod:`.core` for the tensor math (GAE,
 losses, masking after EOS, whitening), each citing the paper it follows.
 """
 
-from swiftmesh.services.aligner.ppo.config import PPOConfig
-from swiftmesh.services.aligner.ppo.trainer import PolicyAndValue, PPOTrainer
+from .config import PPOConfig
+from .trainer import PolicyAndValue, PPOTrainer
 
 __all__ = ["PPOConfig", "PPOTrainer", "PolicyAndValue"]

@@ -53,13 +53,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn as nn
+from torch import nn
 from transformers import GenerationConfig, PreTrainedTokenizerBase, Trainer, TrainerState
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import TrainOutput, get_last_checkpoint
 
-from swiftmesh.services.aligner.ppo import core
-from swiftmesh.services.aligner.ppo.config import PPOConfig
+from . import core
+from .config import PPOConfig
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 
@@ -159,7 +159,7 @@ class PPOTrainer(Trainer):
                 raise ValueError("pass either a PeftModel or a peft_config, not both")
             model = get_peft_model(model, peft_config)
         elif _is_peft(model):
-            from swiftmesh.services.aligner.models import add_reference_adapter
+            from ..models import add_reference_adapter
 
             add_reference_adapter(model, "ref")
             self.ref_adapter = "ref"
@@ -577,7 +577,7 @@ class PPOTrainer(Trainer):
         """As :meth:`save_model`; returns ``"adapter"`` or ``"full"``."""
         from safetensors.torch import save_file
 
-        from swiftmesh.services.aligner.models import save_policy
+        from ..models import save_policy
 
         unwrapped = self.accelerator.unwrap_model(self.model)
         kind = "adapter" if self.is_peft else "full"

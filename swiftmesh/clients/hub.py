@@ -31,13 +31,13 @@ import os
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from swiftmesh.clients.base import ServiceClient
 from swiftmesh.hub.v1 import hub_pb2, hub_pb2_grpc
 from swiftmesh.names import model_id as _model_id
-from swiftmesh.names import model_resource_name
-from swiftmesh.runtime.client import DEFAULT_STREAM_TIMEOUT_S, raise_domain_errors
+from swiftmesh.names import model_resource_name, validate_model_id
+from swiftmesh.runtime.client import DEFAULT_STREAM_TIMEOUT_S, channel, raise_domain_errors
 from swiftmesh.runtime.config import Settings
 from swiftmesh.runtime.errors import AlreadyExists, DataLoss, InvalidArgument, NotFound
 from swiftmesh.runtime.host import MACHINE_ID_ENV, machine_id
@@ -121,14 +121,23 @@ class HubClient(ServiceClient):
     Args:
         settings: SwiftMesh settings (deadline, auth token, TLS, ``data_dir`` for mirrors).
         target: hub address "host:port" (default ``settings.hub.target``).
+        retries: the channel's retries of UNAVAILABLE (off for callers that retry and resume
+            themselves, such as a hub mirroring another hub's files).
 
     Unary calls use ``settings.rpc_timeout_s``; pulls, uploads and mirrors have no practical
     deadline (24 h). Errors raise :mod:`swiftmesh.runtime.errors` exceptions.
     """
 
-    def __init__(self, settings: Settings, target: str | None = None) -> None:
+    def __init__(self, settings: Settings, target: str | None = None, *, retries: bool = True) -> None:
         super().__init__(settings, target or settings.hub.target)
+        self._retries = retries
         self._stub: hub_pb2_grpc.HubServiceStub | None = None
+
+    async def __aenter__(self) -> Self:
+        """Open the channel (shared factory, with or without its retries) and the stub."""
+        self._channel = channel(self.target, self.settings, retries=self._retries)
+        self._open()
+        return self
 
     def _open(self) -> None:
         self._stub = hub_pb2_grpc.HubServiceStub(self._channel)
@@ -392,6 +401,9 @@ class HubClient(ServiceClient):
         for p in files:
             sha = await asyncio.to_thread(_sha256_file, p)
             entries.append(hub_pb2.ModelFile(path=p.relative_to(root).as_posix(), size_bytes=p.stat().st_size, sha256=sha))
+        # the hub's own check, here: a server refusing the stream while chunks are still being
+        # written can reach grpc aio as "Internal error from Core" instead of its status
+        validate_model_id(_model_id(model_id), "header.model_id")
         header = hub_pb2.UploadModelHeader(
             model_id=_model_id(model_id), format=format, files=entries, labels=dict(labels or {}), overwrite=overwrite
         )
@@ -490,9 +502,10 @@ def get_sync(settings: Settings, name: str) -> hub_pb2.Model:
 class BlockingHubClient:
     """:class:`HubClient` for blocking code: any number of threads may call it at once.
 
-    The async client (one channel from the shared factory: deadlines, retries of UNAVAILABLE,
-    auth, TLS, tracing) lives on a private event loop in a daemon thread; each call runs there,
-    in the calling thread's context (its trace span is the parent), and blocks until done.
+    Calls run on a private event loop in a daemon thread and block until done; each opens its own
+    :class:`HubClient` (one channel from the shared factory: deadlines, retries of UNAVAILABLE,
+    auth, TLS, tracing), so a broken connection never outlives the call that saw it. The call is
+    scheduled in the calling thread's context (its trace span is the parent).
 
     Args:
         settings: SwiftMesh settings (deadline, auth token, TLS).
@@ -502,25 +515,36 @@ class BlockingHubClient:
     """
 
     def __init__(self, settings: Settings, target: str | None = None) -> None:
+        self.settings = settings
+        self.target = target or settings.hub.target
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="hub-client", daemon=True)
         self._thread.start()
-        self._client = HubClient(settings, target)
-        self._run(self._client.__aenter__())
 
     def _run(self, coro: Any) -> Any:
-        # scheduled in this thread's context, so the task sees its trace span
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
     def get(self, name: str) -> hub_pb2.Model:
         """:meth:`HubClient.get`: the model ``name``. Raises NotFound."""
-        return self._run(self._client.get(name))
+
+        async def go() -> hub_pb2.Model:
+            async with HubClient(self.settings, self.target) as hub:
+                return await hub.get(name)
+
+        return self._run(go())
 
     def read_file(self, name: str, path: str, offset: int = 0, limit: int = 0, chunk_size: int = 0
                   ) -> Iterator[hub_pb2.ReadModelFileResponse]:
-        """:meth:`HubClient.read_file` as a blocking iterator (one hand-over per chunk); closing
-        it early cancels the call."""
-        stream = self._client.read_file(name, path, offset=offset, limit=limit, chunk_size=chunk_size)
+        """:meth:`HubClient.read_file` as a blocking iterator (one hand-over between threads per
+        chunk); closing it early cancels the call. The channel does not retry: a broken stream
+        raises (Unavailable ...) and the caller resumes from the bytes it has."""
+
+        async def responses() -> AsyncIterator[hub_pb2.ReadModelFileResponse]:
+            async with HubClient(self.settings, self.target, retries=False) as hub:
+                async for resp in hub.read_file(name, path, offset=offset, limit=limit, chunk_size=chunk_size):
+                    yield resp
+
+        stream = responses()
         try:
             while True:
                 try:
@@ -532,10 +556,9 @@ class BlockingHubClient:
             self._run(stream.aclose())
 
     def close(self) -> None:
-        """Close the channel (calls in flight are cancelled) and stop the loop; idempotent."""
+        """Stop the loop (after the calls in flight); idempotent."""
         if self._loop.is_closed():
             return
-        self._run(self._client.close())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop.close()

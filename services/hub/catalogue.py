@@ -3,9 +3,6 @@ visible; with the checks of the record fields every writer shares (lineage, labe
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import json
 import logging
 import os
 import time
@@ -15,6 +12,7 @@ from filelock import Timeout
 
 from swiftmesh.names import parse_resource_name, validate_model_id
 from swiftmesh.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
+from swiftmesh.runtime.paging import page
 
 from .eviction import Eviction
 from .store import Lineage, ModelFormat, ModelRecord, Store
@@ -53,30 +51,14 @@ class Catalogue:
     ) -> tuple[list[ModelRecord], str]:
         """Models newest first, filtered; page_size default 50, at most 1000. Returns (models,
         next_page_token). Raises InvalidArgument for a negative page_size or a bad/foreign token."""
-        if page_size < 0:
-            raise InvalidArgument("page_size must not be negative", field_violations=[("page_size", "negative")])
-        size = min(page_size or 50, 1000)
         for f in formats:
             if f not in ModelFormat.__members__.values() or f == 0:
                 raise InvalidArgument(f"unknown format {f}", field_violations=[("formats", f"unknown value {f}")])
         base = f"models/{parse_resource_name(base_model, 'base_model')}" if base_model else ""
         parent = f"models/{parse_resource_name(parent_model, 'parent_model')}" if parent_model else ""
-        fingerprint = hashlib.sha256(json.dumps([sorted(formats), base, parent]).encode()).hexdigest()[:12]
-        offset = 0
-        if page_token:
-            try:
-                tok = json.loads(base64.urlsafe_b64decode(page_token.encode()).decode())
-                offset = int(tok["o"])
-                if tok["f"] != fingerprint or offset < 0:
-                    raise ValueError
-            except (ValueError, KeyError, TypeError):
-                raise InvalidArgument("page_token is invalid or belongs to a different query",
-                                      field_violations=[("page_token", "invalid for this query")]) from None
-        models, more = self.store.list_models(list(formats), base, parent, offset, size)
-        token = ""
-        if more:
-            token = base64.urlsafe_b64encode(json.dumps({"o": offset + size, "f": fingerprint}).encode()).decode()
-        return models, token
+        pg = page(page_size, page_token, [sorted(formats), base, parent])
+        models, more = self.store.list_models(list(formats), base, parent, pg.offset, pg.size)
+        return models, pg.next_token(more)
 
     def pin(self, name: str, holder: str) -> ModelRecord:
         """Pin for ``holder`` (idempotent). Raises InvalidArgument (empty holder), NotFound."""

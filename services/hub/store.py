@@ -10,7 +10,7 @@ Layout under the cache directory (``settings.hub_cache_dir``)::
     locks/*.lock                   file locks (filelock) shared by every hub process
 
 Several hub processes may share one cache directory: state changes are SQLite transactions
-(``BEGIN IMMEDIATE``, 30 s busy timeout), a model's pull/verify/delete hold its model lock,
+(``BEGIN IMMEDIATE``, 60 s busy timeout), a model's pull/verify/delete hold its model lock,
 and blob garbage collection, eviction and commits hold the state lock. Lock order: model lock,
 then state lock; the state lock holder only *tries* other model locks.
 
@@ -38,6 +38,10 @@ from pathlib import Path
 from filelock import FileLock
 
 from swiftmesh.names import dir_parts
+from swiftmesh.runtime import sqlite
+
+# How long a statement waits for another process's write lock, seconds.
+BUSY_TIMEOUT_S = 60.0
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
@@ -155,7 +159,6 @@ class Store:
             d.mkdir(parents=True, exist_ok=True)
         self.db_path = self.root / "hub.db"
         with FileLock(str(self.locks_dir / "init.lock")), self.connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
             row = db.execute("SELECT value FROM meta WHERE key='cache_id'").fetchone()
             if row is None:
@@ -166,11 +169,10 @@ class Store:
     # -- database ------------------------------------------------------------------------
     @contextlib.contextmanager
     def connect(self) -> Iterator[sqlite3.Connection]:
-        """A connection in autocommit mode (use :meth:`transaction` for writes)."""
-        db = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)
+        """A connection from the shared opener (autocommit, WAL, 60 s busy timeout), closed after
+        the block (use :meth:`transaction` for writes)."""
+        db = sqlite.connect(self.db_path, busy_timeout_s=BUSY_TIMEOUT_S)
         try:
-            db.execute("PRAGMA busy_timeout=60000")
-            db.execute("PRAGMA synchronous=NORMAL")
             yield db
         finally:
             db.close()
@@ -178,14 +180,8 @@ class Store:
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """A write transaction (BEGIN IMMEDIATE), committed on success, rolled back on error."""
-        with self.connect() as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+        with self.connect() as db, sqlite.transaction(db):
+            yield db
 
     # -- locks ---------------------------------------------------------------------------
     def model_lock(self, model_id: str) -> FileLock:

@@ -234,6 +234,11 @@ class WorkerClient(_TunedClient):
                 hub_model=hub_model, served_name=served_name, max_model_len=max_model_len, dtype=dtype),
                 timeout=LOAD_TIMEOUT_S))
 
+    async def unload_model(self, served_name: str) -> None:
+        """Unload the base model (and its adapters). NotFound if the worker does not serve it."""
+        with raise_domain_errors():
+            await self.stub.UnloadModel(inference_pb2.UnloadModelRequest(served_name=served_name))
+
     async def load_adapter(self, hub_model: str, served_name: str = "", base: str = "") -> ServedModel:
         """Load a PEFT adapter (hub name or directory on the worker's host) on top of the
         worker's base model ``base`` (its only one when empty)."""

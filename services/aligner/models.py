@@ -42,6 +42,7 @@ def read_adapter_base(path: str | Path) -> str:
 
 
 def has_tokenizer(path: str | Path) -> bool:
+    """Whether ``path`` holds a tokenizer (tokenizer_config.json)."""
     p = Path(path)
     return (p / "tokenizer_config.json").exists() or (p / "tokenizer.json").exists()
 

@@ -307,6 +307,7 @@ class MergeKind(JobKind):
         return e
 
     def train(self, ctx) -> list[Artifact]:
+        """Merge on rank 0 and return the merged model for the hub."""
         if not ctx.is_main:
             return []
         cfg = ctx.config

@@ -77,6 +77,7 @@ def _progress(job: jobs_pb2.Job) -> str:
 
 
 def job_dict(job: jobs_pb2.Job) -> dict:
+    """A job as a JSON-ready dict (for ``--json`` output)."""
     return json_format.MessageToDict(job, preserving_proto_field_name=True)
 
 
@@ -329,4 +330,5 @@ async def rm(
 
 
 def register(app: typer.Typer) -> None:
+    """Add the ``jobs`` commands to the CLI app."""
     app.add_typer(jobs_app, name="jobs")

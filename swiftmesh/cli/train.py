@@ -273,6 +273,7 @@ def _make_command(task: str):
 
 
 def register(app: typer.Typer) -> None:
+    """Add the ``train`` commands to the CLI app."""
     docs = {
         "sft": "Supervised fine-tuning on conversations (messages, ShareGPT, Alpaca, query/response).",
         "pt": "Continued pre-training on raw text ('text' rows; conversations are trained on every token).",

@@ -139,6 +139,7 @@ class MemoryPlan:
 
     @property
     def total(self) -> int:
+        """Bytes per worker, every part and the overhead."""
         return self.weights + self.gradients + self.optimizer + self.activations + self.overhead
 
 
@@ -280,16 +281,10 @@ def gib(n: float) -> str:
     return f"{n / 2**30:.2f} GiB"
 
 
-def ceil_div(a: int, b: int) -> int:
-    """Ceiling of a / b (b < 1 counts as 1)."""
-    return -(-a // max(1, b))
-
-
 __all__ = [
     "Estimate",
     "MemoryPlan",
     "ModelShape",
-    "ceil_div",
     "estimate_memory",
     "fill_estimate",
     "flops_per_token",

@@ -197,11 +197,6 @@ class JobKind(abc.ABC):
         """The spec as JSON, stored with the job (``Job.spec``)."""
         return spec.to_json() if hasattr(spec, "to_json") else dict(spec)
 
-    def spec_from_json(self, d: dict[str, Any]) -> Any:
-        """The spec back from :meth:`spec_to_json` output."""
-        from_json = getattr(self.spec_type, "from_json", None)
-        return from_json(d) if from_json is not None else self.spec_type(d)
-
     def output_model_id(self, spec: Any, ctx: PrepareContext) -> str:
         """The hub id of the job's output: ``spec.output_model_id`` when set, else
         "<base model id>-<kind>-<job id>" (a job id "<kind>-x" gives "<base>-<kind>-x").
@@ -273,6 +268,3 @@ class KindRegistry:
     def __contains__(self, name: str) -> bool:
         return name in self._kinds
 
-    def names(self) -> list[str]:
-        """The kinds' names, sorted."""
-        return sorted(self._kinds)

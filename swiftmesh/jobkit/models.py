@@ -131,7 +131,8 @@ class ModelSource(Protocol):
     def materialize(self, name: str) -> Path:
         """A local directory holding the model's files (downloaded or mirrored if needed)."""
 
-    def exists(self, name: str) -> bool: ...
+    def exists(self, name: str) -> bool:
+        """Whether the registry has the model."""
 
     def upload(
         self,
@@ -145,9 +146,11 @@ class ModelSource(Protocol):
     ) -> str:
         """Register a directory as a model; returns its name. Atomic: all or nothing."""
 
-    def pin(self, name: str, holder: str) -> None: ...
+    def pin(self, name: str, holder: str) -> None:
+        """Keep the model from eviction while ``holder`` (a job name) uses it."""
 
-    def unpin(self, name: str, holder: str) -> None: ...
+    def unpin(self, name: str, holder: str) -> None:
+        """Release a :meth:`pin`."""
 
 
 class HubModelSource:
@@ -166,6 +169,7 @@ class HubModelSource:
         return asyncio.run(go())
 
     def get(self, name: str) -> ModelInfo:
+        """The hub's record of the model as a :class:`ModelInfo`; NotFound when the hub lacks it."""
         from swiftmesh.hub.v1 import hub_pb2
 
         m = self._run(lambda hub: hub.get(model_name(name)))
@@ -180,6 +184,7 @@ class HubModelSource:
         )
 
     def exists(self, name: str) -> bool:
+        """Whether the hub has the model."""
         try:
             self.get(name)
             return True
@@ -208,6 +213,7 @@ class HubModelSource:
         return self._run(go)
 
     def upload(self, path, model_id, *, format, lineage=None, labels=None, overwrite=False) -> str:
+        """Upload a directory as ``models/{model_id}`` (``format``: "full" or "peft_adapter", lineage and labels as the hub takes them); returns its name."""
         from swiftmesh.clients.hub import upload_dir_sync
         from swiftmesh.hub.v1 import hub_pb2
 
@@ -218,9 +224,11 @@ class HubModelSource:
         return m.name
 
     def pin(self, name: str, holder: str) -> None:
+        """Pin the model in the hub for ``holder``."""
         self._run(lambda hub: hub.pin(model_name(name), holder))
 
     def unpin(self, name: str, holder: str) -> None:
+        """Release the hub pin of ``holder``."""
         self._run(lambda hub: hub.unpin(model_name(name), holder))
 
 
@@ -240,6 +248,7 @@ class LocalModelSource:
         return self.root / model_id(name)
 
     def get(self, name: str) -> ModelInfo:
+        """The model under the root as a :class:`ModelInfo`; NotFound when there is no such directory."""
         d = self._dir(name)
         meta = d / self.META
         if not meta.is_file():
@@ -257,16 +266,20 @@ class LocalModelSource:
         )
 
     def exists(self, name: str) -> bool:
+        """Whether the root holds the model."""
         return (self._dir(name) / self.META).is_file()
 
     def materialize(self, name: str) -> Path:
+        """The model's directory under the root."""
         self.get(name)
         return self._dir(name)
 
     def add(self, path, model_id_, *, format=FULL, lineage=None, labels=None, overwrite=False) -> str:
+        """Copy a model directory in as ``model_id`` (with its format and lineage); returns its name."""
         return self.upload(path, model_id_, format=format, lineage=lineage, labels=labels, overwrite=overwrite)
 
     def upload(self, path, model_id, *, format, lineage=None, labels=None, overwrite=False) -> str:
+        """Copy a directory in as ``models/{model_id}`` (AlreadyExists unless ``overwrite``); returns its name."""
         from swiftmesh.runtime.errors import AlreadyExists
 
         if format not in FORMATS:
@@ -290,7 +303,7 @@ class LocalModelSource:
         return model_name(model_id)
 
     def pin(self, name: str, holder: str) -> None:
-        pass
+        """Nothing to pin locally."""
 
     def unpin(self, name: str, holder: str) -> None:
-        pass
+        """Nothing to unpin locally."""

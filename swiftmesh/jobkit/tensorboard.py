@@ -20,6 +20,7 @@ class TensorBoardWriter:
         self._lock = threading.Lock()
 
     def scalars(self, step: int, metrics: dict[str, float]) -> None:
+        """Write ``metrics`` (tag -> value) at ``step``."""
         if not metrics:
             return
         with self._lock:
@@ -33,6 +34,7 @@ class TensorBoardWriter:
             self._writer.flush()
 
     def close(self) -> None:
+        """Flush and close the event file."""
         with self._lock:
             if self._writer is not None:
                 self._writer.close()

@@ -76,6 +76,7 @@ class WorkerContext:
 
     @property
     def is_main(self) -> bool:
+        """True on rank 0."""
         return self.rank == 0
 
     # Reporting ---------------------------------------------------------------------------
@@ -167,6 +168,7 @@ class WorkerContext:
 
 
 def make_hf_callback(ctx: WorkerContext):
+    """The HF ``TrainerCallback`` reporting a worker's metrics and checkpoints to the job (see :class:`JobkitCallback`)."""
     from transformers import TrainerCallback
 
     fail_at = int(ctx.labels.get(FAIL_AT_STEP_LABEL, "0") or 0)

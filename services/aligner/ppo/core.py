@@ -55,6 +55,7 @@ def truncate_after_eos(responses: torch.Tensor, mask: torch.Tensor, pad_token_id
 
 
 def masked_sum(values: torch.Tensor, mask: torch.Tensor, axis: int | None = None) -> torch.Tensor:
+    """Sum of ``values`` where ``mask`` is set (over ``axis`` when given)."""
     return (values * mask).sum() if axis is None else (values * mask).sum(axis)
 
 

@@ -62,22 +62,6 @@ HUB_CHUNK = 1 << 20
 USER_AGENT = f"swiftmesh-hub/0.1 (pid {os.getpid()})"
 
 
-def _use_large_reads(size: int = 1 << 20) -> None:
-    """httpcore reads response bodies 64 KiB per ``recv``; at loopback/LAN speeds the per-read
-    Python overhead then costs more CPU than hashing. 1 MiB reads (a cap, not a wait: smaller
-    reads still return at once) cut it roughly in half. Harmless for other httpx users."""
-    try:
-        from httpcore._sync.http11 import HTTP11Connection
-
-        if getattr(HTTP11Connection, "READ_NUM_BYTES", size) < size:
-            HTTP11Connection.READ_NUM_BYTES = size
-    except ImportError:  # pragma: no cover - httpcore layout changed
-        pass
-
-
-_use_large_reads()
-
-
 class PullCancelled(Cancelled):
     """The pull was cancelled (its last client went away, or the hub is stopping)."""
 
@@ -369,7 +353,7 @@ class Fetcher:
             expected = offset + int(length) if length and length.isdigit() else size
             got = offset
             with open(part, "ab", buffering=0) as out:
-                for chunk in r.iter_raw():
+                for chunk in r.iter_raw():  # as httpcore reads it (64 KiB at most; re-chunking costs more)
                     sink(chunk, out)
                     got += len(chunk)
             if expected is not None and got < expected:

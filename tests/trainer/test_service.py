@@ -26,7 +26,7 @@ def stack(tmp_path_factory, tiny_model_dir):
     st = start_stack(tmp_path_factory.mktemp("svc") / "data")
     pull(st.settings, tiny_model_dir, "tiny")
     yield st
-    st.threads.stop()
+    st.stop()
     assert not ray.is_initialized(), "the trainer's embedded Ray was not shut down"
 
 

@@ -100,6 +100,7 @@ class _Hashes:
         self.count = 0
 
     def update(self, data: bytes | memoryview) -> None:
+        """Add ``data`` to every hash."""
         self.sha256.update(data)
         if self.git is not None:
             self.git.update(data)
@@ -194,10 +195,13 @@ class Fetcher:
         )
 
     def close(self) -> None:
+        """Close the HTTP client (its pooled connections)."""
         self.http.close()
 
     # -----------------------------------------------------------------------------------
     def retrying(self) -> tenacity.Retrying:
+        """The retry policy of one transfer: ``retries`` more attempts on RetryableError and
+        transport errors, exponential backoff with jitter, Retry-After honoured (at most 120 s)."""
         return tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self.retries + 1),
             wait=_wait(tenacity.wait_exponential_jitter(initial=self.backoff_initial, max=self.backoff_max,

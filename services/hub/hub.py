@@ -17,7 +17,7 @@ Guarantees:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from prometheus_client import Counter
 
@@ -30,7 +30,7 @@ from .catalogue import Catalogue
 from .download import Fetcher
 from .eviction import Eviction
 from .peers import PeerHubs
-from .progress import Progress, PullJob
+from .progress import PullJob
 from .pull import Puller, PullRequest
 from .sources import auth_headers
 from .sources.base import SourceContext
@@ -120,10 +120,6 @@ class Hub:
     def finish_pull(self, req: PullRequest, rec: ModelRecord) -> ModelRecord:
         """Apply one request's pin and labels after its pull (:meth:`.Puller.finish_pull`)."""
         return self.puller.finish_pull(req, rec)
-
-    def pull(self, req: PullRequest, on_progress: Callable[[Progress], None] | None = None) -> ModelRecord:
-        """Blocking pull (:meth:`.Puller.pull`)."""
-        return self.puller.pull(req, on_progress)
 
     def begin_upload(self, header: UploadHeader) -> Upload:
         """Validate an upload header and prepare its staging directory (:func:`.upload.begin_upload`)."""

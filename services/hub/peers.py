@@ -1,8 +1,8 @@
 """Other hubs, as the domain sees them: the models they hold and the bytes of their files.
 
 Calls go through the hub client (:class:`swiftmesh.clients.hub.BlockingHubClient`, on the shared
-channel factory: deadlines, retries of UNAVAILABLE, auth, TLS, tracing), one per target, shared
-by every pull of this process. The client's messages become the domain's types here; errors
+channel factory: deadlines, retries of UNAVAILABLE, auth, TLS, tracing; a channel per call), one
+client per target, shared by every pull of this process. The client's messages become the domain's types here; errors
 arrive as :mod:`swiftmesh.runtime.errors` exceptions.
 """
 

@@ -17,7 +17,6 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -147,16 +146,6 @@ class Puller:
         if out is None:  # deleted meanwhile
             raise NotFound(f"models/{rec.id} was deleted right after the pull", reason="MODEL_NOT_FOUND")
         return out
-
-    def pull(self, req: PullRequest, on_progress: Callable[[Progress], None] | None = None) -> ModelRecord:
-        """Blocking pull (start, follow, finish). For tests, scripts and the CLI's local mode."""
-        job, following = self.start_pull(req)
-        token = job.subscribe(on_progress or (lambda p: None), following)
-        try:
-            rec = job.future.result()
-        finally:
-            job.unsubscribe(token)
-        return self.finish_pull(req, rec)
 
     @staticmethod
     def _check_same_source(rec: ModelRecord, req: PullRequest) -> None:

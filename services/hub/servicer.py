@@ -34,6 +34,7 @@ def _ts(t: float) -> timestamp_pb2.Timestamp:
 
 
 def model_to_proto(rec: ModelRecord, host_id: str) -> hub_pb2.Model:
+    """A committed model as ``hub.v1.Model`` (``host_id``: this hub's LocalLocation host id)."""
     return hub_pb2.Model(
         name=rec.name,
         format=int(rec.format),
@@ -52,6 +53,7 @@ def model_to_proto(rec: ModelRecord, host_id: str) -> hub_pb2.Model:
 
 
 def progress_to_proto(p: Progress) -> hub_pb2.PullProgress:
+    """A pull's progress as ``hub.v1.PullProgress`` (ETA as a Duration when known)."""
     msg = hub_pb2.PullProgress(
         stage=int(p.stage),
         bytes_done=p.bytes_done,
@@ -89,6 +91,7 @@ class HubServicer(hub_pb2_grpc.HubServiceServicer):
         return model_to_proto(rec, self.hub.host_id)
 
     async def PullModel(self, request: hub_pb2.PullModelRequest, context) -> AsyncIterator[hub_pb2.PullModelResponse]:
+        """Start or join the pull; stream its newest progress, then the committed model."""
         req = PullRequest(
             source=request.source,
             model_id=request.model_id,
@@ -140,9 +143,11 @@ class HubServicer(hub_pb2_grpc.HubServiceServicer):
             job.unsubscribe(token)
 
     async def GetModel(self, request: hub_pb2.GetModelRequest, context) -> hub_pb2.Model:
+        """The model ``request.name``."""
         return self._model(await asyncio.to_thread(self.hub.get, request.name))
 
     async def ListModels(self, request: hub_pb2.ListModelsRequest, context) -> hub_pb2.ListModelsResponse:
+        """One page of models, newest first."""
         models, token = await asyncio.to_thread(
             self.hub.list,
             formats=list(request.formats),
@@ -154,10 +159,12 @@ class HubServicer(hub_pb2_grpc.HubServiceServicer):
         return hub_pb2.ListModelsResponse(models=[self._model(m) for m in models], next_page_token=token)
 
     async def DeleteModel(self, request: hub_pb2.DeleteModelRequest, context) -> empty_pb2.Empty:
+        """Delete the model (``force``: even when pinned)."""
         await asyncio.to_thread(self.hub.delete, request.name, request.force)
         return empty_pb2.Empty()
 
     async def VerifyModel(self, request: hub_pb2.VerifyModelRequest, context) -> hub_pb2.VerifyModelResponse:
+        """Re-hash every file (with ``repair``: restore bad ones); per-file results."""
         rec, ok, checks = await asyncio.to_thread(self.hub.verify, request.name, request.repair)
 
         def fr(c: FileCheck) -> hub_pb2.VerifyModelResponse.FileResult:
@@ -168,6 +175,7 @@ class HubServicer(hub_pb2_grpc.HubServiceServicer):
         return hub_pb2.VerifyModelResponse(model=self._model(rec), ok=ok, files=[fr(c) for c in checks])
 
     async def ReadModelFile(self, request: hub_pb2.ReadModelFileRequest, context) -> AsyncIterator[hub_pb2.ReadModelFileResponse]:
+        """Stream one file's bytes from ``offset``; one empty message for an empty range."""
         entry, chunks = await asyncio.to_thread(
             self.hub.open_file, request.name, request.path, request.offset, request.limit, request.chunk_size
         )
@@ -187,6 +195,7 @@ class HubServicer(hub_pb2_grpc.HubServiceServicer):
             chunks.close()
 
     async def UploadModel(self, request_iterator, context) -> hub_pb2.Model:
+        """Header first, then chunks; the model once every file is complete and verified."""
         first = None
         async for msg in request_iterator:
             first = msg
@@ -218,7 +227,9 @@ class HubServicer(hub_pb2_grpc.HubServiceServicer):
         return self._model(rec)
 
     async def PinModel(self, request: hub_pb2.PinModelRequest, context) -> hub_pb2.Model:
+        """Pin the model for ``holder``."""
         return self._model(await asyncio.to_thread(self.hub.pin, request.name, request.holder))
 
     async def UnpinModel(self, request: hub_pb2.UnpinModelRequest, context) -> hub_pb2.Model:
+        """Remove ``holder``'s pin."""
         return self._model(await asyncio.to_thread(self.hub.unpin, request.name, request.holder))

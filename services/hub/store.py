@@ -99,6 +99,7 @@ class ModelFormat(enum.IntEnum):
 
 @dataclass
 class Lineage:
+    """Where a model comes from: ``models/{base}``, ``models/{parent}``, ``jobs/{job}`` (empty: none)."""
     base_model: str = ""
     parent_model: str = ""
     job: str = ""
@@ -134,10 +135,12 @@ class ModelRecord:
 
     @property
     def size_bytes(self) -> int:
+        """Bytes of all files."""
         return sum(f.size for f in self.files)
 
     @property
     def name(self) -> str:
+        """The resource name ``models/{id}``."""
         return f"models/{self.id}"
 
 
@@ -198,16 +201,20 @@ class Store:
 
     # -- paths ---------------------------------------------------------------------------
     def blob_path(self, sha256: str) -> Path:
+        """Where the blob of ``sha256`` lives (``blobs/sha256/ab/<sha256>``)."""
         return self.blobs_dir / sha256[:2] / sha256
 
     def model_root(self, model_id: str) -> Path:
+        """The directory of a model's snapshots (``models/<org|_>/<name>``)."""
         org, name = dir_parts(model_id)
         return self.models_dir / org / name
 
     def new_snapshot_path(self, model_id: str) -> Path:
+        """A fresh snapshot directory path (not created)."""
         return self.model_root(model_id) / uuid.uuid4().hex[:12]
 
     def staging_path(self, model_id: str) -> Path:
+        """Where a pull of ``model_id`` assembles its files."""
         return self.staging_dir / f"pull-{_digest(model_id)}"
 
     def progress_path(self, model_id: str) -> Path:
@@ -215,10 +222,12 @@ class Store:
         return self.staging_dir / f"pull-{_digest(model_id)}.progress.json"
 
     def part_path(self, key: str) -> Path:
+        """The partial download of transfer ``key`` (``tmp/<key>.part``)."""
         return self.tmp_dir / f"{key}.part"
 
     # -- blobs ---------------------------------------------------------------------------
     def has_blob(self, sha256: str, size: int | None = None) -> bool:
+        """True when the blob exists (with ``size`` bytes, when given)."""
         try:
             st = self.blob_path(sha256).stat()
         except OSError:
@@ -311,6 +320,7 @@ class Store:
                 "path, create_time, last_used_time")
 
     def get_model(self, model_id: str) -> ModelRecord | None:
+        """The committed model, or None."""
         with self.connect() as db:
             row = db.execute(f"SELECT {self._COLUMNS} FROM models WHERE id=?", (model_id,)).fetchone()
             return self._record(db, row) if row else None
@@ -374,13 +384,16 @@ class Store:
             ).fetchall()
 
     def touch(self, model_id: str, when: float | None = None) -> None:
+        """Set a model's last-used time (default now; eviction is least recently used first)."""
         with self.transaction() as db:
             db.execute("UPDATE models SET last_used_time=? WHERE id=?", (when or time.time(), model_id))
 
     def add_pin(self, db: sqlite3.Connection, model_id: str, holder: str) -> None:
+        """Pin ``model_id`` for ``holder`` (idempotent; inside a transaction)."""
         db.execute("INSERT OR IGNORE INTO pins VALUES (?,?,?)", (model_id, holder, time.time()))
 
     def remove_pin(self, model_id: str, holder: str) -> None:
+        """Remove ``holder``'s pin (no-op when it holds none)."""
         with self.transaction() as db:
             db.execute("DELETE FROM pins WHERE model=? AND holder=?", (model_id, holder))
 
@@ -402,16 +415,19 @@ class Store:
         return out
 
     def blob_sizes(self) -> dict[str, int]:
+        """sha256 -> size in bytes, of every committed file's blob."""
         with self.connect() as db:
             return dict(db.execute("SELECT sha256, MAX(size) FROM files GROUP BY sha256").fetchall())
 
     # -- fetch records (what a source file hashed to, for resume without a known hash) ----
     def fetched(self, key: str) -> tuple[str, int] | None:
+        """(sha256, size) a transfer without a known hash produced before, or None."""
         with self.connect() as db:
             row = db.execute("SELECT sha256, size FROM fetched WHERE key=?", (key,)).fetchone()
         return (row[0], row[1]) if row else None
 
     def record_fetched(self, key: str, sha256: str, size: int) -> None:
+        """Remember what transfer ``key`` produced (for resume without a known hash)."""
         with self.transaction() as db:
             db.execute("INSERT OR REPLACE INTO fetched VALUES (?,?,?,?)", (key, sha256, size, time.time()))
 
@@ -428,11 +444,13 @@ class Store:
         shutil.rmtree(trash, onerror=_force_remove)
 
     def unlink_blobs(self, shas: set[str]) -> None:
+        """Remove these blobs (missing ones are skipped)."""
         for sha in shas:
             with contextlib.suppress(FileNotFoundError):
                 self.blob_path(sha).unlink()
 
     def stale_snapshots(self, model_id: str, keep: Path | None) -> list[Path]:
+        """The model's snapshot directories other than ``keep``."""
         root = self.model_root(model_id)
         if not root.is_dir():
             return []

@@ -1,5 +1,9 @@
 """Typed async client of the hub service (``swiftmesh.hub.v1.HubService``).
 
+(About 570 lines, over the house's 500: it is the hub's whole client surface in one place, the
+async client with its mirror and upload logic and the blocking face over it, which share the
+same helpers.)
+
     async with HubClient(settings) as hub:
         model = await hub.pull("hf://HuggingFaceTB/SmolLM2-135M-Instruct", on_progress=print)
         path = await hub.materialize(model.name)      # a local directory with the model files
@@ -143,11 +147,13 @@ class HubClient(ServiceClient):
         self._stub = hub_pb2_grpc.HubServiceStub(self._channel)
 
     async def close(self) -> None:
+        """Close the channel and drop the stub; idempotent."""
         await super().close()
         self._stub = None
 
     @property
     def stub(self) -> hub_pb2_grpc.HubServiceStub:
+        """The HubService stub. Raises RuntimeError outside ``async with``."""
         if self._stub is None:
             raise RuntimeError("HubClient is not open: use `async with HubClient(settings) as hub:`")
         return self._stub
@@ -353,7 +359,7 @@ class HubClient(ServiceClient):
                     offset = 0
                 else:
                     h = await asyncio.to_thread(_hash_prefix, part)
-            with open(part, "ab") as out:
+            with await asyncio.to_thread(open, part, "ab") as out:
                 if offset < f.size_bytes or f.size_bytes == 0:
                     async for resp in self.read_file(name, f.path, offset=offset):
                         if resp.offset != offset:
@@ -426,7 +432,7 @@ class HubClient(ServiceClient):
             yield hub_pb2.UploadModelRequest(header=header)
             for p, entry in zip(files, entries):
                 offset = 0
-                with open(p, "rb") as fh:
+                with await asyncio.to_thread(open, p, "rb") as fh:
                     while True:
                         data = await asyncio.to_thread(fh.read, CHUNK_BYTES)
                         if not data:

@@ -8,8 +8,8 @@ dpo, kto, orpo, cpo, simpo, rm, ppo and grpo. Jobs run on Ray Train (embedded lo
 from __future__ import annotations
 
 from swiftmesh.aligner.v1 import aligner_pb2, aligner_pb2_grpc
-from swiftmesh.jobkit import JOB_SERVICE_NAME, JobManager, JobServicer, ModelSource
-from swiftmesh.jobs.v1 import jobs_pb2_grpc
+from swiftmesh.jobkit import JobManager, ModelSource
+from swiftmesh.jobkit.servicer import add_job_services
 from swiftmesh.runtime.config import Settings
 from swiftmesh.runtime.server import Service
 
@@ -24,14 +24,12 @@ def create_manager(settings: Settings, models: ModelSource | None = None, runtim
 
 
 def create_service(settings: Settings, *, models: ModelSource | None = None, runtime=None) -> Service:
-    """The aligner's Service description for ``runtime.server.serve``."""
-    from .servicer import AlignerServicer, spec_proto
+    """The aligner's Service description for ``runtime.server.serve``: AlignerService and the shared
+    JobService over one JobManager (``service.manager``)."""
+    from .servicer import SPEC, AlignerServicer
 
     manager = create_manager(settings, models, runtime)
     service = Service("aligner", endpoint=settings.aligner)
-    service.add(AlignerServicer(manager), aligner_pb2_grpc.add_AlignerServiceServicer_to_server, SERVICE_NAME)
-    service.add(JobServicer(manager, spec_proto), jobs_pb2_grpc.add_JobServiceServicer_to_server, JOB_SERVICE_NAME)
-    service.on_start.append(manager.start)
-    service.on_stop.append(manager.stop)
-    service.manager = manager  # type: ignore[attr-defined]  (tests and tools reach the domain)
+    add_job_services(service, manager, AlignerServicer(manager), aligner_pb2_grpc.add_AlignerServiceServicer_to_server,
+                     SERVICE_NAME, SPEC)
     return service

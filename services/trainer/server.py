@@ -6,8 +6,8 @@ kinds. Jobs run on Ray Train (embedded local Ray, or ``settings.trainer.ray_addr
 
 from __future__ import annotations
 
-from swiftmesh.jobkit import JOB_SERVICE_NAME, JobManager, JobServicer, ModelSource
-from swiftmesh.jobs.v1 import jobs_pb2_grpc
+from swiftmesh.jobkit import JobManager, ModelSource
+from swiftmesh.jobkit.servicer import add_job_services
 from swiftmesh.runtime.config import Settings
 from swiftmesh.runtime.server import Service
 from swiftmesh.trainer.v1 import trainer_pb2, trainer_pb2_grpc
@@ -23,14 +23,12 @@ def create_manager(settings: Settings, models: ModelSource | None = None, runtim
 
 
 def create_service(settings: Settings, *, models: ModelSource | None = None, runtime=None) -> Service:
-    """The trainer's Service description for ``runtime.server.serve``."""
-    from .servicer import TrainerServicer, spec_proto
+    """The trainer's Service description for ``runtime.server.serve``: TrainerService and the shared
+    JobService over one JobManager (``service.manager``)."""
+    from .servicer import SPEC, TrainerServicer
 
     manager = create_manager(settings, models, runtime)
     service = Service("trainer", endpoint=settings.trainer)
-    service.add(TrainerServicer(manager), trainer_pb2_grpc.add_TrainerServiceServicer_to_server, SERVICE_NAME)
-    service.add(JobServicer(manager, spec_proto), jobs_pb2_grpc.add_JobServiceServicer_to_server, JOB_SERVICE_NAME)
-    service.on_start.append(manager.start)
-    service.on_stop.append(manager.stop)
-    service.manager = manager  # type: ignore[attr-defined]  (tests and tools reach the domain)
+    add_job_services(service, manager, TrainerServicer(manager), trainer_pb2_grpc.add_TrainerServiceServicer_to_server,
+                     SERVICE_NAME, SPEC)
     return service

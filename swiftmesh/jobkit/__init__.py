@@ -47,16 +47,19 @@ Subclass :class:`JobKind` (see :mod:`swiftmesh.jobkit.kinds`)::
             return [jobkit.Artifact(out, model_id=ctx.config["output_model_id"], kind="adapter",
                                     base_model=..., parent_model=...)]   # rank 0's are uploaded
 
-Then in the service::
+Then in the service (``swiftmesh.jobkit.servicer`` holds the proto <-> domain side)::
+
+    SPEC = SpecTranslation(AlignmentSpec, aligner_pb2.AlignmentSpec, "rlhf_type", {...}, "...")
+
+    class AlignerServicer(aligner_pb2_grpc.AlignerServiceServicer):
+        async def CreateJob(self, request, context):
+            return await create_job(self.manager, SPEC, request)
+        async def EstimateJob(self, request, context):
+            return await estimate_job(self.manager, SPEC, request)
 
     manager = jobkit.JobManager(settings, "aligner", [DpoKind(), ...])   # models: hub by default
-    service.add(jobkit.JobServicer(manager, spec_proto), jobs_pb2_grpc.add_JobServiceServicer_to_server,
-                jobkit.JOB_SERVICE_NAME)   # spec_proto: (kind, spec JSON) -> the service's spec proto
-    service.on_start.append(manager.start); service.on_stop.append(manager.stop)
-    # in your servicer's CreateJob: translate the proto spec to the domain spec, then
-    #   job_to_proto(await manager.create("dpo", spec, job_id=..., labels=..., force=...,
-    #                                     validate_only=...), spec_proto)
-    # in your EstimateJob: estimate_to_proto(await manager.estimate("dpo", spec))
+    add_job_services(service, manager, AlignerServicer(manager), add_AlignerServiceServicer_to_server,
+                     SERVICE_NAME, SPEC)   # + the shared JobService, start/stop hooks
 
 Worker reporting without an HF trainer: ``ctx.report_metrics(step, {"train/loss": x},
 total_steps=n)``, ``ctx.log("...")``, ``ctx.save_checkpoint(local_dir, step)`` (all ranks, same

@@ -14,6 +14,8 @@ that turns a job's stored spec (the JSON of its domain spec) back into the servi
   InvalidArgument naming the field.
 * :func:`job_to_proto`, :func:`event_to_proto`, :func:`estimate_to_proto`: the domain records
   of :mod:`swiftmesh.jobkit.types` and :class:`~swiftmesh.jobkit.estimate.Estimate` as protos.
+* :class:`SpecTranslation`, :func:`create_job`, :func:`estimate_job`, :func:`add_job_services`:
+  what a job service's own servicer and server share (the trainer's and the aligner's).
 """
 
 from __future__ import annotations
@@ -184,6 +186,79 @@ def estimate_to_proto(e: Estimate) -> training_pb2.Estimate:
     if e.estimated_duration_s:
         out.estimated_duration.FromNanoseconds(round(e.estimated_duration_s * 1e9))
     return out
+
+
+# A service's own spec, CreateJob and EstimateJob ---------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class SpecTranslation:
+    """How a service's proto spec maps to its domain spec (a settings dataclass whose
+    ``kind_field`` is the job kind's name, the proto's field of the same name an enum).
+
+    Attributes:
+        domain: the domain spec class (e.g. the trainer's ``TrainingSpec``).
+        proto: the proto message class of the spec.
+        kind_field: the field naming the kind ("task", "rlhf_type").
+        kinds: proto enum value -> kind name.
+        required: the InvalidArgument message when the kind is unset or unknown.
+    """
+
+    domain: type
+    proto: type[Message]
+    kind_field: str
+    kinds: dict[int, str]
+    required: str
+
+    def from_proto(self, msg: Message) -> Any:
+        """The domain spec of ``msg``; InvalidArgument (BAD_SPEC, on ``spec.<kind_field>``) when
+        the kind is unset or unknown, or an enum field holds a value the domain lacks."""
+        value = getattr(msg, self.kind_field)
+        try:
+            kind = self.kinds[value]
+        except KeyError:
+            raise InvalidArgument(self.required, field_violations=[(f"spec.{self.kind_field}", f"got {value}")],
+                                  reason="BAD_SPEC") from None
+        spec = spec_from_proto(msg, self.domain, skip=(self.kind_field,))
+        setattr(spec, self.kind_field, kind)
+        return spec
+
+    def to_proto(self, spec: Any) -> Message:
+        """The proto of a domain spec (the inverse of :meth:`from_proto`)."""
+        msg = spec_to_proto(spec, self.proto(), skip=(self.kind_field,))
+        by_name = {v: k for k, v in self.kinds.items()}
+        setattr(msg, self.kind_field, by_name.get(getattr(spec, self.kind_field), 0))
+        return msg
+
+    def job_spec(self, kind: str, spec: dict[str, Any]) -> Message:
+        """A job's stored spec JSON as the proto packed into ``Job.spec`` (a :data:`SpecToProto`)."""
+        return self.to_proto(self.domain.from_json(spec))
+
+
+async def create_job(manager: JobManager, spec: SpecTranslation, request: Message) -> jobs_pb2.Job:
+    """A service's CreateJob: translate ``request.spec``, create the job of its kind, answer the proto."""
+    domain = spec.from_proto(request.spec)
+    job = await manager.create(getattr(domain, spec.kind_field), domain, job_id=request.job_id,
+                               labels=dict(request.labels), force=request.force,
+                               validate_only=request.validate_only)
+    return job_to_proto(job, spec.job_spec)
+
+
+async def estimate_job(manager: JobManager, spec: SpecTranslation, request: Message) -> training_pb2.Estimate:
+    """A service's EstimateJob: translate ``request.spec``, estimate it with its kind, answer the proto."""
+    domain = spec.from_proto(request.spec)
+    return estimate_to_proto(await manager.estimate(getattr(domain, spec.kind_field), domain))
+
+
+def add_job_services(service, manager: JobManager, servicer: Any, add_fn: Callable, full_name: str,
+                     spec: SpecTranslation) -> None:
+    """Wire a job service into a ``runtime.server.Service``: its own servicer, the shared
+    JobService over ``manager`` (specs packed by ``spec``), the manager's start/stop hooks, and
+    ``service.manager`` (tests and tools reach the domain through it)."""
+    service.add(servicer, add_fn, full_name)
+    service.add(JobServicer(manager, spec.job_spec), jobs_pb2_grpc.add_JobServiceServicer_to_server,
+                JOB_SERVICE_NAME)
+    service.on_start.append(manager.start)
+    service.on_stop.append(manager.stop)
+    service.manager = manager
 
 
 # The servicer ----------------------------------------------------------------------------------

@@ -126,17 +126,23 @@ class JsonDataclass:
     @classmethod
     def from_json(cls, d: dict[str, Any]):
         """The settings from :meth:`to_json` output; unknown keys are ignored, missing ones defaulted."""
-        hints = _hints(cls)
-        kw = {}
-        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-            if f.name in d:
-                kw[f.name] = _from_json(hints[f.name], d[f.name])
-        return cls(**kw)
+        return _dataclass_from_json(cls, d)
+
+
+def _dataclass_from_json(cls: type, d: dict[str, Any]) -> Any:
+    hints = _hints(cls)
+    kw = {}
+    for f in dataclasses.fields(cls):
+        if f.name in d:
+            kw[f.name] = _from_json(hints[f.name], d[f.name])
+    return cls(**kw)
 
 
 def _to_json(v: Any) -> Any:
     if isinstance(v, JsonDataclass):
         return v.to_json()
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        return {f.name: _to_json(getattr(v, f.name)) for f in dataclasses.fields(v)}
     if isinstance(v, enum.IntEnum):
         return int(v)
     if isinstance(v, list):
@@ -165,8 +171,8 @@ def _from_json(tp: Any, v: Any) -> Any:
     t = field_type(tp)
     if typing.get_origin(t) is list and typing.get_args(t):
         return [_from_json(typing.get_args(t)[0], x) for x in v]
-    if isinstance(t, type) and issubclass(t, JsonDataclass):
-        return t.from_json(v)
+    if isinstance(t, type) and dataclasses.is_dataclass(t):
+        return _dataclass_from_json(t, v)
     if isinstance(t, type) and issubclass(t, enum.IntEnum):
         return t(v)
     return v

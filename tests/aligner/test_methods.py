@@ -238,3 +238,18 @@ def test_long_prompts_are_truncated_keeping_their_end(tmp_path, tiny_dir):
     assert len(tok.apply_chat_template(cut, add_generation_prompt=True, tokenize=True, return_dict=False)) <= 40
     data = load_alignment_data([str(write_jsonl(tmp_path / "p.jsonl", [{"prompt": text}]))], "grpo")
     assert data.rows[0]["prompt"] == text
+
+
+@pytest.mark.parametrize("rlhf_type", ["dpo", "kto", "orpo", "rm", "ppo", "grpo"])
+def test_spec_round_trips_through_the_proto_and_the_job_store_json(rlhf_type):
+    from swiftmesh.clients.aligner import build_spec
+    from swiftmesh.services.aligner.config import AlignmentSpec
+    from swiftmesh.services.aligner.servicer import SPEC
+
+    msg = build_spec(rlhf_type=rlhf_type, model="models/base", datasets=["d.jsonl"], tuner="dora", strategy="ddp",
+                     num_workers=2, max_steps=3, r=4, **({"beta": 0.3} if rlhf_type in ("dpo", "kto") else {}))
+    spec = SPEC.from_proto(msg)
+    assert spec.rlhf_type == rlhf_type and spec.method_config is not None and spec.lora.r == 4
+    again = AlignmentSpec.from_json(json.loads(json.dumps(spec.to_json())))
+    assert again == spec
+    assert SPEC.from_proto(SPEC.to_proto(again)) == spec

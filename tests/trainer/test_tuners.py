@@ -119,3 +119,16 @@ def test_merge_reproduces_base_plus_adapter(env, tiny_model_dir, tmp_path):
         plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()(ids).logits
     assert torch.allclose(got, want, atol=1e-4)
     assert not torch.allclose(got, plain, atol=1e-3)
+
+
+def test_spec_round_trips_through_the_proto_and_the_job_store_json():
+    import json
+
+    from swiftmesh.services.trainer.servicer import SPEC
+    from swiftmesh.services.trainer.spec import TrainingSpec
+
+    spec = training_spec(build_spec(model="models/tiny", task="pt", datasets=["d.jsonl"], tuner="qlora",
+                                    strategy="zero2", num_workers=2, max_steps=5, bf16=False, r=16))
+    assert spec.task == "pt" and spec.args.bf16 is False and spec.lora.r == 16 and spec.args.learning_rate is None
+    again = TrainingSpec.from_json(json.loads(json.dumps(spec.to_json())))
+    assert again == spec and SPEC.from_proto(SPEC.to_proto(again)) == spec

@@ -25,6 +25,7 @@ from rich.table import Table
 
 from swiftmesh.cli.common import console, err_console, fail, run_async, settings_from
 from swiftmesh.clients.gateway import GatewayClient, WorkerClient, openai_base_url
+from swiftmesh.names import model_id
 from swiftmesh.runtime.config import Settings
 from swiftmesh.runtime.errors import SwiftMeshError
 
@@ -44,7 +45,7 @@ def _source(name: str) -> str:
 
 def _served_id(name: str) -> str:
     """The name a worker serves a model under: a directory's name, or the hub model id."""
-    return Path(name).expanduser().name if _is_path(name) else name.removeprefix("models/")
+    return Path(name).expanduser().name if _is_path(name) else model_id(name)
 
 
 def _ts(ts) -> str:

@@ -154,8 +154,8 @@ class GatewaySettings(Endpoint):
 
 
 class TelemetrySettings(BaseModel):
-    # Traces go out by OTLP only when the standard OTEL_* variables ask for it.
     """Logs and traces: OTLP export only when the standard ``OTEL_*`` variables ask for it."""
+
     service_namespace: str = "swiftmesh"
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"

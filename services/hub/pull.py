@@ -35,7 +35,7 @@ from swiftmesh.runtime.errors import (
 
 from . import gguf_import
 from .catalogue import Catalogue, validate_labels, validate_lineage
-from .download import Fetcher, PullCancelled
+from .download import Fetcher, FetchResult, PullCancelled
 from .eviction import Eviction
 from .progress import Progress, PullJob, Stage, Tracker, done_job, progress_from_file
 from .sources import default_model_id, resolve
@@ -278,13 +278,7 @@ class Puller:
             if entry is not None:
                 tracker.skip_file(pf.path, entry.size, pf.size)
                 return entry
-            tracker.start_file(pf.path)
-            part = self.store.part_path(pf.key)
-            result = self.fetcher.fetch(
-                pf.origin, part, size=pf.size, sha256=pf.sha256, git_sha1=pf.git_sha1,
-                on_bytes=tracker.add, on_resume=tracker.resumed, cancel=job.cancel,
-            )
-            BYTES_FETCHED.labels(pf.origin.get("kind", "?")).inc(result.transferred)
+            part, result = self._fetch(job, tracker, pf)
             self.store.adopt_blob(part, result.sha256)
             if not pf.sha256:
                 self.store.record_fetched(pf.key, result.sha256, result.size)
@@ -294,6 +288,17 @@ class Puller:
             return FileEntry(pf.path, result.size, result.sha256, pf.origin)
         finally:
             lock.release()
+
+    def _fetch(self, job: PullJob, tracker: Tracker, pf: PlannedFile) -> tuple[Path, FetchResult]:
+        """Transfer ``pf`` into its partial file, resuming (the caller holds its fetch lock)."""
+        tracker.start_file(pf.path)
+        part = self.store.part_path(pf.key)
+        result = self.fetcher.fetch(
+            pf.origin, part, size=pf.size, sha256=pf.sha256, git_sha1=pf.git_sha1,
+            on_bytes=tracker.add, on_resume=tracker.resumed, cancel=job.cancel,
+        )
+        BYTES_FETCHED.labels(pf.origin.get("kind", "?")).inc(result.transferred)
+        return part, result
 
     def _from_cache(self, pf: PlannedFile, dest: Path) -> FileEntry | None:
         sha, size = pf.sha256, pf.size
@@ -324,13 +329,7 @@ class Puller:
                 lock = self.store.fetch_lock(pf.key)
                 self._acquire_following(lock, job, job.model_id, pf.path, publish=False)
                 try:
-                    tracker.start_file(pf.path)
-                    part = self.store.part_path(pf.key)
-                    result = self.fetcher.fetch(
-                        pf.origin, part, size=pf.size, sha256=pf.sha256, git_sha1=pf.git_sha1,
-                        on_bytes=tracker.add, on_resume=tracker.resumed, cancel=job.cancel,
-                    )
-                    BYTES_FETCHED.labels(pf.origin.get("kind", "?")).inc(result.transferred)
+                    part, result = self._fetch(job, tracker, pf)
                     work.mkdir(parents=True)
                     gguf_path = work / Path(pf.path).name
                     os.replace(part, gguf_path)

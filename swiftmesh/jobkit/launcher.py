@@ -18,6 +18,7 @@ following the run, cancelling it).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -162,31 +163,23 @@ def _actor_classes():
             if self.controller is not None:
                 refs.append(self.controller.abort.remote())
             for h in worker_handles:
-                try:
+                with contextlib.suppress(Exception):
                     ray.kill(h, no_restart=True)
-                except Exception:  # noqa: BLE001
-                    pass
             if refs:
-                try:
-                    ray.get(refs, timeout=5)
-                except ray.exceptions.GetTimeoutError:
-                    # The controller does not answer while it blocks waiting for its placement
-                    # group (a run Ray has not placed yet): end it, and its placement group below.
+                with contextlib.suppress(Exception):  # the controller exits while answering
                     try:
+                        ray.get(refs, timeout=5)
+                    except ray.exceptions.GetTimeoutError:
+                        # The controller does not answer while it blocks waiting for its placement
+                        # group (a run Ray has not placed yet): end it, and its placement group below.
                         ray.kill(self.controller, no_restart=True)
-                    except Exception:  # noqa: BLE001
-                        pass
-                except Exception:  # noqa: BLE001  (the controller exits while answering)
-                    pass
             # A placement group lives as long as the service's Ray job, not its creator: one left
             # pending would take the next node with room and hold it for nobody.
-            try:
+            with contextlib.suppress(Exception):
                 from ray.util.placement_group import PlacementGroup
 
                 for pg_id, _ in self._placement_groups():
                     ray.util.remove_placement_group(PlacementGroup(ray.PlacementGroupID(pg_id)))
-            except Exception:  # noqa: BLE001
-                pass
             return "aborted"
 
     return EventSink, JobDriver

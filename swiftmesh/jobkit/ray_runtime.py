@@ -9,6 +9,7 @@ setting names (retrying Ray Client connects), else starts an embedded head with
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -82,11 +83,11 @@ class RayRuntime:
             if ray.is_initialized():
                 self._connected = True
                 return
-            kwargs: dict[str, Any] = dict(
-                namespace=RAY_NAMESPACE,
-                log_to_driver=False,
-                runtime_env={"env_vars": env},
-            )
+            kwargs: dict[str, Any] = {
+                "namespace": RAY_NAMESPACE,
+                "log_to_driver": False,
+                "runtime_env": {"env_vars": env},
+            }
             if self.address:
                 os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
                 self._connect(ray, kwargs)
@@ -112,11 +113,9 @@ class RayRuntime:
             try:
                 ray.init(address=self.address, **kwargs)
                 return
-            except Exception as e:  # noqa: BLE001  (ConnectionError, RuntimeError, gRPC errors)
-                try:
+            except Exception as e:  # ConnectionError, RuntimeError, gRPC errors
+                with contextlib.suppress(Exception):
                     ray.shutdown()
-                except Exception:  # noqa: BLE001
-                    pass
                 if attempt == attempts:
                     raise
                 log.warning("connecting to the Ray cluster at %s failed (%s: %s); retrying",
@@ -173,7 +172,7 @@ class RayRuntime:
         env.pop("RAY_ADDRESS", None)
         last = ""
         for _attempt in range(3):
-            out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600,
+            out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False,
                                  stdin=subprocess.DEVNULL, start_new_session=True)
             if out.returncode == 0:
                 return f"127.0.0.1:{port}"

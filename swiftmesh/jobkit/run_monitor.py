@@ -9,6 +9,7 @@ again within seconds.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import TYPE_CHECKING
 
@@ -58,7 +59,7 @@ class LaunchedRun:
                 self.driver.waiting_reason.remote(self.req.num_workers, self.req.bundle, self.req.placement_strategy),
                 timeout=timeout,
             )
-        except Exception:  # noqa: BLE001  (a status probe never breaks the run)
+        except Exception:  # a status probe never breaks the run
             log.debug("waiting_reason failed", exc_info=True)
             return None
 
@@ -95,17 +96,13 @@ class LaunchedRun:
             handles = ray.get(self.sink.worker_handles.remote(), timeout=5)
         except Exception:  # noqa: BLE001
             handles = []
-        try:
+        with contextlib.suppress(Exception):
             ray.get(self.driver.abort.remote(handles), timeout=25)
-        except Exception:  # noqa: BLE001
-            pass
 
     def close(self) -> None:
         """Kill the run's driver and sink actors (errors ignored)."""
         import ray
 
         for a in (self.driver, self.sink):
-            try:
+            with contextlib.suppress(Exception):
                 ray.kill(a, no_restart=True)
-            except Exception:  # noqa: BLE001
-                pass

@@ -45,7 +45,10 @@ class PeerHubs:
         with self._lock:
             client = self._clients.get(target)
             if client is None:
-                client = self._clients[target] = BlockingHubClient(self.settings, target)
+                # the service token goes only to peers this configuration names (service addresses, trusted_peers),
+                # never to whatever host a pull request's hub:// source names
+                client = self._clients[target] = BlockingHubClient(
+                    self.settings, target, send_token=target in self.settings.configured_peers())
             return client
 
     def get_model(self, target: str, model_id: str) -> PeerModel:

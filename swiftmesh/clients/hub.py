@@ -132,14 +132,16 @@ class HubClient(ServiceClient):
     deadline (24 h). Errors raise :mod:`swiftmesh.runtime.errors` exceptions.
     """
 
-    def __init__(self, settings: Settings, target: str | None = None, *, retries: bool = True) -> None:
+    def __init__(self, settings: Settings, target: str | None = None, *, retries: bool = True,
+                 send_token: bool = True) -> None:
         super().__init__(settings, target or settings.hub.target)
         self._retries = retries
+        self._send_token = send_token
         self._stub: hub_pb2_grpc.HubServiceStub | None = None
 
     async def __aenter__(self) -> Self:
         """Open the channel (shared factory, with or without its retries) and the stub."""
-        self._channel = channel(self.target, self.settings, retries=self._retries)
+        self._channel = channel(self.target, self.settings, retries=self._retries, send_token=self._send_token)
         self._open()
         return self
 
@@ -520,9 +522,10 @@ class BlockingHubClient:
     Errors raise :mod:`swiftmesh.runtime.errors` exceptions, as :class:`HubClient`'s do.
     """
 
-    def __init__(self, settings: Settings, target: str | None = None) -> None:
+    def __init__(self, settings: Settings, target: str | None = None, *, send_token: bool = True) -> None:
         self.settings = settings
         self.target = target or settings.hub.target
+        self.send_token = send_token
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="hub-client", daemon=True)
         self._thread.start()
@@ -534,7 +537,7 @@ class BlockingHubClient:
         """:meth:`HubClient.get`: the model ``name``. Raises NotFound."""
 
         async def go() -> hub_pb2.Model:
-            async with HubClient(self.settings, self.target) as hub:
+            async with HubClient(self.settings, self.target, send_token=self.send_token) as hub:
                 return await hub.get(name)
 
         return self._run(go())
@@ -546,7 +549,7 @@ class BlockingHubClient:
         raises (Unavailable ...) and the caller resumes from the bytes it has."""
 
         async def responses() -> AsyncIterator[hub_pb2.ReadModelFileResponse]:
-            async with HubClient(self.settings, self.target, retries=False) as hub:
+            async with HubClient(self.settings, self.target, retries=False, send_token=self.send_token) as hub:
                 async for resp in hub.read_file(name, path, offset=offset, limit=limit, chunk_size=chunk_size):
                     yield resp
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from swiftmesh.aligner.v1 import aligner_pb2, aligner_pb2_grpc
 from swiftmesh.jobkit import JobManager, ModelSource
-from swiftmesh.jobkit.servicer import add_job_services
+from swiftmesh.jobkit.servicer import job_service
 from swiftmesh.runtime.config import Settings
 from swiftmesh.runtime.server import Service
 
@@ -29,7 +29,5 @@ def create_service(settings: Settings, *, models: ModelSource | None = None, run
     from .servicer import SPEC, AlignerServicer
 
     manager = create_manager(settings, models, runtime)
-    service = Service("aligner", endpoint=settings.aligner)
-    add_job_services(service, manager, AlignerServicer(manager), aligner_pb2_grpc.add_AlignerServiceServicer_to_server,
-                     SERVICE_NAME, SPEC)
-    return service
+    return job_service(settings, manager, AlignerServicer(manager), aligner_pb2_grpc.add_AlignerServiceServicer_to_server,
+                       SERVICE_NAME, SPEC)

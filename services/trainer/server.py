@@ -7,7 +7,7 @@ kinds. Jobs run on Ray Train (embedded local Ray, or ``settings.trainer.ray_addr
 from __future__ import annotations
 
 from swiftmesh.jobkit import JobManager, ModelSource
-from swiftmesh.jobkit.servicer import add_job_services
+from swiftmesh.jobkit.servicer import job_service
 from swiftmesh.runtime.config import Settings
 from swiftmesh.runtime.server import Service
 from swiftmesh.trainer.v1 import trainer_pb2, trainer_pb2_grpc
@@ -28,7 +28,5 @@ def create_service(settings: Settings, *, models: ModelSource | None = None, run
     from .servicer import SPEC, TrainerServicer
 
     manager = create_manager(settings, models, runtime)
-    service = Service("trainer", endpoint=settings.trainer)
-    add_job_services(service, manager, TrainerServicer(manager), trainer_pb2_grpc.add_TrainerServiceServicer_to_server,
-                     SERVICE_NAME, SPEC)
-    return service
+    return job_service(settings, manager, TrainerServicer(manager), trainer_pb2_grpc.add_TrainerServiceServicer_to_server,
+                       SERVICE_NAME, SPEC)

@@ -58,8 +58,8 @@ Then in the service (``swiftmesh.jobkit.servicer`` holds the proto <-> domain si
             return await estimate_job(self.manager, SPEC, request)
 
     manager = jobkit.JobManager(settings, "aligner", [DpoKind(), ...])   # models: hub by default
-    add_job_services(service, manager, AlignerServicer(manager), add_AlignerServiceServicer_to_server,
-                     SERVICE_NAME, SPEC)   # + the shared JobService, start/stop hooks
+    service = job_service(settings, manager, AlignerServicer(manager), add_AlignerServiceServicer_to_server,
+                          SERVICE_NAME, SPEC)   # + the shared JobService, start/stop hooks
 
 Worker reporting without an HF trainer: ``ctx.report_metrics(step, {"train/loss": x},
 total_steps=n)``, ``ctx.log("...")``, ``ctx.save_checkpoint(local_dir, step)`` (all ranks, same

@@ -14,7 +14,7 @@ that turns a job's stored spec (the JSON of its domain spec) back into the servi
   InvalidArgument naming the field.
 * :func:`job_to_proto`, :func:`event_to_proto`, :func:`estimate_to_proto`: the domain records
   of :mod:`swiftmesh.jobkit.types` and :class:`~swiftmesh.jobkit.estimate.Estimate` as protos.
-* :class:`SpecTranslation`, :func:`create_job`, :func:`estimate_job`, :func:`add_job_services`:
+* :class:`SpecTranslation`, :func:`create_job`, :func:`estimate_job`, :func:`job_service`:
   what a job service's own servicer and server share (the trainer's and the aligner's).
 """
 
@@ -248,17 +248,22 @@ async def estimate_job(manager: JobManager, spec: SpecTranslation, request: Mess
     return estimate_to_proto(await manager.estimate(getattr(domain, spec.kind_field), domain))
 
 
-def add_job_services(service, manager: JobManager, servicer: Any, add_fn: Callable, full_name: str,
-                     spec: SpecTranslation) -> None:
-    """Wire a job service into a ``runtime.server.Service``: its own servicer, the shared
-    JobService over ``manager`` (specs packed by ``spec``), the manager's start/stop hooks, and
-    ``service.manager`` (tests and tools reach the domain through it)."""
+def job_service(settings, manager: JobManager, servicer: Any, add_fn: Callable, full_name: str,
+                spec: SpecTranslation):
+    """The ``runtime.server.Service`` of a job service (named after ``manager.service``, on its
+    endpoint): its own servicer, the shared JobService over ``manager`` (specs packed by
+    ``spec``), the manager's start/stop hooks, and ``service.manager`` (tests and tools reach
+    the domain through it)."""
+    from swiftmesh.runtime.server import Service
+
+    service = Service(manager.service, endpoint=settings.endpoint(manager.service))
     service.add(servicer, add_fn, full_name)
     service.add(JobServicer(manager, spec.job_spec), jobs_pb2_grpc.add_JobServiceServicer_to_server,
                 JOB_SERVICE_NAME)
     service.on_start.append(manager.start)
     service.on_stop.append(manager.stop)
     service.manager = manager
+    return service
 
 
 # The servicer ----------------------------------------------------------------------------------

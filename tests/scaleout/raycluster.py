@@ -14,32 +14,20 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from swiftmesh.testing.services import free_ports as harness_free_ports
+
 RAY_CLI = [sys.executable, "-c", "import sys; from ray.scripts.scripts import main; sys.exit(main())"]
 STARTED = "Ray runtime started"
 
 
-def free_port() -> int:
-    return free_ports(1)[0]
-
-
 def free_ports(n: int) -> list[int]:
-    """``n`` distinct free TCP ports (all bound at once, so none is handed out twice)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+    """``n`` distinct free TCP ports on every interface (Ray binds them all)."""
+    return harness_free_ports(n, host="")
 
 
 def _session_pids(sid: int) -> list[int]:

@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from swiftmesh.quickstart.plan import QuickstartPlan
 from swiftmesh.runtime.config import Settings
 from swiftmesh.runtime.errors import NotFound
 from swiftmesh.testing.otlp import OtlpCollector
+from swiftmesh.testing.services import child_env, settings_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
@@ -37,12 +37,6 @@ QS_ARGS = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def collector():
     c = OtlpCollector().start()
@@ -53,14 +47,7 @@ def collector():
 @pytest.fixture
 def stack(tmp_path, collector):
     """`swiftmesh up` with every service on free ports, exporting traces to the collector."""
-    env = dict(os.environ)
-    env.update(collector.env())
-    env["SWIFTMESH_DATA_DIR"] = str(tmp_path / "data")
-    for svc in ("hub", "trainer", "aligner", "worker", "gateway"):
-        env[f"SWIFTMESH_{svc.upper()}__PORT"] = str(_free_port())
-        env[f"SWIFTMESH_{svc.upper()}__METRICS_PORT"] = "0"
-    env["SWIFTMESH_GATEWAY__HTTP_PORT"] = str(_free_port())
-    env.pop("SWIFTMESH_GATEWAY__WORKERS", None)
+    env = child_env(settings_for(tmp_path / "data"), collector.env())
     up = subprocess.Popen([sys.executable, "-m", "swiftmesh.cli.main", "up"], env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, start_new_session=True)
     lines = []

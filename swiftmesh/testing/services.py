@@ -7,7 +7,7 @@ Two ways to run a service, both through the server entry point the CLI uses
   :class:`ServiceLoop` (an asyncio loop in a daemon thread), so synchronous test code, the CLI
   and the OpenAI SDK can call it over loopback while the test reaches its domain objects
   (``InProcessService.service``: the ``runtime.server.Service`` with ``.hub``, ``.manager``,
-  ``.pool`` ...).
+  ``.pool`` ...). :func:`start_service` does the same on the running loop of an async test.
 * :class:`ServiceProcess` runs ``python -m swiftmesh.cli.main serve <svc>`` as a child process
   with exactly the given :class:`~swiftmesh.runtime.config.Settings` (passed as ``SWIFTMESH_*``
   variables), its own log file, and a stop that is SIGTERM then SIGKILL (``kill()`` for kill -9
@@ -20,7 +20,7 @@ and stops them in reverse order.
 
 Nothing here imports pytest: fixtures live in the ``conftest.py`` files and call this module.
 
-Why one module of ~560 lines: the in-process starter, the process starter and the stack share
+Why one module of ~580 lines: the in-process starter, the process starter and the stack share
 the settings-to-environment translation and the readiness check, and a reader looking for "how
 does a test start a service" should find every way in one place (about half is docstrings).
 """
@@ -295,36 +295,45 @@ def _create(svc: str, settings: Settings, **create_kwargs: Any) -> Any:
     return importlib.import_module(SERVICE_MODULES[svc]).create_service(settings, **create_kwargs)
 
 
-def start_in_process(svc: str, settings: Settings, *, loop: ServiceLoop | None = None, wait: bool = True,
-                     timeout: float = 180.0, **create_kwargs: Any) -> InProcessService:
-    """Build ``svc`` with the CLI's ``create_service(settings, **create_kwargs)`` and serve it
-    on ``loop`` (a new :class:`ServiceLoop` owned by the service when None).
+async def start_service(svc: str, settings: Settings, *, wait: bool = True, timeout: float = 180.0,
+                        **create_kwargs: Any) -> Any:
+    """Build ``svc`` with the CLI's ``create_service(settings, **create_kwargs)`` and start it on
+    the running event loop (for async tests); returns the ``runtime.server.RunningServer``
+    (``.target``, ``.service``, ``await .stop(grace)``).
 
-    With ``wait`` it returns once gRPC health says SERVING (a worker: its model loaded; the
-    gateway: its HTTP facade up). Raises ValueError for an unknown service, TimeoutError when
-    it is not SERVING within ``timeout`` s (the server is stopped then), and whatever start-up
-    raises (ConfigError, OSError for a taken port).
+    With ``wait`` it returns once the service reports SERVING (a worker: its model loaded).
+    Raises ValueError for an unknown service, TimeoutError when it is not SERVING within
+    ``timeout`` s (the server is stopped then), and whatever start-up raises (ConfigError,
+    OSError for a taken port).
     """
     from swiftmesh.runtime.server import start_server
 
-    owns = loop is None
-    loop = loop or ServiceLoop(f"swiftmesh-{svc}")
-    try:
-        service = _create(svc, settings, **create_kwargs)
-        running = loop.run(start_server(service, settings), timeout)
-    except BaseException:
-        if owns:
-            loop.close()
-        raise
-    started = InProcessService(svc, settings, service, running, loop, owns)
+    service = _create(svc, settings, **create_kwargs)
+    running = await asyncio.wait_for(start_server(service, settings), timeout)
     if wait:
         deadline = time.monotonic() + timeout
         while not service.health.is_serving():
             if time.monotonic() > deadline:
-                started.stop()
-                raise TimeoutError(f"{svc} on {started.target} was not SERVING after {timeout:.0f} s")
-            time.sleep(0.05)
-    return started
+                await running.stop(0)
+                raise TimeoutError(f"{svc} on {running.target} was not SERVING after {timeout:.0f} s")
+            await asyncio.sleep(0.05)
+    return running
+
+
+def start_in_process(svc: str, settings: Settings, *, loop: ServiceLoop | None = None, wait: bool = True,
+                     timeout: float = 180.0, **create_kwargs: Any) -> InProcessService:
+    """:func:`start_service` on ``loop`` (a new :class:`ServiceLoop` owned by the service when
+    None), for synchronous tests: returns once it is started (and SERVING with ``wait``; the
+    gateway's HTTP facade is up by then). Raises as :func:`start_service`."""
+    owns = loop is None
+    loop = loop or ServiceLoop(f"swiftmesh-{svc}")
+    try:
+        running = loop.run(start_service(svc, settings, wait=wait, timeout=timeout, **create_kwargs), timeout + 30)
+    except BaseException:
+        if owns:
+            loop.close()
+        raise
+    return InProcessService(svc, settings, running.service, running, loop, owns)
 
 
 # As a process ----------------------------------------------------------------------------------

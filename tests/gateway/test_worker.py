@@ -6,7 +6,6 @@ metrics and traces."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from pathlib import Path
 
 import grpc
@@ -22,22 +21,16 @@ from swiftmesh.runtime.client import channel, domain_error
 from swiftmesh.runtime.config import Settings
 from swiftmesh.runtime.health import check
 from swiftmesh.runtime.server import Service, start_server
+from swiftmesh.testing.services import settings_for, start_service
 
 from .engines.helpers import make_lora_adapter
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _settings(data_dir: Path, **worker) -> Settings:
-    return Settings.load(None, data_dir=data_dir, hub={"port": _port(), "metrics_port": 0},
-                         gateway={"port": _port(), "http_port": _port(), "metrics_port": 0},
-                         worker={"port": _port(), "metrics_port": 0, "device": "cpu", **worker})
+    """Settings with every service on a free port and a CPU worker; ``worker`` overrides its fields."""
+    return settings_for(data_dir, worker={"device": "cpu", **worker})
 
 
 async def wait_serving(target: str, settings: Settings, timeout: float = 60) -> None:
@@ -51,9 +44,7 @@ async def wait_serving(target: str, settings: Settings, timeout: float = 60) -> 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def worker(tiny_model_dir, tmp_path_factory):
     settings = _settings(tmp_path_factory.mktemp("worker"), model=str(tiny_model_dir), max_num_seqs=8)
-    service = create_service(settings)
-    running = await start_server(service, settings)
-    await wait_serving(running.target, settings)
+    running = await start_service("worker", settings)
     ch = channel(running.target, settings)
     yield running, settings, inference_pb2_grpc.InferenceServiceStub(ch)
     await ch.close()

@@ -5,34 +5,30 @@ while it serves and unpins them when it stops."""
 from __future__ import annotations
 
 import pytest
-from swiftmesh.services.gateway.worker_server import create_service
 
 from swiftmesh.clients.hub import HubClient
 from swiftmesh.gateway.v1 import inference_pb2 as pb
 from swiftmesh.gateway.v1 import inference_pb2_grpc
 from swiftmesh.hub.v1 import hub_pb2
 from swiftmesh.runtime.client import channel
-from swiftmesh.runtime.server import start_server
+from swiftmesh.testing.services import start_service
 
 from .engines.helpers import make_lora_adapter
-from .test_worker import _settings, wait_serving
+from .test_worker import _settings
 
 
 @pytest.mark.asyncio
 async def test_model_and_adapter_from_the_hub(tiny_model_dir, tmp_path):
-    from swiftmesh.services.hub.server import create_service as create_hub
-
     adapter = make_lora_adapter(tiny_model_dir, tmp_path / "adapter", seed=7)
     settings = _settings(tmp_path / "data", model="tiny", adapters=["models/tiny-sft"])
-    hub = await start_server(create_hub(settings), settings)
+    hub = await start_service("hub", settings)
     worker = None
     try:
         async with HubClient(settings, hub.target) as client:
             await client.upload_dir(tiny_model_dir, "tiny", format=hub_pb2.MODEL_FORMAT_FULL)
             await client.upload_dir(adapter, "tiny-sft", format=hub_pb2.MODEL_FORMAT_PEFT_ADAPTER,
                                     lineage={"base_model": "models/tiny"})
-            worker = await start_server(create_service(settings), settings)
-            await wait_serving(worker.target, settings)
+            worker = await start_service("worker", settings)
             async with channel(worker.target, settings) as ch:
                 stub = inference_pb2_grpc.InferenceServiceStub(ch)
                 models = {m.id: m for m in (await stub.ListModels(pb.ListModelsRequest())).models}

@@ -41,29 +41,25 @@ def adapter(smollm2_dir, tmp_path_factory):
 async def vllm_worker(smollm2_dir, adapter, tmp_path_factory):
     """A worker serving SmolLM2 with the vLLM engine (fp32, so its greedy output can be compared
     with the transformers engine's) and the adapter loaded through LoadAdapter."""
-    from swiftmesh.services.gateway.worker_server import create_service
-
     from swiftmesh.gateway.v1 import inference_pb2 as pb
     from swiftmesh.gateway.v1 import inference_pb2_grpc
     from swiftmesh.runtime.client import channel
-    from swiftmesh.runtime.server import start_server
+    from swiftmesh.testing.services import start_service
 
-    from ..test_worker import _settings, wait_serving
+    from ..test_worker import _settings
 
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     root = tmp_path_factory.mktemp("vllm-worker")
     (root / BASE).symlink_to(smollm2_dir)  # served as "smol" (a local model is served by its directory name)
     settings = _settings(root / "data", engine="vllm", model=str(root / BASE),
                          dtype="float32", max_model_len=1024, max_num_seqs=8, max_loras=2, max_lora_rank=8)
-    service = create_service(settings)
-    running = await start_server(service, settings)
+    running = await start_service("worker", settings, timeout=600)
     try:
-        await wait_serving(running.target, settings, timeout=600)
         ch = channel(running.target, settings)
         stub = inference_pb2_grpc.InferenceServiceStub(ch)
         served = await stub.LoadAdapter(pb.LoadAdapterRequest(hub_model=str(adapter), served_name="smol-lora"))
         assert served.parent == BASE
-        yield service.runtime.engine, stub
+        yield running.service.runtime.engine, stub
         await ch.close()
     finally:
         await running.stop(1)  # drains, then shuts the engine (and its EngineCore process) down

@@ -193,7 +193,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(REPO / "bench/aligner/results.json"))
     a = ap.parse_args()
     from swiftmesh.data.identity import render_identity_dataset
-    from tests.aligner.stack import start_stack
+    from tests.aligner.conftest import start_stack
 
     cache = Path(a.cache)
     cache.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
-"""Fixtures of the aligner tests: toy, separable preference data for the tiny model."""
+"""Fixtures of the aligner tests: toy, separable preference data for the tiny model, and
+:func:`start_stack`, the hub and aligner (and trainer) served in this process."""
 
 from __future__ import annotations
 
@@ -7,6 +8,27 @@ import random
 from pathlib import Path
 
 import pytest
+
+
+def start_stack(data_dir: Path, *, trainer: bool = False):
+    """Hub and aligner (and the trainer when asked) in this process on loopback, sharing one
+    embedded 2-CPU Ray (swiftmesh.testing.services.Stack: ``.settings``, ``.hub(fn)``,
+    ``.aligner(fn)``, ``.run(coro)``, ``.stop()``)."""
+    from swiftmesh.jobkit.ray_runtime import RayRuntime
+    from swiftmesh.testing.services import Stack, settings_for
+
+    stack = Stack(settings_for(data_dir, trainer={"ray_num_cpus": 2}, aligner={"ray_num_cpus": 2}))
+    try:
+        stack.start("hub")
+        runtime = RayRuntime(None, 2)
+        if trainer:
+            stack.start("trainer", runtime=runtime)
+        stack.start("aligner", runtime=runtime)
+    except BaseException:
+        stack.stop()
+        raise
+    return stack
+
 
 WORDS = "the a model data city country number good bad fast slow one two three".split()
 CHOSEN = "yes thank you"

@@ -15,7 +15,7 @@ from swiftmesh.hub.v1 import hub_pb2
 from swiftmesh.jobs.v1 import jobs_pb2
 from swiftmesh.runtime.errors import InvalidArgument, NotFound
 from tests.aligner.conftest import CHOSEN, REJECTED, toy_prompts, write_jsonl
-from tests.aligner.stack import start_stack
+from tests.aligner.conftest import start_stack
 
 S = jobs_pb2.JobState
 TARGET = "token_count:" + ",".join(str(i) for i in range(3, 1024, 8))

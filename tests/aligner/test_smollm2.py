@@ -9,7 +9,7 @@ import torch
 
 from swiftmesh.clients.aligner import build_spec
 from swiftmesh.jobs.v1 import jobs_pb2
-from tests.aligner.stack import start_stack
+from tests.aligner.conftest import start_stack
 
 S = jobs_pb2.JobState
 

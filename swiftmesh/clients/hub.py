@@ -50,6 +50,8 @@ __all__ = [
     "MACHINE_ID_ENV",
     "MIRROR_MANIFEST",
     "BlockingHubClient",
+    "format_name",
+    "format_value",
     "HubClient",
     "machine_id",
     "materialize_sync",
@@ -65,6 +67,23 @@ MIRROR_MANIFEST = ".swiftmesh-mirror.json"
 _PARTIAL_SUFFIX = ".partial"
 
 ProgressCallback = Callable[[hub_pb2.PullProgress], Any]
+
+
+def format_name(value: int) -> str:
+    """A ``hub_pb2.ModelFormat`` value as the lower-case name callers use: ``"full"``,
+    ``"peft_adapter"``, ``"gguf"``, ... (``"unspecified"`` for 0). Raises ValueError for an unknown value."""
+    return hub_pb2.ModelFormat.Name(value).removeprefix("MODEL_FORMAT_").lower()
+
+
+def format_value(name: str) -> int:
+    """The ``hub_pb2.ModelFormat`` value of a lower-case format name (inverse of :func:`format_name`).
+    Raises InvalidArgument naming ``format`` for an unknown name."""
+    try:
+        return hub_pb2.ModelFormat.Value("MODEL_FORMAT_" + name.upper())
+    except ValueError:
+        known = [format_name(v) for v in hub_pb2.ModelFormat.values() if v]
+        raise InvalidArgument(f"unknown model format {name!r}; one of {', '.join(known)}",
+                              field_violations=[("format", f"one of {', '.join(known)}")]) from None
 
 
 def same_host(model: hub_pb2.Model) -> bool:

@@ -21,7 +21,7 @@ from typing import Protocol, runtime_checkable
 from swiftmesh.names import model_id, model_resource_name
 from swiftmesh.runtime.errors import InvalidArgument, NotFound
 
-# Formats, as the lower-case suffix of hub_pb2.ModelFormat names.
+# Formats, as the lower-case names of the hub's model formats (clients.hub.format_name).
 FULL = "full"
 PEFT_ADAPTER = "peft_adapter"
 GGUF_DERIVED = "gguf_derived"
@@ -170,10 +170,10 @@ class HubModelSource:
 
     def get(self, name: str) -> ModelInfo:
         """The hub's record of the model as a :class:`ModelInfo`; NotFound when the hub lacks it."""
-        from swiftmesh.hub.v1 import hub_pb2
+        from swiftmesh.clients.hub import format_name
 
         m = self._run(lambda hub: hub.get(model_name(name)))
-        fmt = hub_pb2.ModelFormat.Name(m.format).removeprefix("MODEL_FORMAT_").lower()
+        fmt = format_name(m.format)
         return ModelInfo(
             name=m.name,
             format=fmt,
@@ -214,10 +214,9 @@ class HubModelSource:
 
     def upload(self, path, model_id, *, format, lineage=None, labels=None, overwrite=False) -> str:
         """Upload a directory as ``models/{model_id}`` (``format``: "full" or "peft_adapter", lineage and labels as the hub takes them); returns its name."""
-        from swiftmesh.clients.hub import upload_dir_sync
-        from swiftmesh.hub.v1 import hub_pb2
+        from swiftmesh.clients.hub import format_value, upload_dir_sync
 
-        fmt = hub_pb2.ModelFormat.Value("MODEL_FORMAT_" + format.upper())
+        fmt = format_value(format)
         m = upload_dir_sync(
             self.settings, Path(path), model_id, format=fmt, lineage=lineage, labels=labels, overwrite=overwrite
         )

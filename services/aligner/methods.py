@@ -417,8 +417,10 @@ def save_result(trainer, out_dir: str | Path) -> str:
 
     if hasattr(trainer, "save_policy"):
         return trainer.save_policy(out_dir)
+    from .ppo.model import is_peft
+
     model = trainer.accelerator.unwrap_model(trainer.model)
-    kind = "adapter" if _is_peft(model) else "full"
+    kind = "adapter" if is_peft(model) else "full"
     if getattr(trainer, "is_deepspeed_enabled", False):
         # ZeRO shards the weights: the Trainer gathers them (collective), then drop the "ref" copy
         # and the pickled training arguments (a model directory holds no pickles).
@@ -434,9 +436,3 @@ def save_result(trainer, out_dir: str | Path) -> str:
     if trainer.args.should_save:
         save_policy(model, trainer.processing_class, out_dir)
     return kind
-
-
-def _is_peft(model) -> bool:
-    from peft import PeftModel
-
-    return isinstance(model, PeftModel)

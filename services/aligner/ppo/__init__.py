@@ -5,6 +5,7 @@ losses, masking after EOS, whitening), each citing the paper it follows.
 """
 
 from .config import PPOConfig
-from .trainer import PolicyAndValue, PPOTrainer
+from .model import PolicyAndValue
+from .trainer import PPOTrainer
 
 __all__ = ["PPOConfig", "PPOTrainer", "PolicyAndValue"]

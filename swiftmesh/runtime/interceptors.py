@@ -15,6 +15,7 @@ Client side: :func:`call_defaults_interceptors` add the auth metadata and a dead
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import inspect
 import logging
@@ -167,56 +168,45 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
                 return c.name
             return "OK" if c in (None, 0) else str(c)
 
+        @contextlib.asynccontextmanager
+        async def observed(context):
+            """One call's outcome: domain errors become statuses, every call is logged and counted."""
+            start = time.perf_counter()
+            peer = peer_of(context)
+            code = "OK"
+            try:
+                yield
+            except asyncio.CancelledError:
+                code = "CANCELLED"
+                raise
+            except grpc.aio.AbortError:
+                code = code_of(context)
+                raise
+            except SwiftMeshError as e:
+                code = e.code_name
+                await translate(context, e)
+            except Exception as e:  # noqa: BLE001
+                code = "INTERNAL"
+                await translate(context, e)
+            finally:
+                finish(context, start, code if code != "OK" else code_of(context), peer)
+
         def unary(behavior):
             async def wrapped(request, context):
-                start = time.perf_counter()
-                peer = peer_of(context)
-                code = "OK"
-                try:
+                async with observed(context):
                     return await behavior(request, context)
-                except asyncio.CancelledError:
-                    code = "CANCELLED"
-                    raise
-                except grpc.aio.AbortError:
-                    code = code_of(context)
-                    raise
-                except SwiftMeshError as e:
-                    code = e.code_name
-                    await translate(context, e)
-                except Exception as e:  # noqa: BLE001
-                    code = "INTERNAL"
-                    await translate(context, e)
-                finally:
-                    finish(context, start, code if code != "OK" else code_of(context), peer)
 
             return wrapped
 
         def streaming(behavior):
             async def wrapped(request, context):
-                start = time.perf_counter()
-                peer = peer_of(context)
-                code = "OK"
-                try:
+                async with observed(context):
                     result = behavior(request, context)
                     if inspect.isasyncgen(result):
                         async for item in result:
                             yield item
                     else:  # a coroutine that writes with context.write()
                         await result
-                except asyncio.CancelledError:
-                    code = "CANCELLED"
-                    raise
-                except grpc.aio.AbortError:
-                    code = code_of(context)
-                    raise
-                except SwiftMeshError as e:
-                    code = e.code_name
-                    await translate(context, e)
-                except Exception as e:  # noqa: BLE001
-                    code = "INTERNAL"
-                    await translate(context, e)
-                finally:
-                    finish(context, start, code if code != "OK" else code_of(context), peer)
 
             return wrapped
 

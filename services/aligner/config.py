@@ -82,8 +82,8 @@ class RewardSettings:
 
 
 @dataclass
-class PpoSettings:
-    """PPO for RLHF (see :class:`swiftmesh.services.aligner.ppo.PPOConfig` for the details)."""
+class RewardSource:
+    """Where the rewards of an online method (PPO, GRPO) come from."""
 
     # Reward model directory (a sequence classifier with one label, or a PEFT adapter of one);
     # or reward_funcs.
@@ -91,6 +91,12 @@ class PpoSettings:
     reward_funcs: list[str] = field(default_factory=list)
     # Base model directory when reward_model is a PEFT adapter (default: its recorded base).
     reward_model_base: str | None = None
+
+
+@dataclass
+class PpoSettings(RewardSource):
+    """PPO for RLHF (see :class:`swiftmesh.services.aligner.ppo.PPOConfig` for the details)."""
+
     # Rollouts per PPO update, per worker (default 8).
     rollout_batch_size: int = 8
     num_ppo_epochs: int = 4
@@ -110,13 +116,9 @@ class PpoSettings:
 
 
 @dataclass
-class GrpoSettings:
+class GrpoSettings(RewardSource):
     """GRPO (Shao et al. 2024, arXiv:2402.03300), ``trl.GRPOConfig`` names."""
 
-    reward_model: str | None = None
-    reward_funcs: list[str] = field(default_factory=list)
-    # Base model directory when reward_model is a PEFT adapter (default: its recorded base).
-    reward_model_base: str | None = None
     # Completions per prompt (default 4).
     num_generations: int = 4
     # KL coefficient (default 0.04; TRL's default is 0.0).

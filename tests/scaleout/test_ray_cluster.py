@@ -236,9 +236,8 @@ def _keep_logs(root: Path, dest: Path) -> None:
 # Fixture ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def env(tmp_path_factory, tiny_model_dir):
-    from swiftmesh.services.hub.server import create_service as hub_service
-
     from swiftmesh.runtime.config import Settings
+    from swiftmesh.services.hub.server import create_service as hub_service
 
     # Short root: Ray's Unix sockets live under the nodes' temp dirs.
     root = Path(tempfile.mkdtemp(prefix="smrc-", dir="/tmp"))

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import httpcore
 import httpx
 import tenacity
 
@@ -51,6 +52,15 @@ if TYPE_CHECKING:
     from .peers import PeerHubs
 
 log = logging.getLogger("swiftmesh.hub.download")
+
+# httpcore reads an HTTP/1.1 body READ_NUM_BYTES (64 KiB) per recv; at loopback/LAN speeds the
+# per-read Python overhead then costs more CPU than sha256 (bench/hub: hub-http fell from 0.90 to
+# 0.72 of curl without this). 1 MiB is a cap, not a wait: a smaller read still returns at once.
+# ``HTTP11Connection`` and its ``READ_NUM_BYTES`` are httpcore's public names (httpcore.__all__);
+# httpx offers no per-client setting for it, so it is raised for the process (harmless for others).
+HTTP_READ_BYTES = 1 << 20
+if getattr(httpcore.HTTP11Connection, "READ_NUM_BYTES", HTTP_READ_BYTES) < HTTP_READ_BYTES:
+    httpcore.HTTP11Connection.READ_NUM_BYTES = HTTP_READ_BYTES
 
 # Read granularity of local copies, bytes.
 COPY_CHUNK = 4 << 20
@@ -357,7 +367,7 @@ class Fetcher:
             expected = offset + int(length) if length and length.isdigit() else size
             got = offset
             with open(part, "ab", buffering=0) as out:
-                for chunk in r.iter_raw():  # as httpcore reads it (64 KiB at most; re-chunking costs more)
+                for chunk in r.iter_raw():  # as httpcore reads it (HTTP_READ_BYTES at most; re-chunking costs more)
                     sink(chunk, out)
                     got += len(chunk)
             if expected is not None and got < expected:

@@ -77,7 +77,7 @@ def channel(
 ) -> grpc.aio.Channel:
     """An aio channel to ``target`` ("host:port") with deadlines, retries, auth, TLS and tracing.
 
-    ``send_token=False`` leaves the service token out: pass ``is_configured_peer(target, settings)``
+    ``send_token=False`` leaves the service token out: pass ``target in settings.configured_peers()``
     when the target comes from a request (a ``hub://`` source) rather than from configuration.
     Use it as ``async with channel(...) as ch`` or close it with ``await ch.close()``.
     """
@@ -97,12 +97,6 @@ def channel(
     if creds is not None:
         return grpc.aio.secure_channel(target, creds, options=options, interceptors=interceptors)
     return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
-
-
-def is_configured_peer(target: str, settings: Settings) -> bool:
-    """True when ``target`` ("host:port") is one of :meth:`Settings.configured_peers` (the service
-    addresses, ``gateway.workers``, ``trusted_peers``): only those may receive the service token."""
-    return target.strip() in settings.configured_peers()
 
 
 def domain_error(err: grpc.RpcError) -> SwiftMeshError:

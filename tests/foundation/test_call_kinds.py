@@ -119,13 +119,11 @@ async def _drain(call) -> list:
 
 async def test_the_token_goes_only_where_asked(echo_server, make_settings):
     """A channel made with ``send_token=False`` (a peer a request named) carries no token."""
-    from swiftmesh.runtime.client import is_configured_peer
-
     echo, running = echo_server
     settings = make_settings(auth_token="s3cret")
-    assert not is_configured_peer(running.target, settings)
-    assert is_configured_peer(settings.hub.target, settings)
-    assert is_configured_peer(running.target, make_settings(trusted_peers=[running.target]))
+    assert running.target not in settings.configured_peers()
+    assert settings.hub.target in settings.configured_peers()
+    assert running.target in make_settings(trusted_peers=[running.target]).configured_peers()
     async with channel(running.target, settings, send_token=False) as ch:
         with pytest.raises(grpc.aio.AioRpcError) as e:
             await ch.unary_unary(f"/{SERVICE}/UnaryUnary")(b"x")

@@ -1,4 +1,5 @@
-"""API keys of the gateway, stored hashed in SQLite (``<gateway_state_dir>/keys.sqlite``).
+"""API keys of the gateway, stored hashed in the gateway database (:mod:`swiftmesh.runtime.database`:
+SQLite ``<gateway_state_dir>/gateway.db`` by default, or ``gateway.database_url``, e.g. PostgreSQL).
 
 A key's secret (``sk-`` followed by 43 URL-safe characters, 256 random bits) is returned once,
 at creation; the store keeps only its SHA-256 (a fast hash is enough for random secrets of this
@@ -6,9 +7,10 @@ length, and it lets a request's key be found by an indexed lookup). Each key has
 per-minute limits on requests and on prompt + completion tokens (0: unlimited), enforced by
 :mod:`swiftmesh.services.gateway.ratelimit`, and an ``admin`` flag for the admin endpoints.
 
-The database is opened by the shared opener (:func:`swiftmesh.runtime.sqlite.connect`: WAL, busy
-timeout, ``synchronous=FULL``), so several gateway processes on one host share the store; keys
-created or deleted by one are seen by the others at their next lookup (nothing is cached).
+The database is opened by :func:`swiftmesh.runtime.database.open_database` (Alembic migrations on
+open; SQLite with WAL, busy timeout, ``synchronous=FULL``), so several gateway processes (replicas
+on one SQLite file or on one PostgreSQL) share the store; keys created or deleted by one are seen
+by the others at their next lookup (nothing is cached).
 Listings page with the shared token scheme (:mod:`swiftmesh.runtime.paging`).
 """
 
@@ -16,32 +18,37 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import threading
+import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import sqlalchemy as sa
+
+from swiftmesh.runtime.database import open_database, sqlite_url
 from swiftmesh.runtime.errors import InvalidArgument, NotFound
 from swiftmesh.runtime.paging import page
-from swiftmesh.runtime.sqlite import connect
 
 SECRET_PREFIX = "sk-"
 #: Characters of the secret kept in clear (``prefix``) to tell keys apart in listings.
 PREFIX_CHARS = 10
 MAX_DISPLAY_NAME = 128
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS api_keys (
-    key_id TEXT PRIMARY KEY,
-    display_name TEXT NOT NULL,
-    secret_sha256 TEXT NOT NULL UNIQUE,
-    prefix TEXT NOT NULL,
-    requests_per_minute INTEGER NOT NULL DEFAULT 0,
-    tokens_per_minute INTEGER NOT NULL DEFAULT 0,
-    admin INTEGER NOT NULL DEFAULT 0,
-    create_time REAL NOT NULL
+_metadata = sa.MetaData()
+#: The table (created by migration 0001 of :mod:`swiftmesh.migrations`).
+api_keys = sa.Table(
+    "api_keys", _metadata,
+    sa.Column("key_id", sa.Text, primary_key=True),
+    sa.Column("display_name", sa.Text, nullable=False),
+    sa.Column("secret_sha256", sa.Text, nullable=False, unique=True),
+    sa.Column("prefix", sa.Text, nullable=False),
+    sa.Column("requests_per_minute", sa.Integer, nullable=False),
+    sa.Column("tokens_per_minute", sa.Integer, nullable=False),
+    sa.Column("admin", sa.Integer, nullable=False),
+    sa.Column("create_time", sa.Float, nullable=False),
 )
-"""
+_COLUMNS = [api_keys.c[n] for n in ("key_id", "display_name", "prefix", "requests_per_minute",
+                                    "tokens_per_minute", "admin", "create_time")]
 
 
 @dataclass(frozen=True)
@@ -76,30 +83,46 @@ def key_id_from_name(name: str) -> str:
     return key_id
 
 
+def database_url(url: str | None, state_dir: Path) -> str:
+    """The gateway database: ``url`` (``gateway.database_url``) or ``sqlite:///<state_dir>/gateway.db``.
+
+    A ``<state_dir>/keys.sqlite`` written before the database layer is copied (SQLite's online
+    backup, WAL included) to ``gateway.db`` when that does not exist yet, then migrated in place.
+    """
+    if url:
+        return url
+    path, legacy = state_dir / "gateway.db", state_dir / "keys.sqlite"
+    if not path.exists() and legacy.exists():
+        src, dst = sqlite3.connect(legacy), sqlite3.connect(path)
+        try:
+            src.backup(dst)
+        finally:
+            src.close()
+            dst.close()
+    return sqlite_url(path)
+
+
 class ApiKeyStore:
-    """The SQLite store of API keys. Thread-safe; each call is one short transaction.
+    """The store of API keys on the gateway database. Thread-safe; each call is one transaction.
 
     Args:
-        path: the database file (its directory is created).
+        url_or_path: a SQLAlchemy URL (``sqlite:///...``, ``postgresql+psycopg://...``) or a
+            SQLite file path (its directory is created). The schema is migrated on open.
     """
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self._lock = threading.Lock()
-        self._db = connect(self.path)
-        self._db.execute(_SCHEMA)
+    def __init__(self, url_or_path: str | Path) -> None:
+        url = str(url_or_path)
+        self.url = url if "://" in url else sqlite_url(url)
+        self.engine = open_database(self.url)
 
     def close(self) -> None:
-        """Close the database."""
-        with self._lock:
-            self._db.close()
+        """Close the database (its connection pool)."""
+        self.engine.dispose()
 
     @staticmethod
-    def _row(row: tuple) -> ApiKey:
+    def _row(row) -> ApiKey:
         key_id, display_name, prefix, rpm, tpm, admin, created = row
         return ApiKey(key_id, display_name, prefix, int(rpm), int(tpm), bool(admin), float(created))
-
-    _COLUMNS = "key_id, display_name, prefix, requests_per_minute, tokens_per_minute, admin, create_time"
 
     def create(
         self,
@@ -131,13 +154,11 @@ class ApiKeyStore:
             admin=admin,
             create_time=time.time(),
         )
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO api_keys (key_id, display_name, secret_sha256, prefix, requests_per_minute,"
-                " tokens_per_minute, admin, create_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (key.key_id, key.display_name, hash_secret(secret), key.prefix, key.requests_per_minute,
-                 key.tokens_per_minute, int(key.admin), key.create_time),
-            )
+        with self.engine.begin() as db:
+            db.execute(api_keys.insert().values(
+                key_id=key.key_id, display_name=key.display_name, secret_sha256=hash_secret(secret),
+                prefix=key.prefix, requests_per_minute=key.requests_per_minute,
+                tokens_per_minute=key.tokens_per_minute, admin=int(key.admin), create_time=key.create_time))
         return key, secret
 
     def list(self, page_size: int = 0, page_token: str = "") -> tuple[list[ApiKey], str]:
@@ -145,25 +166,24 @@ class ApiKeyStore:
         and the next page token ("" after the last page). A bad token (or a negative size) raises
         InvalidArgument."""
         p = page(page_size, page_token, "api_keys", default=100)
-        with self._lock:
-            rows = self._db.execute(
-                f"SELECT {self._COLUMNS} FROM api_keys ORDER BY create_time, key_id LIMIT ? OFFSET ?",
-                (p.size + 1, p.offset),
-            ).fetchall()
+        query = (sa.select(*_COLUMNS).order_by(api_keys.c.create_time, api_keys.c.key_id)
+                 .limit(p.size + 1).offset(p.offset))
+        with self.engine.connect() as db:
+            rows = db.execute(query).fetchall()
         return [self._row(r) for r in rows[:p.size]], p.next_token(len(rows) > p.size)
 
     def get(self, key_id: str) -> ApiKey:
         """A key by id. NotFound if there is no such key."""
-        with self._lock:
-            row = self._db.execute(f"SELECT {self._COLUMNS} FROM api_keys WHERE key_id = ?", (key_id,)).fetchone()
+        with self.engine.connect() as db:
+            row = db.execute(sa.select(*_COLUMNS).where(api_keys.c.key_id == key_id)).fetchone()
         if row is None:
             raise NotFound(f"API key apiKeys/{key_id} not found", reason="API_KEY_NOT_FOUND")
         return self._row(row)
 
     def delete(self, key_id: str) -> None:
         """Delete a key; requests with it fail from then on. NotFound if there is no such key."""
-        with self._lock:
-            cur = self._db.execute("DELETE FROM api_keys WHERE key_id = ?", (key_id,))
+        with self.engine.begin() as db:
+            cur = db.execute(api_keys.delete().where(api_keys.c.key_id == key_id))
         if cur.rowcount == 0:
             raise NotFound(f"API key apiKeys/{key_id} not found", reason="API_KEY_NOT_FOUND")
 
@@ -171,13 +191,11 @@ class ApiKeyStore:
         """The key whose secret this is, or None."""
         if not secret.startswith(SECRET_PREFIX):
             return None
-        with self._lock:
-            row = self._db.execute(
-                f"SELECT {self._COLUMNS} FROM api_keys WHERE secret_sha256 = ?", (hash_secret(secret),)
-            ).fetchone()
+        with self.engine.connect() as db:
+            row = db.execute(sa.select(*_COLUMNS).where(api_keys.c.secret_sha256 == hash_secret(secret))).fetchone()
         return self._row(row) if row else None
 
     def count(self) -> int:
         """How many keys there are."""
-        with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM api_keys").fetchone()[0])
+        with self.engine.connect() as db:
+            return int(db.execute(sa.select(sa.func.count()).select_from(api_keys)).scalar_one())

@@ -46,6 +46,7 @@ from .workers import (
     WORKER_RUNNING,
     WORKER_WAITING,
     Worker,
+    WorkerRegistry,
     check_address,
     worker_id,
 )
@@ -125,10 +126,14 @@ class WorkerPool:
     Args:
         settings: ``gateway.workers`` (static addresses), ``gateway.health_check_interval_s``,
             and the shared client settings (auth token, TLS) used to dial the workers.
+        registry: where registered workers are kept (None: in memory only). With one, the pool
+            starts with the registered workers and each health-check round re-reads it, so
+            replicas on one database converge on the same workers.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, registry: WorkerRegistry | None = None) -> None:
         self.settings = settings
+        self.registry = registry
         self.interval = settings.gateway.health_check_interval_s
         self._workers: dict[str, Worker] = {}
         self._task: asyncio.Task | None = None
@@ -210,8 +215,24 @@ class WorkerPool:
         worker.mark_unreachable(error)
         worker.reset_channel()
 
+    async def _sync_registry(self) -> None:
+        """Add the registry's workers this pool lacks; drop registered ones it no longer has."""
+        if self.registry is None:
+            return
+        try:
+            addresses = set(await asyncio.to_thread(self.registry.addresses))
+        except Exception as e:  # noqa: BLE001 - a database outage keeps the current workers
+            log.warning("worker registry unreadable: %s", e)
+            return
+        for address in addresses - self._workers.keys():
+            self._workers[address] = Worker(address)
+            log.info("worker %s from the registry", address)
+        for w in [w for w in self._workers.values() if not w.static and w.address not in addresses]:
+            self._drop(w)
+
     async def refresh_all(self) -> None:
-        """Poll every worker concurrently."""
+        """Re-read the registry (if any), then poll every worker concurrently."""
+        await self._sync_registry()
         self._last_refresh_all = time.monotonic()
         workers = list(self._workers.values())
         if workers:
@@ -231,6 +252,8 @@ class WorkerPool:
             worker = Worker(address)
             self._workers[address] = worker
             log.info("worker %s registered", address)
+        if self.registry is not None and not worker.static:
+            await asyncio.to_thread(self.registry.add, address)
         await self.refresh(worker)
         return worker
 
@@ -238,6 +261,11 @@ class WorkerPool:
         """Remove a worker by name (``workers/{id}``) or address. NotFound if unknown.
         Generations already on it run to their end."""
         worker = self.find(name)
+        if self.registry is not None:
+            await asyncio.to_thread(self.registry.remove, worker.address)
+        self._drop(worker)
+
+    def _drop(self, worker: Worker) -> None:
         del self._workers[worker.address]
         for gauge in (WORKER_HEALTHY, WORKER_RUNNING, WORKER_WAITING, WORKER_KV, WORKER_INFLIGHT):
             try:

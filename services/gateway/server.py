@@ -3,7 +3,8 @@ GatewayService for administration, on the shared runtime.
 
     swiftmesh serve gateway        # REST on gateway.http_port (8000), gRPC admin on gateway.port
 
-The gateway is stateless apart from the API keys (SQLite under ``settings.gateway_state_dir``):
+The gateway's state is its database (API keys and registered workers; SQLite under
+``settings.gateway_state_dir`` or ``gateway.database_url``):
 run as many as needed behind a load balancer, each with the same worker list (or workers that
 register with each). Layers: ``api.protocol`` (OpenAI schema) -> ``api.serving*`` (handlers) ->
 ``router`` (worker pool, gRPC InferenceService).
@@ -25,9 +26,10 @@ from swiftmesh.runtime.server import Service
 from .admin_servicer import GatewayServicer
 from .api.app import create_app as _create_app
 from .api.auth import Authenticator
-from .keys import ApiKeyStore
+from .keys import ApiKeyStore, database_url
 from .ratelimit import RateLimiter
 from .router import WorkerPool
+from .workers import WorkerRegistry
 
 log = logging.getLogger("swiftmesh.gateway")
 
@@ -56,8 +58,8 @@ def create_app(settings: Settings, pool: WorkerPool | None = None, keys: ApiKeyS
                limiter: RateLimiter | None = None) -> FastAPI:
     """The REST application (for embedding or tests); the pool is not started here."""
     pool = pool or WorkerPool(settings)
-    keys = keys or ApiKeyStore(settings.gateway_state_dir / "keys.sqlite")
-    limiter = limiter or RateLimiter()
+    keys = keys or ApiKeyStore(database_url(settings.gateway.database_url, settings.gateway_state_dir))
+    limiter = limiter or RateLimiter(settings.gateway.redis_url or "memory://")
     app = _create_app(pool, keys, limiter, Authenticator(settings, keys, limiter))
     _instrument(app)
     return app
@@ -71,10 +73,10 @@ def create_service(settings: Settings) -> Service:
     ``service.http_port``). On stop: HTTP drains, the pool stops, the key store closes.
     """
     service = Service("gateway", endpoint=settings.gateway)
-    pool = WorkerPool(settings)
-    keys = ApiKeyStore(settings.gateway_state_dir / "keys.sqlite")
-    limiter = RateLimiter()
-    service.add(GatewayServicer(pool, keys, limiter), gateway_pb2_grpc.add_GatewayServiceServicer_to_server,
+    keys = ApiKeyStore(database_url(settings.gateway.database_url, settings.gateway_state_dir))
+    pool = WorkerPool(settings, WorkerRegistry(keys.engine))
+    limiter = RateLimiter(settings.gateway.redis_url or "memory://")
+    service.add(GatewayServicer(pool, keys, limiter, settings), gateway_pb2_grpc.add_GatewayServiceServicer_to_server,
                 SERVICE_NAME)
     app = create_app(settings, pool, keys, limiter)
     http = EmbeddedUvicorn(uvicorn.Config(app, host=settings.gateway.host, port=settings.gateway.http_port,

@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from dataclasses import dataclass, field
 
+import sqlalchemy as sa
 from prometheus_client import Counter, Gauge
 
 from swiftmesh.clients.gateway import WorkerClient
@@ -110,3 +112,46 @@ class Worker:
         self.running = self.waiting = 0
         self.inflight_at_poll = self.inflight
         WORKER_HEALTHY.labels(self.address).set(0)
+
+
+class WorkerRegistry:
+    """The registered (not static) worker addresses on the gateway database (table
+    ``gateway_workers``, migration 0002), so a restarted gateway re-reads its workers and replicas
+    on one database see the same ones. Blocking calls (one short transaction each).
+
+    Args:
+        engine: the gateway database (``ApiKeyStore.engine``).
+    """
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+
+    def add(self, address: str) -> None:
+        """Record ``address`` (idempotent)."""
+        try:
+            with self.engine.begin() as db:
+                if db.execute(sa.select(gateway_workers.c.address)
+                              .where(gateway_workers.c.address == address)).first():
+                    return
+                db.execute(gateway_workers.insert().values(address=address, register_time=time.time()))
+        except sa.exc.IntegrityError:  # another replica added it meanwhile
+            pass
+
+    def remove(self, address: str) -> None:
+        """Forget ``address`` (no error when absent)."""
+        with self.engine.begin() as db:
+            db.execute(gateway_workers.delete().where(gateway_workers.c.address == address))
+
+    def addresses(self) -> list[str]:
+        """Every registered address, in registration order."""
+        with self.engine.connect() as db:
+            return list(db.execute(sa.select(gateway_workers.c.address)
+                                   .order_by(gateway_workers.c.register_time)).scalars())
+
+
+#: The registry's table (created by migration 0002 of :mod:`swiftmesh.migrations`).
+gateway_workers = sa.Table(
+    "gateway_workers", sa.MetaData(),
+    sa.Column("address", sa.Text, primary_key=True),
+    sa.Column("register_time", sa.Float, nullable=False),
+)

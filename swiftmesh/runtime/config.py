@@ -81,6 +81,9 @@ class HubSettings(Endpoint):
     # Local directories a PullModel of a path / file:// source may read (None: any path the hub can read).
     # Set it when clients on other machines may call the hub, so they cannot read its other files.
     local_source_roots: list[Path] | None = None
+    # UploadModel of pickle-based weights (.bin, .pt, .pth, .ckpt, .pkl, .pickle; loading them can run
+    # code). False: an upload listing one is refused (INVALID_ARGUMENT, reason PICKLE_REFUSED).
+    upload_allow_pickle: bool = False
     # HTTP download: parallel files, retries.
     download_concurrency: int = Field(default=4, ge=1)
     download_retries: int = Field(default=5, ge=0)
@@ -151,6 +154,14 @@ class GatewaySettings(Endpoint):
     # State (API keys) (default <data_dir>/gateway).
     state_dir: Path | None = None
     health_check_interval_s: float = Field(default=2.0, gt=0)
+    # API keys and the worker registry: a SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db
+    # for replicas sharing one store (default sqlite:///<state_dir>/gateway.db).
+    database_url: str | None = None
+    # Rate-limit windows: a `limits` storage URI, e.g. redis://host:6379 for replicas counting
+    # together (default memory://, each process counts for itself).
+    redis_url: str | None = None
+    # Requests per minute per client address for callers without an API key (0: unlimited).
+    anonymous_requests_per_minute: int = Field(default=0, ge=0)
 
 
 class TelemetrySettings(BaseModel):

@@ -160,9 +160,9 @@ def test_api_keys_401_and_hashed_storage(secured):
     with pytest.raises(openai.AuthenticationError):
         secured.client(api_key=secret).chat.completions.create(model=secured.model, messages=MESSAGES)
     # Only the hash is stored.
-    db = secured.settings.gateway_state_dir / "keys.sqlite"
+    db = secured.settings.gateway_state_dir / "gateway.db"
     _, secret2 = keys.create("another")
-    raw = b"".join(p.read_bytes() for p in db.parent.glob("keys.sqlite*"))
+    raw = b"".join(p.read_bytes() for p in db.parent.glob("gateway.db*"))
     assert secret2.encode() not in raw
     with sqlite3.connect(db) as conn:
         hashes = [row[0] for row in conn.execute("SELECT secret_sha256 FROM api_keys")]

@@ -1,0 +1,1 @@
+"""Alembic migrations of the SwiftMesh database layer (:mod:`swiftmesh.runtime.database`)."""

@@ -123,7 +123,8 @@ class Hub:
 
     def begin_upload(self, header: UploadHeader) -> Upload:
         """Validate an upload header and prepare its staging directory (:func:`.upload.begin_upload`)."""
-        return begin_upload(self.store, self.catalogue, self.eviction, header)
+        return begin_upload(self.store, self.catalogue, self.eviction, header,
+                            allow_pickle=self.settings.hub.upload_allow_pickle)
 
     def verify(self, name: str, repair: bool = False) -> tuple[ModelRecord, bool, list[FileCheck]]:
         """Re-hash (and with ``repair`` restore) every file of a model (:meth:`.Verifier.verify`)."""

@@ -16,6 +16,7 @@ from swiftmesh.runtime.errors import AlreadyExists, InvalidArgument
 
 from .catalogue import Catalogue, validate_labels, validate_lineage
 from .eviction import Eviction
+from .sources.base import is_pickle
 from .store import FileEntry, Lineage, ModelFormat, ModelRecord, Store
 
 
@@ -32,9 +33,12 @@ class UploadHeader:
     overwrite: bool = False
 
 
-def begin_upload(store: Store, catalogue: Catalogue, eviction: Eviction, header: UploadHeader) -> Upload:
-    """Validate an upload header and prepare its staging directory. Raises InvalidArgument
-    (fields under ``header``), AlreadyExists (unless overwrite), ResourceExhausted."""
+def begin_upload(store: Store, catalogue: Catalogue, eviction: Eviction, header: UploadHeader,
+                 allow_pickle: bool = False) -> Upload:
+    """Validate an upload header and prepare its staging directory. Pickle-based weight files
+    (:func:`.sources.base.is_pickle`) are refused unless ``allow_pickle`` (setting
+    ``hub.upload_allow_pickle``), the same policy pulls apply. Raises InvalidArgument (fields under
+    ``header``; reason PICKLE_REFUSED), AlreadyExists (unless overwrite), ResourceExhausted."""
     model_id = validate_model_id(header.model_id, "header.model_id")
     header.model_id = model_id
     validate_lineage(header.lineage, "header.lineage")
@@ -47,6 +51,12 @@ def begin_upload(store: Store, catalogue: Catalogue, eviction: Eviction, header:
         if f.path in seen:
             raise InvalidArgument(f"file {f.path} listed twice", field_violations=[(f"header.files[{i}].path", "duplicate")])
         seen.add(f.path)
+        if is_pickle(f.path) and not allow_pickle:
+            raise InvalidArgument(
+                f"upload lists pickle-based weights {f.path} (loading it can run arbitrary code); upload "
+                "safetensors instead, or set hub.upload_allow_pickle (SWIFTMESH_HUB__UPLOAD_ALLOW_PICKLE=true)",
+                field_violations=[(f"header.files[{i}].path", "pickle file needs hub.upload_allow_pickle")],
+                reason="PICKLE_REFUSED")
         if f.size < 0:
             raise InvalidArgument("size must not be negative", field_violations=[(f"header.files[{i}].size_bytes", "negative")])
         if len(f.sha256) != 64 or any(c not in "0123456789abcdef" for c in f.sha256):

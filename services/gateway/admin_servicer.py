@@ -1,12 +1,24 @@
-"""The gRPC GatewayService (workers and API keys): proto <-> domain translation only."""
+"""The gRPC GatewayService (workers and API keys): proto <-> domain translation only.
+
+Every RPC is an admin action. The caller must present the service token (checked first by
+the runtime's AuthInterceptor when ``auth_token`` is set) or an admin API key as
+``authorization: Bearer <secret>`` metadata. A non-admin key: PERMISSION_DENIED (reason
+ADMIN_REQUIRED); no or an unknown credential on a secured gateway (``auth_token`` or
+``gateway.require_api_key``): UNAUTHENTICATED. A gateway with neither admits loopback
+peers only (PERMISSION_DENIED, reason LOOPBACK_ONLY, for any other peer).
+"""
 
 from __future__ import annotations
+
+import hmac
 
 from google.protobuf import empty_pb2, timestamp_pb2
 
 from swiftmesh.gateway.v1 import gateway_pb2, gateway_pb2_grpc
-from swiftmesh.runtime.errors import InvalidArgument
+from swiftmesh.runtime.config import Settings
+from swiftmesh.runtime.errors import InvalidArgument, PermissionDenied, Unauthenticated
 
+from .api.auth import is_loopback
 from .keys import ApiKey, ApiKeyStore, key_id_from_name
 from .ratelimit import RateLimiter
 from .router import WorkerPool
@@ -39,36 +51,71 @@ def key_proto(k: ApiKey) -> gateway_pb2.ApiKey:
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     """Workers: the pool; keys: the store (deleting a key also forgets its rate-limit window)."""
 
-    def __init__(self, pool: WorkerPool, keys: ApiKeyStore, limiter: RateLimiter) -> None:
+    def __init__(self, pool: WorkerPool, keys: ApiKeyStore, limiter: RateLimiter,
+                 settings: Settings | None = None) -> None:
         self.pool = pool
         self.keys = keys
         self.limiter = limiter
+        settings = settings or Settings()
+        self._token = settings.auth_token.get_secret_value() if settings.auth_token else None
+        self._secured = settings.gateway.require_api_key or self._token is not None
+
+    def _require_admin(self, context) -> None:
+        """Raise unless the caller is an admin (see the module docstring)."""
+        secret = ""
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization":
+                value = value if isinstance(value, str) else value.decode()
+                scheme, _, rest = value.partition(" ")
+                secret = rest.strip() if scheme.lower() == "bearer" else value.strip()
+        if self._token is not None and secret and hmac.compare_digest(secret.encode(), self._token.encode()):
+            return
+        key = self.keys.verify(secret) if secret else None
+        if key is not None:
+            if key.admin:
+                return
+            raise PermissionDenied(f"{key.name} is not an admin key; admin RPCs need an admin API key or the "
+                                   "service token", reason="ADMIN_REQUIRED")
+        if self._secured:
+            raise Unauthenticated("admin RPCs need an admin API key or the service token as "
+                                  "'authorization: Bearer <secret>' metadata",
+                                  reason="INVALID_CREDENTIALS" if secret else "MISSING_CREDENTIALS")
+        peer = context.peer()
+        if not is_loopback(peer):
+            raise PermissionDenied(f"a gateway without a service token or required API keys accepts admin RPCs "
+                                   f"from loopback peers only (this call came from {peer})", reason="LOOPBACK_ONLY")
 
     async def RegisterWorker(self, request, context):
+        self._require_admin(context)
         if not request.address:
             raise InvalidArgument("address is required", field_violations=[("address", "required: host:port")])
         return worker_proto(await self.pool.register(request.address))
 
     async def DeregisterWorker(self, request, context):
+        self._require_admin(context)
         if not request.name:
             raise InvalidArgument("name is required", field_violations=[("name", "required: workers/{worker}")])
         await self.pool.deregister(request.name)
         return empty_pb2.Empty()
 
     async def ListWorkers(self, request, context):
+        self._require_admin(context)
         workers, next_token = self.pool.list_workers(request.page_size, request.page_token)
         return gateway_pb2.ListWorkersResponse(workers=[worker_proto(w) for w in workers], next_page_token=next_token)
 
     async def CreateApiKey(self, request, context):
+        self._require_admin(context)
         key, secret = self.keys.create(request.display_name, request.requests_per_minute,
                                        request.tokens_per_minute, request.admin)
         return gateway_pb2.CreateApiKeyResponse(api_key=key_proto(key), secret=secret)
 
     async def ListApiKeys(self, request, context):
+        self._require_admin(context)
         keys, next_token = self.keys.list(request.page_size, request.page_token)
         return gateway_pb2.ListApiKeysResponse(api_keys=[key_proto(k) for k in keys], next_page_token=next_token)
 
     async def DeleteApiKey(self, request, context):
+        self._require_admin(context)
         key_id = key_id_from_name(request.name)
         self.keys.delete(key_id)
         self.limiter.forget(key_id)

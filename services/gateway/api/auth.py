@@ -9,7 +9,8 @@ A request presents its key as ``Authorization: Bearer <key>`` (what the OpenAI S
   handed out before they are required), any other key is ignored.
 * Admin endpoints need an admin key or the service token whenever ``require_api_key`` or
   ``auth_token`` is set (401 without a valid key, 403 with a non-admin key); otherwise (a
-  local, unsecured gateway) they are open like the rest.
+  local, unsecured gateway) only loopback callers (127.0.0.0/8, ::1) may use them (403
+  ``loopback_only`` for any other peer), so a dev gateway still works with the CLI.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from swiftmesh.runtime.config import Settings
+from swiftmesh.runtime.server import LOOPBACK_HOSTS
 
 from ..keys import ApiKey, ApiKeyStore
 from ..ratelimit import RateLimiter, Remaining
@@ -37,12 +39,28 @@ def _mask(secret: str) -> str:
     return f"{secret[:6]}{'*' * 8}{secret[-4:]}"
 
 
+def is_loopback(host: str | None) -> bool:
+    """Whether ``host`` (an IP or name, or a gRPC peer like ``ipv4:127.0.0.1:5000``,
+    ``ipv6:[::1]:5000``) is a loopback address. Unknown or empty: False."""
+    if not host:
+        return False
+    kind, sep, rest = host.partition(":")
+    if sep and kind in ("ipv4", "ipv6"):
+        host = rest.rsplit(":", 1)[0].strip("[]")
+    elif kind == "unix":
+        return True  # a unix socket is local by construction
+    host = host.removeprefix("::ffff:")
+    return host in LOOPBACK_HOSTS or host.startswith("127.")
+
+
 @dataclass(frozen=True)
 class Principal:
     """The caller: an API key, the service token, or anonymous (no key required)."""
 
     key: ApiKey | None = None
     service: bool = False
+    # The client address of an anonymous caller (limited by gateway.anonymous_requests_per_minute).
+    address: str = ""
 
     @property
     def admin(self) -> bool:
@@ -60,6 +78,7 @@ class Authenticator:
         self._token = token.encode() if token else None
         self.keys = keys
         self.limiter = limiter
+        self.anonymous_rpm = settings.gateway.anonymous_requests_per_minute
 
     @staticmethod
     def _bearer(request: Request) -> str:
@@ -79,7 +98,7 @@ class Authenticator:
         if key is not None:
             return Principal(key=key)
         if not need:
-            return Principal()
+            return Principal(address=request.client.host if request.client else "")
         if not secret:
             raise APIError(401, _MISSING, code=None)
         raise APIError(401, f"Incorrect API key provided: {_mask(secret)}.", code="invalid_api_key")
@@ -89,7 +108,11 @@ class Authenticator:
         ``x-ratelimit-*`` headers for the answer."""
         key = principal.key
         if key is None:
-            return {}
+            if principal.service or self.anonymous_rpm <= 0:
+                return {}
+            remaining = self.limiter.acquire(f"address:{principal.address}", self.anonymous_rpm, 0)
+            return {"x-ratelimit-limit-requests": str(self.anonymous_rpm),
+                    "x-ratelimit-remaining-requests": str(max(remaining.requests, 0))}
         remaining: Remaining = self.limiter.acquire(key.key_id, key.requests_per_minute, key.tokens_per_minute)
         headers = {}
         if key.requests_per_minute > 0:
@@ -109,8 +132,15 @@ class Authenticator:
 
     def admin(self, request: Request) -> Principal:
         """The caller of an admin endpoint: 401 without a valid key, 403 with a non-admin key
-        (only when the gateway is secured: ``require_api_key`` or ``auth_token``)."""
+        (only when the gateway is secured: ``require_api_key`` or ``auth_token``); an unsecured
+        gateway admits loopback callers only (403 ``loopback_only`` for any other peer)."""
         if not self.secured:
+            host = request.client.host if request.client else None
+            if not is_loopback(host):
+                raise APIError(403, f"Admin endpoints of a gateway without a service token or required API keys "
+                               f"are open to loopback callers only (this call came from {host}); set "
+                               "SWIFTMESH_AUTH_TOKEN or SWIFTMESH_GATEWAY__REQUIRE_API_KEY and use an admin key.",
+                               code="loopback_only")
             return Principal(service=True)
         principal = self.principal(request, required=True)
         if not principal.admin:

@@ -63,12 +63,19 @@ else
   fi
 fi
 
-if [ "$DEV" = 1 ] && ! command -v nginx >/dev/null 2>&1; then
-  # A real HTTP server with Range support for the hub's download tests.
-  if [ "$(id -u)" = 0 ]; then
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null) \
-      || echo "setup: could not install nginx; the hub's HTTP tests will fail" >&2
-  else
-    echo "setup: nginx is not installed (sudo apt-get install nginx); the hub's HTTP tests need it" >&2
+if [ "$DEV" = 1 ]; then
+  # Real servers the tests start on loopback: nginx (HTTP with Range, for the hub's downloads),
+  # PostgreSQL and Redis (the gateway's shared state across replicas).
+  missing=()
+  command -v nginx >/dev/null 2>&1 || missing+=(nginx)
+  compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/dev/null 2>&1 || missing+=(postgresql)
+  command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+  if [ "${#missing[@]}" -gt 0 ]; then
+    if [ "$(id -u)" = 0 ]; then
+      (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null) \
+        || echo "setup: could not install ${missing[*]}; the tests that need them will fail or skip" >&2
+    else
+      echo "setup: ${missing[*]} not installed (sudo apt-get install ${missing[*]}); the tests that need them will fail or skip" >&2
+    fi
   fi
 fi

@@ -22,13 +22,14 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 
 from swiftmesh.runtime.sqlite import DEFAULT_BUSY_TIMEOUT_S
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 _upgrade_lock = threading.Lock()
+_MIGRATION_LOCK_KEY = 0x5377_6D65  # pg_advisory_xact_lock key of schema upgrades
 
 
 def sqlite_url(path: str | Path) -> str:
@@ -60,11 +61,15 @@ def create_database_engine(url: str) -> Engine:
 
 
 def upgrade(engine: Engine) -> None:
-    """``alembic upgrade head`` on ``engine`` (idempotent; concurrent callers in one process are
-    serialised, and on PostgreSQL each revision runs in a transaction)."""
+    """``alembic upgrade head`` on ``engine`` in one transaction (idempotent). Concurrent callers
+    are serialised: in one process by a lock, across processes on PostgreSQL by an advisory
+    transaction lock, on SQLite by its write lock."""
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     with _upgrade_lock, engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # Replicas starting together: one migrates, the others wait and then find it done.
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK_KEY})
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
 

@@ -60,7 +60,7 @@ def create_app(settings: Settings, pool: WorkerPool | None = None, keys: ApiKeyS
     pool = pool or WorkerPool(settings)
     keys = keys or ApiKeyStore(database_url(settings.gateway.database_url, settings.gateway_state_dir))
     limiter = limiter or RateLimiter(settings.gateway.redis_url or "memory://")
-    app = _create_app(pool, keys, limiter, Authenticator(settings, keys, limiter))
+    app = _create_app(pool, keys, limiter, Authenticator(settings, keys, limiter), limits=settings.gateway)
     _instrument(app)
     return app
 

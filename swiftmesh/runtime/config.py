@@ -162,6 +162,17 @@ class GatewaySettings(Endpoint):
     redis_url: str | None = None
     # Requests per minute per client address for callers without an API key (0: unlimited).
     anonymous_requests_per_minute: int = Field(default=0, ge=0)
+    # Request bounds of the REST API (HTTP 413 / 400 with an OpenAI error naming the param).
+    # Largest request body in bytes, checked while reading (chunked bodies too): 10 MiB.
+    max_request_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    # Most chat messages per request.
+    max_messages: int = Field(default=2048, ge=1)
+    # Most `stop` strings (OpenAI: 4; vLLM: unbounded).
+    max_stop: int = Field(default=16, ge=1)
+    # Most `logit_bias` entries (OpenAI: 300).
+    max_logit_bias: int = Field(default=300, ge=1)
+    # Most choices per request: prompts x n.
+    max_choices: int = Field(default=256, ge=1)
 
 
 class TelemetrySettings(BaseModel):

@@ -27,11 +27,14 @@ from fastapi import Body, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from swiftmesh.runtime.config import GatewaySettings
+
 from ..keys import ApiKeyStore
 from ..ratelimit import RateLimiter
 from ..router import WorkerPool
 from ..workers import Worker
 from .auth import Authenticator, Principal
+from .bounds import BodyLimit, check_bounds
 from .errors import install_error_handlers
 from .protocol import (
     AdapterLoadResult,
@@ -90,15 +93,19 @@ def _drop_422(app: FastAPI) -> None:
 
 
 def create_app(pool: WorkerPool, keys: ApiKeyStore, limiter: RateLimiter, auth: Authenticator,
-               *, title: str = "SwiftMesh gateway", version: str = "0.1.0") -> FastAPI:
+               *, title: str = "SwiftMesh gateway", version: str = "0.1.0",
+               limits: GatewaySettings | None = None) -> FastAPI:
     """The REST application over a worker pool and a key store (the pool is started and
-    stopped by the caller, see ``services.gateway.server``)."""
+    stopped by the caller, see ``services.gateway.server``); ``limits``: the request bounds of
+    :mod:`.bounds` (default: GatewaySettings' defaults)."""
+    limits = limits or GatewaySettings()
     app = FastAPI(
         title=title,
         version=version,
         description="OpenAI-compatible REST API of SwiftMesh (chat and text completions, models).",
     )
     install_error_handlers(app)
+    app.add_middleware(BodyLimit, limit=limits.max_request_body_bytes)
     chat = OpenAIServingChat(pool)
     completion = OpenAIServingCompletion(pool)
     models = OpenAIServingModels(pool)
@@ -156,6 +163,7 @@ def create_app(pool: WorkerPool, keys: ApiKeyStore, limiter: RateLimiter, auth: 
     async def chat_completions(request: Request, body: ChatCompletionRequest,
                                principal: Principal = Depends(caller)) -> Response:  # noqa: B008
         """Creates a model response for a conversation (the model's chat template renders it)."""
+        check_bounds(body, limits)
         return await chat.handle(body, context(request, principal))
 
     @app.post(
@@ -173,6 +181,7 @@ def create_app(pool: WorkerPool, keys: ApiKeyStore, limiter: RateLimiter, auth: 
     async def completions(request: Request, body: CompletionRequest,
                           principal: Principal = Depends(caller)) -> Response:  # noqa: B008
         """Creates a completion for a prompt (text or token ids)."""
+        check_bounds(body, limits)
         return await completion.handle(body, context(request, principal))
 
     # ---------------------------------------------------------------------- admin

@@ -1,0 +1,79 @@
+"""Request bounds of the REST API (issue 14), all from :class:`~swiftmesh.runtime.config.GatewaySettings`.
+
+* :class:`BodyLimit`: an ASGI middleware answering 413 (OpenAI error, ``code``
+  ``request_too_large``, ``param`` null) once a request body passes ``max_request_body_bytes``
+  (default 10 MiB): at once from ``Content-Length``, else while the (chunked) body is read, before
+  any parsing.
+* :func:`check_bounds`: 400 (``param`` naming the list) for more ``messages`` than
+  ``max_messages``, more ``stop`` strings than ``max_stop`` (OpenAI: 4), more ``logit_bias``
+  entries than ``max_logit_bias`` (OpenAI: 300), and more choices (prompts x ``n``) than
+  ``max_choices``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from swiftmesh.runtime.config import GatewaySettings
+
+from .errors import APIError
+from .protocol import ChatCompletionRequest, CompletionRequest, ParamError
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for an HTTP request body over ``limit`` bytes."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    def _error(self) -> APIError:
+        return APIError(413, f"Request body too large: the limit is {self.limit} bytes "
+                        "(gateway.max_request_body_bytes).", code="request_too_large")
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                return await self._error().response()(scope, receive, send)
+        seen = 0
+        answered = False
+
+        async def limited_receive():
+            # Over the limit: answer 413 now and tell the app the client left (FastAPI would turn
+            # an exception raised here into its own 400), dropping whatever it answers after.
+            nonlocal seen, answered
+            if answered:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    answered = True
+                    await self._error().response()(scope, receive, send)
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message):
+            if not answered:
+                await send(message)
+
+        await self.app(scope, limited_receive, guarded_send)
+
+
+def check_bounds(body: ChatCompletionRequest | CompletionRequest, limits: GatewaySettings) -> None:
+    """Raise ParamError (HTTP 400, ``param`` set) when a list of ``body`` passes its bound."""
+    def over(param: str, count: int, limit: int, what: str) -> None:
+        if count > limit:
+            raise ParamError(f"{param} has {count} {what}; at most {limit} are allowed", param,
+                             code="too_many_items")
+
+    if isinstance(body, ChatCompletionRequest):
+        over("messages", len(body.messages), limits.max_messages, "messages")
+        prompts = 1
+    else:
+        prompts = len(body.prompts())
+    over("stop", len(body.stop_list()), limits.max_stop, "strings")
+    over("logit_bias", len(body.logit_bias or {}), limits.max_logit_bias, "entries")
+    over("n", prompts * (body.n or 1), limits.max_choices, "choices (prompts x n)")

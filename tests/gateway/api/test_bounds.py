@@ -1,0 +1,57 @@
+"""Issue 14: request bounds answer OpenAI error objects (413 for the body, 400 naming the param)."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from swiftmesh.testing.services import start_in_process
+
+from .conftest import gateway_settings
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory):
+    """A gateway without workers and small bounds (the checks run before routing to a worker)."""
+    settings = gateway_settings(tmp_path_factory.mktemp("gw-bounds"), workers=[], max_request_body_bytes=4096,
+                                max_messages=3, max_stop=2, max_logit_bias=2, max_choices=4)
+    running = start_in_process("gateway", settings)
+    yield f"http://127.0.0.1:{running.service.http_port}/v1"
+    running.stop(0.5)
+
+
+MSG = [{"role": "user", "content": "hi"}]
+
+
+def test_body_over_limit_is_413(gw):
+    r = httpx.post(f"{gw}/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "x" * 8000}]})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+
+
+def test_chunked_body_over_limit_is_413(gw):
+    def chunks():
+        yield b'{"model": "m", "messages": [{"role": "user", "content": "'
+        for _ in range(10):
+            yield b"x" * 1000
+        yield b'"}]}'
+    r = httpx.post(f"{gw}/chat/completions", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "4096" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(("path", "body", "param"), [
+    ("chat/completions", {"messages": MSG * 4}, "messages"),
+    ("chat/completions", {"messages": MSG, "stop": ["a", "b", "c"]}, "stop"),
+    ("chat/completions", {"messages": MSG, "logit_bias": {"1": 1, "2": 1, "3": 1}}, "logit_bias"),
+    ("chat/completions", {"messages": MSG, "n": 5}, "n"),
+    ("completions", {"prompt": ["a", "b", "c"], "n": 2}, "n"),
+])
+def test_lists_over_bounds_are_400_naming_the_param(gw, path, body, param):
+    r = httpx.post(f"{gw}/{path}", json={"model": "m", **body})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == param and err["type"] == "invalid_request_error"
+
+
+def test_within_bounds_passes_the_checks(gw):
+    r = httpx.post(f"{gw}/chat/completions", json={"model": "m", "messages": MSG * 3, "stop": ["a", "b"], "n": 4})
+    assert r.status_code == 404  # no such model: past the bounds

@@ -173,6 +173,9 @@ class GatewaySettings(Endpoint):
     max_logit_bias: int = Field(default=300, ge=1)
     # Most choices per request: prompts x n.
     max_choices: int = Field(default=256, ge=1)
+    # Most generated tokens a request may ask for (max_tokens / max_completion_tokens), on top of
+    # the model's context length that every request is checked against (0: the context only).
+    max_output_tokens: int = Field(default=0, ge=0)
 
 
 class TelemetrySettings(BaseModel):

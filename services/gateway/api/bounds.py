@@ -6,8 +6,11 @@
   any parsing.
 * :func:`check_bounds`: 400 (``param`` naming the list) for more ``messages`` than
   ``max_messages``, more ``stop`` strings than ``max_stop`` (OpenAI: 4), more ``logit_bias``
-  entries than ``max_logit_bias`` (OpenAI: 300), and more choices (prompts x ``n``) than
-  ``max_choices``.
+  entries than ``max_logit_bias`` (OpenAI: 300), more choices (prompts x ``n``) than
+  ``max_choices``, and more generated tokens (``max_tokens`` / ``max_completion_tokens``) than
+  ``max_output_tokens`` (0: no cap here). ``max_tokens`` against the model's context length is
+  checked once the model is resolved (``translate.check_limits``: the worker lists each model's
+  ``max_model_len``).
 """
 
 from __future__ import annotations
@@ -77,3 +80,10 @@ def check_bounds(body: ChatCompletionRequest | CompletionRequest, limits: Gatewa
     over("stop", len(body.stop_list()), limits.max_stop, "strings")
     over("logit_bias", len(body.logit_bias or {}), limits.max_logit_bias, "entries")
     over("n", prompts * (body.n or 1), limits.max_choices, "choices (prompts x n)")
+    if isinstance(body, ChatCompletionRequest):
+        asked, param = body.output_limit, "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
+    else:
+        asked, param = body.max_tokens, "max_tokens"
+    if limits.max_output_tokens and asked and asked > limits.max_output_tokens:
+        raise ParamError(f"{param} is {asked}; at most {limits.max_output_tokens} tokens may be generated per "
+                         "request (gateway.max_output_tokens)", param, code="above_max_value")

@@ -14,7 +14,8 @@ from .conftest import gateway_settings
 def gw(tmp_path_factory):
     """A gateway without workers and small bounds (the checks run before routing to a worker)."""
     settings = gateway_settings(tmp_path_factory.mktemp("gw-bounds"), workers=[], max_request_body_bytes=4096,
-                                max_messages=3, max_stop=2, max_logit_bias=2, max_choices=4)
+                                max_messages=3, max_stop=2, max_logit_bias=2, max_choices=4,
+                                max_output_tokens=100)
     running = start_in_process("gateway", settings)
     yield f"http://127.0.0.1:{running.service.http_port}/v1"
     running.stop(0.5)
@@ -44,6 +45,9 @@ def test_chunked_body_over_limit_is_413(gw):
     ("chat/completions", {"messages": MSG, "logit_bias": {"1": 1, "2": 1, "3": 1}}, "logit_bias"),
     ("chat/completions", {"messages": MSG, "n": 5}, "n"),
     ("completions", {"prompt": ["a", "b", "c"], "n": 2}, "n"),
+    ("chat/completions", {"messages": MSG, "max_tokens": 101}, "max_tokens"),
+    ("chat/completions", {"messages": MSG, "max_completion_tokens": 101}, "max_completion_tokens"),
+    ("completions", {"prompt": "a", "max_tokens": 101}, "max_tokens"),
 ])
 def test_lists_over_bounds_are_400_naming_the_param(gw, path, body, param):
     r = httpx.post(f"{gw}/{path}", json={"model": "m", **body})
@@ -53,5 +57,6 @@ def test_lists_over_bounds_are_400_naming_the_param(gw, path, body, param):
 
 
 def test_within_bounds_passes_the_checks(gw):
-    r = httpx.post(f"{gw}/chat/completions", json={"model": "m", "messages": MSG * 3, "stop": ["a", "b"], "n": 4})
+    r = httpx.post(f"{gw}/chat/completions", json={"model": "m", "messages": MSG * 3, "stop": ["a", "b"], "n": 4,
+                                                         "max_tokens": 100})
     assert r.status_code == 404  # no such model: past the bounds

@@ -170,7 +170,7 @@ def run_training(ctx) -> list[Artifact]:
     set_seed(args.seed)
     if not cfg["use_gpu"]:
         # As many intra-op threads as CPUs reserved for this worker (Ray sets OMP_NUM_THREADS too).
-        torch.set_num_threads(max(1, int(round(cfg.get("cpus_per_worker", 1.0)))))
+        torch.set_num_threads(max(1, round(cfg.get("cpus_per_worker", 1.0))))
     base_dir = Path(ctx.models.materialize(cfg["base_model"]))
     adapter_dir = Path(ctx.models.materialize(cfg["adapter_model"])) if cfg["adapter_model"] else None
     tokenizer = load_tokenizer(base_dir, adapter_dir, cfg["chat_template"])
@@ -208,6 +208,10 @@ def run_training(ctx) -> list[Artifact]:
     if not ctx.is_main:
         return []
     tokenizer.save_pretrained(str(final))
+    # A model directory holds no pickles (the hub refuses them on upload): the Trainer's pickled
+    # arguments become JSON, as ms-swift's args.json.
+    (final / "training_args.bin").unlink(missing_ok=True)
+    (final / "training_args.json").write_text(trainer.args.to_json_string())
     adapter = tuner.is_adapter
     if adapter:
         fix_adapter_config(final, cfg["base_model"])

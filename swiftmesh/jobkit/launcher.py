@@ -8,7 +8,7 @@ placement group), ``RunConfig(storage_path, name=<job id>)``, ``FailureConfig(ma
 ``CheckpointConfig(num_to_keep=K)``. Both actors (and Ray Train's controller, which follows the
 driver) live on the head node, so losing a worker node never takes the run's control down with
 it. The driver actor lives as long as the service's Ray job: if the service dies, Ray tears the
-run down too, and the job is resumed on request from its last checkpoint.
+run down too, and the restarted service resumes the job from its last checkpoint.
 
 Around it: :mod:`swiftmesh.jobkit.ray_runtime` (the connection to Ray: a cluster, or an
 embedded head), :mod:`swiftmesh.jobkit.placement` (placement strategies, worker resource

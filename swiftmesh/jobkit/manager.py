@@ -35,7 +35,6 @@ from swiftmesh.jobkit.ray_runtime import RayRuntime, default_temp_dir
 from swiftmesh.jobkit.runs import JobRun
 from swiftmesh.jobkit.store import JobStore
 from swiftmesh.jobkit.types import (
-    ABORTED,
     Job,
     JobError,
     JobEvent,
@@ -114,8 +113,9 @@ class JobManager:
 
     # Lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
-        """Recover after a restart: queued jobs start again; jobs that were running become
-        FAILED (reason INTERRUPTED) and resume on request; cancelling ones become CANCELLED."""
+        """Recover after a restart: queued jobs start again; jobs that were running resume on
+        their own from their last checkpoint (from the beginning without one), with a log event
+        saying which; cancelling ones become CANCELLED."""
         self._started = True
         # Connect to Ray (or start the embedded head) now, on the event loop's thread and before
         # the server installs its SIGTERM/SIGINT handlers: Ray installs handlers of its own when
@@ -131,18 +131,23 @@ class JobManager:
         for job in self.store.list(states=list(states.ACTIVE), limit=100_000):
             if job.name in self._runs:
                 continue
-            if job.state == states.QUEUED and not job.start_time:
-                self.log_line(job.name, "service restarted; starting the queued job", "INFO", "driver")
+            if job.state == states.QUEUED:
+                step = job.last_checkpoint_step
+                self.log_line(job.name, "service restarted; starting the queued job"
+                              + (f" from checkpoint step {step}" if step else ""), "INFO", "driver")
                 self._start_run(job.name, resume=bool(job.checkpoints))
             elif job.state == states.CANCELLING:
                 self.set_state(job.name, states.CANCELLED, "cancelled (the service restarted meanwhile)")
             else:
+                # Interrupted by a crash (kill -9, lost host): resume it through ResumeJob's path,
+                # from the last checkpoint, or from the beginning when it never checkpointed.
                 step = job.last_checkpoint_step
-                msg = (
-                    f"the {self.service} service stopped while the job was {states.name(job.state)}; "
-                    + (f"ResumeJob continues from checkpoint step {step}" if step else "ResumeJob restarts it")
+                msg = f"the {self.service} service restarted while the job was {states.name(job.state)}; " + (
+                    f"resuming from checkpoint step {step}" if step else "restarting from the beginning (no checkpoint yet)"
                 )
-                self.set_state(job.name, states.FAILED, msg, error=JobError(ABORTED, "INTERRUPTED", msg))
+                self.log_line(job.name, msg, "WARNING", "driver")
+                self.set_state(job.name, states.QUEUED, msg, clear_error=True)
+                self._start_run(job.name, resume=True)
 
     async def stop(self) -> None:
         """Stop every running job (they become FAILED, reason SERVICE_STOPPED, resumable) and Ray."""

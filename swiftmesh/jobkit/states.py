@@ -3,6 +3,7 @@
     QUEUED -> RUNNING -> SUCCEEDED
                       -> FAILED      (ResumeJob -> QUEUED)
     QUEUED | RUNNING  -> CANCELLING -> CANCELLED (ResumeJob -> QUEUED)
+    RUNNING -> QUEUED  (the service restarted after a crash: the job resumes on its own)
 
 A job that fails before it runs (launch error) goes QUEUED -> FAILED. A cancel that arrives
 while the workers are finishing may still end SUCCEEDED.
@@ -26,7 +27,7 @@ UNSPECIFIED, QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLING, CANCELLED = (
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     UNSPECIFIED: frozenset({QUEUED}),
     QUEUED: frozenset({RUNNING, CANCELLING, CANCELLED, FAILED}),
-    RUNNING: frozenset({SUCCEEDED, FAILED, CANCELLING}),
+    RUNNING: frozenset({SUCCEEDED, FAILED, CANCELLING, QUEUED}),  # QUEUED: resumed after a restart
     CANCELLING: frozenset({CANCELLED, FAILED, SUCCEEDED}),
     FAILED: frozenset({QUEUED}),
     CANCELLED: frozenset({QUEUED}),

@@ -151,19 +151,23 @@ async def test_validation_and_capacity_errors(manager):
     assert "jobs/toy-dry" not in [j.name for j in jobs]
 
 
-async def test_restart_marks_running_jobs_interrupted(make_settings, tmp_path, ray_runtime):
+async def test_restart_resumes_running_jobs_on_its_own(make_settings, tmp_path, ray_runtime):
     settings = make_settings()
     models = LocalModelSource(tmp_path / "m")
     mgr = JobManager(settings, "trainer", [ToyKind()], models=models, runtime=ray_runtime)
     j = Job(name="jobs/was-running", uid="u", kind="toy", state=states.RUNNING, create_time=time.time(),
             checkpoints=[Checkpoint(step=4, path=str(tmp_path / "nowhere"))])
-    mgr.store.insert(j, "{}")
+    mgr._persist_new(j, ToyKind().prepare({"steps": 2}, None))  # as CreateJob stored it, then the crash
     mgr.store.close()
     mgr2 = JobManager(settings, "trainer", [ToyKind()], models=models, runtime=ray_runtime)
     await mgr2.start()
-    job = await mgr2.get("jobs/was-running")
-    assert job.state == states.FAILED and job.error.reason == "INTERRUPTED"
-    assert "step 4" in job.state_message
+    job = await wait_state(mgr2, "jobs/was-running", {states.SUCCEEDED, states.FAILED})
+    # Not failed by the crash: resumed without a ResumeJob (the checkpoint is gone, so the toy
+    # job runs from the beginning) and the event log says why it was restarted.
+    assert job.state == states.SUCCEEDED, job.error
+    logs = [e.log.message async for e in mgr2.watch(job.name, follow=False) if e.log is not None]
+    assert any("restarted while the job was RUNNING; resuming from checkpoint step 4" in m for m in logs), logs
+    await mgr2.stop()
     mgr2.store.close()
 
 

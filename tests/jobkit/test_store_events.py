@@ -64,7 +64,8 @@ def test_state_machine():
     assert states.can_transition(states.FAILED, states.QUEUED)
     assert states.can_transition(states.CANCELLED, states.QUEUED)
     assert not states.can_transition(states.SUCCEEDED, states.QUEUED)
-    assert not states.can_transition(states.RUNNING, states.QUEUED)
+    assert states.can_transition(states.RUNNING, states.QUEUED)  # resumed on its own after a crash
+    assert not states.can_transition(states.QUEUED, states.SUCCEEDED)
     with pytest.raises(FailedPrecondition, match="SUCCEEDED"):
         states.check_transition("jobs/x", states.SUCCEEDED, states.RUNNING)
 

@@ -29,7 +29,6 @@ import importlib.util
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,6 +37,8 @@ import time
 from pathlib import Path
 
 import httpx
+
+from swiftmesh.testing.services import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVED = "SmolLM2-135M-Instruct"  # the model directory's name: what the worker serves it as
@@ -52,11 +53,6 @@ PROMPTS = [
     "Explain why the sky is blue in simple words.",
 ]
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def smollm2_dir(cache: Path) -> Path:

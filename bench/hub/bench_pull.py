@@ -28,7 +28,6 @@ import json
 import os
 import resource
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,16 +38,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from swiftmesh.testing.services import free_port
 from tests.hub.nginx_server import Nginx
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 HF_REPO = "bench/model"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_model(root: Path, shards: int, shard_mib: int) -> Path:

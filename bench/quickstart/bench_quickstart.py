@@ -23,7 +23,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,22 +33,12 @@ REPO = Path(__file__).resolve().parents[2]
 GOAL_S = 15 * 60
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _env(data_dir: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env["SWIFTMESH_DATA_DIR"] = str(data_dir)
-    for svc in ("hub", "trainer", "aligner", "worker", "gateway"):
-        env[f"SWIFTMESH_{svc.upper()}__PORT"] = str(_free_port())
-        env[f"SWIFTMESH_{svc.upper()}__METRICS_PORT"] = "0"
-    env["SWIFTMESH_GATEWAY__HTTP_PORT"] = str(_free_port())
-    env.pop("SWIFTMESH_GATEWAY__WORKERS", None)
-    env.pop("RAY_ADDRESS", None)
-    return env
+    """This environment with every service on a free loopback port under ``data_dir``, metrics
+    off, and none of this shell's own SWIFTMESH_* settings or RAY_ADDRESS (the test harness's)."""
+    from swiftmesh.testing.services import child_env, settings_for
+
+    return child_env(settings_for(data_dir), unset=("RAY_ADDRESS",))
 
 
 def _run(env: dict[str, str], report: Path, log: Path) -> dict:

@@ -22,11 +22,12 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from swiftmesh.testing.services import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 WORK = Path(os.environ.get("SWIFTMESH_BENCH_DIR", "/tmp/swiftmesh-bench/trainer"))
@@ -36,11 +37,6 @@ WORDS = ("the a of to and in is you we they model answer question name train dat
          "city country Paris Berlin Rome number one two three four five yes no please thank help can would "
          "open source project service team").split()
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def model_dir(name: str) -> Path:

@@ -102,6 +102,9 @@ class TrainerSettings(Endpoint):
     # Ray Train checkpoint storage (default <state_dir>/checkpoints). On a multi-node Ray cluster
     # a directory that this service and every Ray node mount at the same path (NFS, a shared volume).
     storage_path: Path | None = None
+    # The jobs database, a SQLAlchemy URL (default sqlite:///<state_dir>/jobs.db), e.g.
+    # postgresql+psycopg://user@host:5432/swiftmesh; trainer and aligner may share one database.
+    database_url: str | None = None
 
 
 class AlignerSettings(TrainerSettings):

@@ -10,6 +10,7 @@ peers only (PERMISSION_DENIED, reason LOOPBACK_ONLY, for any other peer).
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 
 from google.protobuf import empty_pb2, timestamp_pb2
@@ -22,6 +23,7 @@ from .api.auth import is_loopback
 from .keys import ApiKey, ApiKeyStore, key_id_from_name
 from .ratelimit import RateLimiter
 from .router import WorkerPool
+from .usage import KeyUsage, UsageLedger
 from .workers import Worker
 
 
@@ -40,22 +42,27 @@ def worker_proto(w: Worker) -> gateway_pb2.Worker:
     )
 
 
-def key_proto(k: ApiKey) -> gateway_pb2.ApiKey:
-    """The ``ApiKey`` message of a stored key (never its secret)."""
+def key_proto(k: ApiKey, usage: KeyUsage | None = None) -> gateway_pb2.ApiKey:
+    """The ``ApiKey`` message of a stored key (never its secret), with its usage when given."""
+    used = usage or KeyUsage()
     return gateway_pb2.ApiKey(
         name=k.name, display_name=k.display_name, requests_per_minute=k.requests_per_minute,
         tokens_per_minute=k.tokens_per_minute, create_time=_ts(k.create_time), prefix=k.prefix, admin=k.admin,
+        usage=gateway_pb2.ApiKeyUsage(requests=used.requests, tokens=used.tokens,
+                                      last_use_time=_ts(used.last_use_time)),
     )
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
-    """Workers: the pool; keys: the store (deleting a key also forgets its rate-limit window)."""
+    """Workers: the pool; keys: the store (deleting a key also forgets its rate-limit window and
+    its usage); key listings carry the usage from ``usage`` when given."""
 
     def __init__(self, pool: WorkerPool, keys: ApiKeyStore, limiter: RateLimiter,
-                 settings: Settings | None = None) -> None:
+                 settings: Settings | None = None, usage: UsageLedger | None = None) -> None:
         self.pool = pool
         self.keys = keys
         self.limiter = limiter
+        self.usage = usage
         settings = settings or Settings()
         self._token = settings.auth_token.get_secret_value() if settings.auth_token else None
         self._secured = settings.gateway.require_api_key or self._token is not None
@@ -112,11 +119,15 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def ListApiKeys(self, request, context):
         self._require_admin(context)
         keys, next_token = self.keys.list(request.page_size, request.page_token)
-        return gateway_pb2.ListApiKeysResponse(api_keys=[key_proto(k) for k in keys], next_page_token=next_token)
+        used = await asyncio.to_thread(self.usage.usage, [k.key_id for k in keys]) if self.usage else {}
+        return gateway_pb2.ListApiKeysResponse(api_keys=[key_proto(k, used.get(k.key_id)) for k in keys],
+                                               next_page_token=next_token)
 
     async def DeleteApiKey(self, request, context):
         self._require_admin(context)
         key_id = key_id_from_name(request.name)
         self.keys.delete(key_id)
         self.limiter.forget(key_id)
+        if self.usage is not None:
+            await asyncio.to_thread(self.usage.forget, key_id)
         return empty_pb2.Empty()

@@ -3,10 +3,11 @@ GatewayService for administration, on the shared runtime.
 
     swiftmesh serve gateway        # REST on gateway.http_port (8000), gRPC admin on gateway.port
 
-The gateway's state is its database (API keys and registered workers; SQLite under
-``settings.gateway_state_dir`` or ``gateway.database_url``):
-run as many as needed behind a load balancer, each with the same worker list (or workers that
-register with each). Layers: ``api.protocol`` (OpenAI schema) -> ``api.serving*`` (handlers) ->
+The gateway's state is its database (API keys, their usage and the registered workers; SQLite
+under ``settings.gateway_state_dir`` or ``gateway.database_url``, migrated on start) and its
+rate-limit windows (``gateway.redis_url``, in memory by default): run as many replicas as needed
+behind a load balancer on one PostgreSQL and one Redis; a worker registered with one is routed
+to by all, and a restarted gateway re-reads its workers from the database. Layers: ``api.protocol`` (OpenAI schema) -> ``api.serving*`` (handlers) ->
 ``router`` (worker pool, gRPC InferenceService).
 """
 
@@ -29,6 +30,7 @@ from .api.auth import Authenticator
 from .keys import ApiKeyStore, database_url
 from .ratelimit import RateLimiter
 from .router import WorkerPool
+from .usage import UsageLedger
 from .workers import WorkerRegistry
 
 log = logging.getLogger("swiftmesh.gateway")
@@ -55,12 +57,13 @@ def _instrument(app: FastAPI) -> None:
 
 
 def create_app(settings: Settings, pool: WorkerPool | None = None, keys: ApiKeyStore | None = None,
-               limiter: RateLimiter | None = None) -> FastAPI:
-    """The REST application (for embedding or tests); the pool is not started here."""
+               limiter: RateLimiter | None = None, usage: UsageLedger | None = None) -> FastAPI:
+    """The REST application (for embedding or tests); the pool (and the usage ledger's
+    flushing) is not started here."""
     pool = pool or WorkerPool(settings)
     keys = keys or ApiKeyStore(database_url(settings.gateway.database_url, settings.gateway_state_dir))
     limiter = limiter or RateLimiter(settings.gateway.redis_url or "memory://")
-    app = _create_app(pool, keys, limiter, Authenticator(settings, keys, limiter), limits=settings.gateway)
+    app = _create_app(pool, keys, limiter, Authenticator(settings, keys, limiter, usage), limits=settings.gateway)
     _instrument(app)
     return app
 
@@ -76,19 +79,22 @@ def create_service(settings: Settings) -> Service:
     keys = ApiKeyStore(database_url(settings.gateway.database_url, settings.gateway_state_dir))
     pool = WorkerPool(settings, WorkerRegistry(keys.engine))
     limiter = RateLimiter(settings.gateway.redis_url or "memory://")
-    service.add(GatewayServicer(pool, keys, limiter, settings), gateway_pb2_grpc.add_GatewayServiceServicer_to_server,
-                SERVICE_NAME)
-    app = create_app(settings, pool, keys, limiter)
+    usage = UsageLedger(keys.engine)
+    service.add(GatewayServicer(pool, keys, limiter, settings, usage),
+                gateway_pb2_grpc.add_GatewayServiceServicer_to_server, SERVICE_NAME)
+    app = create_app(settings, pool, keys, limiter, usage)
     http = EmbeddedUvicorn(uvicorn.Config(app, host=settings.gateway.host, port=settings.gateway.http_port,
                                           log_level="warning", lifespan="off", timeout_graceful_shutdown=None))
     task: list[asyncio.Task] = []
     service.pool = pool  # type: ignore[attr-defined]
     service.keys = keys  # type: ignore[attr-defined]
+    service.usage = usage  # type: ignore[attr-defined]
     service.app = app  # type: ignore[attr-defined]
     service.http_port = settings.gateway.http_port  # type: ignore[attr-defined]
 
     async def start_http() -> None:
         await pool.start()
+        usage.start()
         task.append(asyncio.create_task(http.serve()))
         while not http.started:
             if task[0].done():
@@ -109,6 +115,7 @@ def create_service(settings: Settings) -> Service:
             except (TimeoutError, Exception):  # noqa: BLE001
                 http.force_exit = True
         await pool.stop()
+        await usage.stop()
         keys.close()
 
     service.on_start.append(start_http)

@@ -1,6 +1,7 @@
 """Two gateway replicas (separate processes) on one PostgreSQL and one Redis (real servers from
 the system packages, swiftmesh.testing.servers): shared API keys, shared rate-limit windows,
-per-address anonymous limits, and the worker registry surviving a kill -9 of a gateway."""
+per-address anonymous limits, usage per key adding up, and the worker registry surviving a kill -9
+of a gateway."""
 
 from __future__ import annotations
 
@@ -65,6 +66,11 @@ async def _create_key(gw: ServiceProcess, **limits) -> str:
         return (await c.create_api_key("replica-test", **limits))[1]
 
 
+async def _list_keys(gw: ServiceProcess) -> list:
+    async with GatewayClient(gw.settings) as c:
+        return await c.list_api_keys()
+
+
 def _chat(gw: ServiceProcess, model: str, key: str | None = None, forwarded: str | None = None) -> httpx.Response:
     headers = {"authorization": f"Bearer {key}"} if key else {}
     body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
@@ -94,6 +100,14 @@ def test_key_made_on_one_replica_works_on_the_other_and_limits_count_together(re
     assert refused.status_code == 429, refused.text
     assert float(refused.headers["retry-after"]) > 0
     assert _chat(a, model, secret).status_code == 429
+    # Usage adds up in the shared database: 10 admitted requests (not the refused ones), their tokens.
+    deadline = time.monotonic() + 10
+    while True:
+        used = next(k for k in run_sync(_list_keys(b)) if k.prefix == secret[:10]).usage
+        if used.requests == 10 or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert used.requests == 10 and used.tokens >= 10 * 2 and used.last_use_time.seconds > 0
 
 
 def test_anonymous_callers_limited_per_address_across_replicas(replicas, tiny_model_dir):

@@ -25,6 +25,7 @@ from swiftmesh.runtime.server import LOOPBACK_HOSTS
 
 from ..keys import ApiKey, ApiKeyStore
 from ..ratelimit import RateLimiter, Remaining
+from ..usage import UsageLedger
 from .errors import APIError
 
 _MISSING = (
@@ -69,9 +70,11 @@ class Principal:
 
 
 class Authenticator:
-    """Resolves the caller of a request and applies its rate limits."""
+    """Resolves the caller of a request, applies its rate limits and counts its usage (per key,
+    in ``usage`` when given)."""
 
-    def __init__(self, settings: Settings, keys: ApiKeyStore, limiter: RateLimiter) -> None:
+    def __init__(self, settings: Settings, keys: ApiKeyStore, limiter: RateLimiter,
+                 usage: UsageLedger | None = None) -> None:
         self.required = settings.gateway.require_api_key
         self.secured = self.required or settings.auth_token is not None
         token = settings.auth_token.get_secret_value() if settings.auth_token else None
@@ -79,6 +82,7 @@ class Authenticator:
         self.keys = keys
         self.limiter = limiter
         self.anonymous_rpm = settings.gateway.anonymous_requests_per_minute
+        self.usage = usage
 
     @staticmethod
     def _bearer(request: Request) -> str:
@@ -114,6 +118,8 @@ class Authenticator:
             return {"x-ratelimit-limit-requests": str(self.anonymous_rpm),
                     "x-ratelimit-remaining-requests": str(max(remaining.requests, 0))}
         remaining: Remaining = self.limiter.acquire(key.key_id, key.requests_per_minute, key.tokens_per_minute)
+        if self.usage is not None:
+            self.usage.add(key.key_id, requests=1)
         headers = {}
         if key.requests_per_minute > 0:
             headers["x-ratelimit-limit-requests"] = str(key.requests_per_minute)
@@ -124,11 +130,18 @@ class Authenticator:
         return headers
 
     def usage_recorder(self, principal: Principal):
-        """A callback counting a finished request's tokens against the caller (or None)."""
+        """A callback counting a finished request's tokens against the caller's key: its usage
+        and its tokens-per-minute window (None without a key or anything to count)."""
         key = principal.key
-        if key is None or key.tokens_per_minute <= 0:
+        if key is None or (key.tokens_per_minute <= 0 and self.usage is None):
             return None
-        return lambda tokens: self.limiter.record_tokens(key.key_id, tokens, key.tokens_per_minute)
+
+        def record(tokens: int) -> None:
+            if self.usage is not None:
+                self.usage.add(key.key_id, tokens=tokens)
+            self.limiter.record_tokens(key.key_id, tokens, key.tokens_per_minute)
+
+        return record
 
     def admin(self, request: Request) -> Principal:
         """The caller of an admin endpoint: 401 without a valid key, 403 with a non-admin key

@@ -26,7 +26,7 @@ from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"swiftmesh/gateway/v1/gateway.proto\x12\x14swiftmesh.gateway.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xae\x01\n\x06Worker\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0f\n\x07healthy\x18\x03 \x01(\x08\x12\x0e\n\x06\x65ngine\x18\x04 \x01(\t\x12\x0e\n\x06models\x18\x05 \x03(\t\x12\x0f\n\x07running\x18\x06 \x01(\x05\x12\x0f\n\x07waiting\x18\x07 \x01(\x05\x12\x32\n\x0elast_seen_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb4\x01\n\x06\x41piKey\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x1b\n\x13requests_per_minute\x18\x03 \x01(\x05\x12\x19\n\x11tokens_per_minute\x18\x04 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06prefix\x18\x06 \x01(\t\x12\r\n\x05\x61\x64min\x18\x07 \x01(\x08\"(\n\x15RegisterWorkerRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\"\'\n\x17\x44\x65registerWorkerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\";\n\x12ListWorkersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"]\n\x13ListWorkersResponse\x12-\n\x07workers\x18\x01 \x03(\x0b\x32\x1c.swiftmesh.gateway.v1.Worker\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"r\n\x13\x43reateApiKeyRequest\x12\x14\n\x0c\x64isplay_name\x18\x01 \x01(\t\x12\x1b\n\x13requests_per_minute\x18\x02 \x01(\x05\x12\x19\n\x11tokens_per_minute\x18\x03 \x01(\x03\x12\r\n\x05\x61\x64min\x18\x04 \x01(\x08\"U\n\x14\x43reateApiKeyResponse\x12-\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x1c.swiftmesh.gateway.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\";\n\x12ListApiKeysRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"^\n\x13ListApiKeysResponse\x12.\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x1c.swiftmesh.gateway.v1.ApiKey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"#\n\x13\x44\x65leteApiKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t2\xca\x04\n\x0eGatewayService\x12[\n\x0eRegisterWorker\x12+.swiftmesh.gateway.v1.RegisterWorkerRequest\x1a\x1c.swiftmesh.gateway.v1.Worker\x12Y\n\x10\x44\x65registerWorker\x12-.swiftmesh.gateway.v1.DeregisterWorkerRequest\x1a\x16.google.protobuf.Empty\x12\x62\n\x0bListWorkers\x12(.swiftmesh.gateway.v1.ListWorkersRequest\x1a).swiftmesh.gateway.v1.ListWorkersResponse\x12\x65\n\x0c\x43reateApiKey\x12).swiftmesh.gateway.v1.CreateApiKeyRequest\x1a*.swiftmesh.gateway.v1.CreateApiKeyResponse\x12\x62\n\x0bListApiKeys\x12(.swiftmesh.gateway.v1.ListApiKeysRequest\x1a).swiftmesh.gateway.v1.ListApiKeysResponse\x12Q\n\x0c\x44\x65leteApiKey\x12).swiftmesh.gateway.v1.DeleteApiKeyRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"swiftmesh/gateway/v1/gateway.proto\x12\x14swiftmesh.gateway.v1\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xae\x01\n\x06Worker\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0f\n\x07healthy\x18\x03 \x01(\x08\x12\x0e\n\x06\x65ngine\x18\x04 \x01(\t\x12\x0e\n\x06models\x18\x05 \x03(\t\x12\x0f\n\x07running\x18\x06 \x01(\x05\x12\x0f\n\x07waiting\x18\x07 \x01(\x05\x12\x32\n\x0elast_seen_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe6\x01\n\x06\x41piKey\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x1b\n\x13requests_per_minute\x18\x03 \x01(\x05\x12\x19\n\x11tokens_per_minute\x18\x04 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06prefix\x18\x06 \x01(\t\x12\r\n\x05\x61\x64min\x18\x07 \x01(\x08\x12\x30\n\x05usage\x18\x08 \x01(\x0b\x32!.swiftmesh.gateway.v1.ApiKeyUsage\"b\n\x0b\x41piKeyUsage\x12\x10\n\x08requests\x18\x01 \x01(\x03\x12\x0e\n\x06tokens\x18\x02 \x01(\x03\x12\x31\n\rlast_use_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"(\n\x15RegisterWorkerRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\"\'\n\x17\x44\x65registerWorkerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\";\n\x12ListWorkersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"]\n\x13ListWorkersResponse\x12-\n\x07workers\x18\x01 \x03(\x0b\x32\x1c.swiftmesh.gateway.v1.Worker\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"r\n\x13\x43reateApiKeyRequest\x12\x14\n\x0c\x64isplay_name\x18\x01 \x01(\t\x12\x1b\n\x13requests_per_minute\x18\x02 \x01(\x05\x12\x19\n\x11tokens_per_minute\x18\x03 \x01(\x03\x12\r\n\x05\x61\x64min\x18\x04 \x01(\x08\"U\n\x14\x43reateApiKeyResponse\x12-\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x1c.swiftmesh.gateway.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\";\n\x12ListApiKeysRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"^\n\x13ListApiKeysResponse\x12.\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x1c.swiftmesh.gateway.v1.ApiKey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"#\n\x13\x44\x65leteApiKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t2\xca\x04\n\x0eGatewayService\x12[\n\x0eRegisterWorker\x12+.swiftmesh.gateway.v1.RegisterWorkerRequest\x1a\x1c.swiftmesh.gateway.v1.Worker\x12Y\n\x10\x44\x65registerWorker\x12-.swiftmesh.gateway.v1.DeregisterWorkerRequest\x1a\x16.google.protobuf.Empty\x12\x62\n\x0bListWorkers\x12(.swiftmesh.gateway.v1.ListWorkersRequest\x1a).swiftmesh.gateway.v1.ListWorkersResponse\x12\x65\n\x0c\x43reateApiKey\x12).swiftmesh.gateway.v1.CreateApiKeyRequest\x1a*.swiftmesh.gateway.v1.CreateApiKeyResponse\x12\x62\n\x0bListApiKeys\x12(.swiftmesh.gateway.v1.ListApiKeysRequest\x1a).swiftmesh.gateway.v1.ListApiKeysResponse\x12Q\n\x0c\x44\x65leteApiKey\x12).swiftmesh.gateway.v1.DeleteApiKeyRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,25 +36,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WORKER']._serialized_start=123
   _globals['_WORKER']._serialized_end=297
   _globals['_APIKEY']._serialized_start=300
-  _globals['_APIKEY']._serialized_end=480
-  _globals['_REGISTERWORKERREQUEST']._serialized_start=482
-  _globals['_REGISTERWORKERREQUEST']._serialized_end=522
-  _globals['_DEREGISTERWORKERREQUEST']._serialized_start=524
-  _globals['_DEREGISTERWORKERREQUEST']._serialized_end=563
-  _globals['_LISTWORKERSREQUEST']._serialized_start=565
-  _globals['_LISTWORKERSREQUEST']._serialized_end=624
-  _globals['_LISTWORKERSRESPONSE']._serialized_start=626
-  _globals['_LISTWORKERSRESPONSE']._serialized_end=719
-  _globals['_CREATEAPIKEYREQUEST']._serialized_start=721
-  _globals['_CREATEAPIKEYREQUEST']._serialized_end=835
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=837
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=922
-  _globals['_LISTAPIKEYSREQUEST']._serialized_start=924
-  _globals['_LISTAPIKEYSREQUEST']._serialized_end=983
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=985
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=1079
-  _globals['_DELETEAPIKEYREQUEST']._serialized_start=1081
-  _globals['_DELETEAPIKEYREQUEST']._serialized_end=1116
-  _globals['_GATEWAYSERVICE']._serialized_start=1119
-  _globals['_GATEWAYSERVICE']._serialized_end=1705
+  _globals['_APIKEY']._serialized_end=530
+  _globals['_APIKEYUSAGE']._serialized_start=532
+  _globals['_APIKEYUSAGE']._serialized_end=630
+  _globals['_REGISTERWORKERREQUEST']._serialized_start=632
+  _globals['_REGISTERWORKERREQUEST']._serialized_end=672
+  _globals['_DEREGISTERWORKERREQUEST']._serialized_start=674
+  _globals['_DEREGISTERWORKERREQUEST']._serialized_end=713
+  _globals['_LISTWORKERSREQUEST']._serialized_start=715
+  _globals['_LISTWORKERSREQUEST']._serialized_end=774
+  _globals['_LISTWORKERSRESPONSE']._serialized_start=776
+  _globals['_LISTWORKERSRESPONSE']._serialized_end=869
+  _globals['_CREATEAPIKEYREQUEST']._serialized_start=871
+  _globals['_CREATEAPIKEYREQUEST']._serialized_end=985
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=987
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=1072
+  _globals['_LISTAPIKEYSREQUEST']._serialized_start=1074
+  _globals['_LISTAPIKEYSREQUEST']._serialized_end=1133
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=1135
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=1229
+  _globals['_DELETEAPIKEYREQUEST']._serialized_start=1231
+  _globals['_DELETEAPIKEYREQUEST']._serialized_end=1266
+  _globals['_GATEWAYSERVICE']._serialized_start=1269
+  _globals['_GATEWAYSERVICE']._serialized_end=1855
 # @@protoc_insertion_point(module_scope)

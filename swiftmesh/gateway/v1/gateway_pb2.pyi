@@ -31,7 +31,7 @@ class Worker(_message.Message):
     def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., healthy: _Optional[bool] = ..., engine: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., running: _Optional[int] = ..., waiting: _Optional[int] = ..., last_seen_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ApiKey(_message.Message):
-    __slots__ = ("name", "display_name", "requests_per_minute", "tokens_per_minute", "create_time", "prefix", "admin")
+    __slots__ = ("name", "display_name", "requests_per_minute", "tokens_per_minute", "create_time", "prefix", "admin", "usage")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_PER_MINUTE_FIELD_NUMBER: _ClassVar[int]
@@ -39,6 +39,7 @@ class ApiKey(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     PREFIX_FIELD_NUMBER: _ClassVar[int]
     ADMIN_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
     name: str
     display_name: str
     requests_per_minute: int
@@ -46,7 +47,18 @@ class ApiKey(_message.Message):
     create_time: _timestamp_pb2.Timestamp
     prefix: str
     admin: bool
-    def __init__(self, name: _Optional[str] = ..., display_name: _Optional[str] = ..., requests_per_minute: _Optional[int] = ..., tokens_per_minute: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., prefix: _Optional[str] = ..., admin: _Optional[bool] = ...) -> None: ...
+    usage: ApiKeyUsage
+    def __init__(self, name: _Optional[str] = ..., display_name: _Optional[str] = ..., requests_per_minute: _Optional[int] = ..., tokens_per_minute: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., prefix: _Optional[str] = ..., admin: _Optional[bool] = ..., usage: _Optional[_Union[ApiKeyUsage, _Mapping]] = ...) -> None: ...
+
+class ApiKeyUsage(_message.Message):
+    __slots__ = ("requests", "tokens", "last_use_time")
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    LAST_USE_TIME_FIELD_NUMBER: _ClassVar[int]
+    requests: int
+    tokens: int
+    last_use_time: _timestamp_pb2.Timestamp
+    def __init__(self, requests: _Optional[int] = ..., tokens: _Optional[int] = ..., last_use_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class RegisterWorkerRequest(_message.Message):
     __slots__ = ("address",)

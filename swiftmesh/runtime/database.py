@@ -60,10 +60,11 @@ def create_database_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
-def upgrade(engine: Engine) -> None:
-    """``alembic upgrade head`` on ``engine`` in one transaction (idempotent). Concurrent callers
-    are serialised: in one process by a lock, across processes on PostgreSQL by an advisory
-    transaction lock, on SQLite by its write lock."""
+def upgrade(engine: Engine, branch: str | None = None) -> None:
+    """``alembic upgrade <branch>@head`` (every head without ``branch``) on ``engine`` in one
+    transaction (idempotent). A store names its branch (the jobs store: ``"jobs"``) so that only
+    its tables are created. Concurrent callers are serialised: in one process by a lock, across
+    processes on PostgreSQL by an advisory transaction lock, on SQLite by its write lock."""
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     with _upgrade_lock, engine.begin() as conn:
@@ -71,11 +72,11 @@ def upgrade(engine: Engine) -> None:
             # Replicas starting together: one migrates, the others wait and then find it done.
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK_KEY})
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+        command.upgrade(cfg, f"{branch}@head" if branch else "heads")
 
 
-def open_database(url: str) -> Engine:
-    """:func:`create_database_engine` then :func:`upgrade`: a store's engine, schema current."""
+def open_database(url: str, branch: str | None = None) -> Engine:
+    """:func:`create_database_engine` then :func:`upgrade` (of ``branch``): a store's engine, schema current."""
     engine = create_database_engine(url)
-    upgrade(engine)
+    upgrade(engine, branch)
     return engine

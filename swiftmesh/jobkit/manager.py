@@ -1,7 +1,8 @@
 """The job manager: create, run, watch, cancel, resume and delete jobs of registered kinds.
 
-One :class:`JobManager` per service (trainer, aligner). It owns the SQLite store
-(``<state_dir>/jobs.db``), the event hub, the Ray runtime, one monitor thread per running job,
+One :class:`JobManager` per service (trainer, aligner). It owns the job store
+(:mod:`swiftmesh.jobkit.store`: ``<state_dir>/jobs.db`` or ``<service>.database_url``), the event
+hub, the Ray runtime, one monitor thread per running job,
 and the per-job directories (``<state_dir>/jobs/<id>/``: the plan's data rows and the
 TensorBoard event files). Checkpoints live in Ray Train's storage
 (``<storage_path>/<id>/checkpoint-<step>``, ``storage_path`` defaulting to
@@ -33,7 +34,7 @@ from swiftmesh.jobkit.models import HubModelSource, ModelSource
 from swiftmesh.jobkit.placement import PLACEMENT_LABEL, placement_strategy, worker_bundle
 from swiftmesh.jobkit.ray_runtime import RayRuntime, default_temp_dir
 from swiftmesh.jobkit.runs import JobRun
-from swiftmesh.jobkit.store import JobStore
+from swiftmesh.jobkit.store import JobStore, database_url
 from swiftmesh.jobkit.types import (
     Job,
     JobError,
@@ -77,7 +78,7 @@ class JobManager:
     Args:
         settings: the service's Settings.
         service: the section name ("trainer", "aligner"): ray_address, ray_num_cpus,
-            state_dir and storage_path come from ``settings.<service>``.
+            state_dir, storage_path and database_url come from ``settings.<service>``.
         kinds: the JobKind instances this service runs.
         models: the model source (default: the hub at ``settings.hub.target``).
         runtime: the Ray runtime (default: from the settings).
@@ -104,7 +105,7 @@ class JobManager:
             temp_dir=default_temp_dir(self.state_dir),
         )
         self.storage_path = str(Path(getattr(section, "storage_path", None) or self.state_dir / "checkpoints").absolute())
-        self.store = JobStore(self.state_dir / "jobs.db")
+        self.store = JobStore(database_url(getattr(section, "database_url", None), self.state_dir), service)
         self.events = EventHub(self.store)
         self._runs: dict[str, JobRun] = {}
         self._lock = threading.RLock()

@@ -13,7 +13,8 @@ that turns a job's stored spec (the JSON of its domain spec) back into the servi
   unset means the default" becomes the dataclass default; an unknown enum value is
   InvalidArgument naming the field.
 * :func:`job_to_proto`, :func:`event_to_proto`, :func:`estimate_to_proto`: the domain records
-  of :mod:`swiftmesh.jobkit.types` and :class:`~swiftmesh.jobkit.estimate.Estimate` as protos.
+  of :mod:`swiftmesh.jobkit.types` and :class:`~swiftmesh.jobkit.estimate.Estimate` as protos;
+  :func:`job_from_proto`, :func:`event_from_proto` the way back (old job history).
 * :class:`SpecTranslation`, :func:`create_job`, :func:`estimate_job`, :func:`job_service`:
   what a job service's own servicer and server share (the trainer's and the aligner's).
 """
@@ -26,13 +27,25 @@ import typing
 from collections.abc import Callable
 from typing import Any
 
-from google.protobuf import empty_pb2, struct_pb2
+from google.protobuf import any_pb2, empty_pb2, struct_pb2
 from google.protobuf.message import Message
 
 from swiftmesh.jobkit.estimate import Estimate
 from swiftmesh.jobkit.manager import JobManager
 from swiftmesh.jobkit.settings import field_type
-from swiftmesh.jobkit.types import Checkpoint, Job, JobEvent, Progress
+from swiftmesh.jobkit.types import (
+    Checkpoint,
+    Job,
+    JobArtifact,
+    JobError,
+    JobEvent,
+    JobState,
+    LogLine,
+    MetricsReport,
+    Progress,
+    Resources,
+    StateChange,
+)
 from swiftmesh.jobs.v1 import jobs_pb2, jobs_pb2_grpc, training_pb2
 from swiftmesh.runtime.errors import InvalidArgument
 
@@ -172,6 +185,103 @@ def event_to_proto(ev: JobEvent) -> jobs_pb2.JobEvent:
     elif ev.artifact is not None:
         out.artifact.CopyFrom(jobs_pb2.JobArtifact(model=ev.artifact.model, kind=ev.artifact.kind))
     return out
+
+
+# Proto -> records (the job history of stores that kept protos, see swiftmesh.migrations 0102) ----
+def _secs(ts) -> float:
+    return ts.ToNanoseconds() / 1e9 if ts.seconds or ts.nanos else 0.0
+
+
+def _progress_from_proto(p: jobs_pb2.JobProgress) -> Progress:
+    return Progress(step=p.step, total_steps=p.total_steps, epoch=p.epoch, fraction=p.fraction,
+                    eta_s=p.eta.ToNanoseconds() / 1e9 if p.HasField("eta") else None,
+                    tokens_per_second=p.tokens_per_second)
+
+
+def _checkpoint_from_proto(c: jobs_pb2.Checkpoint) -> Checkpoint:
+    return Checkpoint(step=c.step, path=c.path, create_time=_secs(c.create_time))
+
+
+def spec_json_from_any(spec: any_pb2.Any, kind: str) -> dict[str, Any]:
+    """The JSON of a job's domain spec from the ``Job.spec`` a service packed: the packed message
+    field by field (proto names, enums as numbers); the enum field naming the kind
+    (``task``: TASK_SFT, ``rlhf_type``: RLHF_TYPE_DPO) becomes ``kind``. ``{}`` when the message
+    type is unknown here (the job keeps its defaults)."""
+    from google.protobuf import json_format, symbol_database
+
+    # The services' spec types, so the default pool can unpack them.
+    from swiftmesh.aligner.v1 import aligner_pb2  # noqa: F401
+    from swiftmesh.trainer.v1 import trainer_pb2  # noqa: F401
+
+    if not spec.type_url:
+        return {}
+    try:
+        cls = symbol_database.Default().GetSymbol(spec.type_url.rsplit("/", 1)[-1])
+    except KeyError:
+        return {}
+    msg = cls()
+    spec.Unpack(msg)
+    if isinstance(msg, struct_pb2.Struct):
+        return json_format.MessageToDict(msg)
+    out = _fields_json(msg)
+    for f in msg.DESCRIPTOR.fields:
+        if f.enum_type is not None and not f.is_repeated and f.name in out:
+            value = f.enum_type.values_by_number.get(out[f.name])
+            if value is not None and kind and value.name.lower().endswith("_" + kind.lower()):
+                out[f.name] = kind
+    return out
+
+
+def _fields_json(msg: Message) -> dict[str, Any]:
+    """The fields ``msg`` sets, by proto name: numbers as numbers (int64 too), enums as numbers,
+    nested messages as dicts."""
+    out: dict[str, Any] = {}
+    for fd, value in msg.ListFields():
+        if fd.type != fd.TYPE_MESSAGE:
+            out[fd.name] = list(value) if fd.is_repeated else value
+        elif fd.message_type.GetOptions().map_entry:
+            out[fd.name] = {k: _fields_json(v) if isinstance(v, Message) else v for k, v in value.items()}
+        elif fd.is_repeated:
+            out[fd.name] = [_fields_json(v) for v in value]
+        else:
+            out[fd.name] = _fields_json(value)
+    return out
+
+
+def job_from_proto(pb: jobs_pb2.Job) -> Job:
+    """A ``swiftmesh.jobs.v1.Job`` as the domain record (the inverse of :func:`job_to_proto`;
+    the spec through :func:`spec_json_from_any`)."""
+    r = pb.resources
+    return Job(
+        name=pb.name, uid=pb.uid, kind=pb.kind, state=JobState(pb.state), state_message=pb.state_message,
+        spec=spec_json_from_any(pb.spec, pb.kind), progress=_progress_from_proto(pb.progress),
+        metrics=dict(pb.metrics), artifacts=[JobArtifact(model=a.model, kind=a.kind) for a in pb.artifacts],
+        error=JobError(pb.error.code, pb.error.reason, pb.error.message) if pb.HasField("error") else None,
+        checkpoints=[_checkpoint_from_proto(c) for c in pb.checkpoints],
+        resources=Resources(r.num_workers, r.cpus_per_worker, r.gpus_per_worker, r.memory_bytes_per_worker),
+        attempt=pb.attempt, create_time=_secs(pb.create_time), start_time=_secs(pb.start_time),
+        end_time=_secs(pb.end_time), update_time=_secs(pb.update_time), labels=dict(pb.labels),
+        tensorboard_dir=pb.tensorboard_dir,
+    )
+
+
+def event_from_proto(pb: jobs_pb2.JobEvent) -> JobEvent:
+    """A ``swiftmesh.jobs.v1.JobEvent`` as the domain record (the inverse of :func:`event_to_proto`)."""
+    ev = JobEvent(job=pb.job, sequence=pb.sequence, time=_secs(pb.time))
+    which = pb.WhichOneof("payload")
+    if which == "state_change":
+        c = pb.state_change
+        ev.state_change = StateChange(JobState(c.state), JobState(c.previous_state), c.message)
+    elif which == "metrics":
+        m = pb.metrics
+        ev.metrics = MetricsReport(m.step, m.epoch, dict(m.metrics), _progress_from_proto(m.progress))
+    elif which == "checkpoint":
+        ev.checkpoint = _checkpoint_from_proto(pb.checkpoint.checkpoint)
+    elif which == "log":
+        ev.log = LogLine(pb.log.level, pb.log.message, pb.log.source)
+    elif which == "artifact":
+        ev.artifact = JobArtifact(pb.artifact.model, pb.artifact.kind)
+    return ev
 
 
 def estimate_to_proto(e: Estimate) -> training_pb2.Estimate:

@@ -28,6 +28,7 @@ from swiftmesh.clients.gateway import GatewayClient, WorkerClient, openai_base_u
 from swiftmesh.names import model_id
 from swiftmesh.runtime.config import Settings
 from swiftmesh.runtime.errors import SwiftMeshError
+from swiftmesh.runtime.host import free_port, port_available
 
 keys_app = typer.Typer(help="API keys of the gateway (stored hashed; the secret is shown once).",
                        no_args_is_help=True)
@@ -79,8 +80,32 @@ async def _wait_ready(settings: Settings, address: str, want: list[str], timeout
         await asyncio.sleep(1.0)
 
 
+def _worker_ports(settings: Settings, port: int | None) -> tuple[int, int]:
+    """The gRPC and metrics ports of a worker that deploy starts. Where ``swiftmesh up`` (or an
+    earlier deploy) already runs a worker, the configured ports are taken: a free one is used
+    instead and said. An explicit ``--port`` that is taken fails (exit 2)."""
+    host = "127.0.0.1" if settings.worker.host in ("0.0.0.0", "::", "") else settings.worker.host
+    if port is not None:
+        if port and not port_available(host, port):
+            fail(f"--port {port}: {host}:{port} is taken (another worker?); choose a free port", 2)
+        grpc_port = port
+    else:
+        grpc_port = settings.worker.port
+        if not port_available(host, grpc_port):
+            grpc_port = free_port(host)
+            err_console.print(f"note: worker port {settings.worker.port} is taken (a worker of `swiftmesh up`?); "
+                              f"the new worker uses {grpc_port} (--port to choose)")
+    metrics = settings.worker.metrics_port
+    if metrics and not port_available(host, metrics):
+        metrics = free_port(host)
+        err_console.print(f"note: metrics port {settings.worker.metrics_port} is taken; the new worker's /metrics "
+                          f"is on {host}:{metrics} (SWIFTMESH_WORKER__METRICS_PORT to choose)")
+    return grpc_port, metrics
+
+
 def _start_worker(settings: Settings, config: str | None, model: str, adapters: list[str], engine: str,
-                  port: int, device: str | None, dtype: str | None, max_model_len: int | None) -> tuple[subprocess.Popen, Path]:
+                  port: int, metrics_port: int, device: str | None, dtype: str | None,
+                  max_model_len: int | None) -> tuple[subprocess.Popen, Path]:
     log_dir = settings.data_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"worker-{port}.log"
@@ -91,6 +116,7 @@ def _start_worker(settings: Settings, config: str | None, model: str, adapters: 
         "SWIFTMESH_WORKER__MODEL": _source(model),
         "SWIFTMESH_WORKER__ADAPTERS": json.dumps([_source(a) for a in adapters]),
         "SWIFTMESH_WORKER__PORT": str(port),
+        "SWIFTMESH_WORKER__METRICS_PORT": str(metrics_port),
         "SWIFTMESH_WORKER__REGISTER_WITH": settings.gateway.target,
     })
     if device:
@@ -147,11 +173,11 @@ def deploy(
     async def go() -> None:
         proc = log_path = None
         if worker is None:
-            wport = port if port is not None else settings.worker.port
+            wport, metrics_port = _worker_ports(settings, port)
             address = f"127.0.0.1:{wport}" if settings.worker.host in ("0.0.0.0", "::", "", "127.0.0.1") \
                 else f"{settings.worker.host}:{wport}"
-            proc, log_path = _start_worker(settings, config, model, adapter_list, engine, wport, device, dtype,
-                                           max_model_len)
+            proc, log_path = _start_worker(settings, config, model, adapter_list, engine, wport, metrics_port,
+                                           device, dtype, max_model_len)
             console.print(f"started worker (pid {proc.pid}, engine {engine}) on {address}; log: {log_path}")
         else:
             address = worker
@@ -314,14 +340,18 @@ def keys_ls(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", 
             print(json.dumps([{"name": k.name, "display_name": k.display_name, "prefix": k.prefix,
                                "requests_per_minute": k.requests_per_minute,
                                "tokens_per_minute": k.tokens_per_minute, "admin": k.admin,
-                               "create_time": k.create_time.seconds} for k in keys]))
+                               "create_time": k.create_time.seconds, "requests": k.usage.requests,
+                               "tokens": k.usage.tokens, "last_use_time": k.usage.last_use_time.seconds}
+                              for k in keys]))
             return
         table = Table(title="API keys")
-        for col in ("name", "display name", "prefix", "req/min", "tokens/min", "admin", "created"):
+        for col in ("name", "display name", "prefix", "req/min", "tokens/min", "admin", "created", "requests",
+                    "tokens", "last used"):
             table.add_column(col)
         for k in keys:
             table.add_row(k.name, k.display_name, k.prefix + "...", str(k.requests_per_minute or "-"),
-                          str(k.tokens_per_minute or "-"), "yes" if k.admin else "", _ts(k.create_time))
+                          str(k.tokens_per_minute or "-"), "yes" if k.admin else "", _ts(k.create_time),
+                          str(k.usage.requests), str(k.usage.tokens), _ts(k.usage.last_use_time))
         console.print(table)
 
     go()

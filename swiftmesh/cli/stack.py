@@ -31,6 +31,11 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (default from settings: 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="gRPC port (0: any free port).")] = None,
     metrics_port: Annotated[int | None, typer.Option(help="Prometheus /metrics port (0: off).")] = None,
+    database_url: Annotated[str | None, typer.Option(help=(
+        "The service's database, a SQLAlchemy URL (e.g. postgresql+psycopg://user@host/db for replicas "
+        "sharing one store; default: SQLite under the data dir)."))] = None,
+    redis_url: Annotated[str | None, typer.Option(help=(
+        "Shared rate-limit storage, e.g. redis://host:6379 (default: in memory, per process)."))] = None,
 ) -> None:
     """Run one service in the foreground until SIGTERM or Ctrl-C, then drain gracefully.
 
@@ -39,7 +44,12 @@ def serve(
     """
     if service not in SERVICE_MODULES:
         fail(f"unknown service {service!r}; choose one of {', '.join(SERVICE_MODULES)}", 2)
-    section = {k: v for k, v in {"host": host, "port": port, "metrics_port": metrics_port}.items() if v is not None}
+    section = {k: v for k, v in {"host": host, "port": port, "metrics_port": metrics_port,
+                                 "database_url": database_url, "redis_url": redis_url}.items() if v is not None}
+    fields = Settings.model_fields[service].annotation.model_fields
+    for flag in ("database_url", "redis_url"):
+        if flag in section and flag not in fields:
+            fail(f"--{flag.replace('_', '-')}: the {service} service has no {flag} setting", 2)
     settings = settings_from(ctx, **({service: section} if section else {}))
     from swiftmesh.runtime.server import serve as run_server
     from swiftmesh.runtime.telemetry import setup_logging

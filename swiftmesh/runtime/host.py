@@ -51,3 +51,22 @@ def _detected_machine_id() -> str:
         if ident:
             break
     return f"{socket.gethostname()}:{ident[:12]}"
+
+
+def port_available(host: str, port: int) -> bool:
+    """Whether a TCP listener could bind ``host:port`` now (False when another process listens)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that is free now (the kernel's pick; another process may take it later)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]

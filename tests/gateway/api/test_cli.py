@@ -100,3 +100,47 @@ def test_chat_reports_errors(secured):
     assert r.exit_code == 1 and "404" in r.output
     r = _run(secured, "chat", secured.model, input="hi\n", env={"SWIFTMESH_API_KEY": "sk-bad", "SWIFTMESH_AUTH_TOKEN": ""})
     assert r.exit_code == 1 and "401" in r.output
+
+
+def test_deploy_beside_a_running_worker_picks_free_ports(stack, tmp_path):
+    """Issue 14: a second `swiftmesh deploy` where `swiftmesh up` already runs a worker (its gRPC
+    and metrics ports taken) starts the new worker on free ports, says so, and it serves."""
+    import os
+    import signal
+    import socket
+    import time
+
+    held = []
+    for _ in range(2):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        held.append(s)
+    taken_port, taken_metrics = (s.getsockname()[1] for s in held)
+    env = {"SWIFTMESH_DATA_DIR": str(tmp_path), "SWIFTMESH_WORKER__PORT": str(taken_port),
+           "SWIFTMESH_WORKER__METRICS_PORT": str(taken_metrics), "SWIFTMESH_WORKER__DEVICE": "cpu",
+           "OMP_NUM_THREADS": "1"}
+    try:
+        r = _run(stack, "deploy", "--model", str(stack.model_dir), "--timeout", "180", env=env)
+        out = " ".join(r.output.split())
+        assert r.exit_code == 0, r.output
+        assert f"worker port {taken_port} is taken" in out and f"metrics port {taken_metrics} is taken" in out
+        assert stack.model in out
+        r = _run(stack, "workers", "ls", "--json")
+        assert taken_port not in [int(w["address"].rsplit(":", 1)[1]) for w in json.loads(r.output)]
+    finally:
+        for s in held:
+            s.close()
+        for pid_file in (tmp_path / "logs").glob("worker-*.pid"):
+            pid = int(pid_file.read_text())
+            os.kill(pid, signal.SIGTERM)  # drains and deregisters from the gateway
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    if os.waitpid(pid, os.WNOHANG)[0]:  # the worker is this process's child
+                        break
+                except ChildProcessError:
+                    break
+                time.sleep(0.2)
+            else:
+                os.kill(pid, signal.SIGKILL)

@@ -13,6 +13,7 @@ new content, never a part.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from pathlib import Path
 
@@ -40,6 +41,8 @@ def fsync_tree(root: str | Path, *, parent: bool = True) -> int:
     it (bottom-up, ``root`` last), then (``parent``) the directory holding ``root``. Symbolic links are not followed. Returns the
     number of files synced. Raises OSError (e.g. ENOENT when ``root`` is missing)."""
     root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(errno.ENOENT, "no such directory", str(root))
     files = 0
     for dirpath, _dirnames, filenames in os.walk(root, topdown=False):
         for name in filenames:

@@ -3,11 +3,11 @@
 Server side, outermost first:
   1. OpenTelemetry (``opentelemetry-instrumentation-grpc``): a server span per call, parented
      on the caller's trace context from the metadata.
-  2. :class:`AuthInterceptor`: the shared token (``authorization: Bearer <token>``); calls
-     without it get UNAUTHENTICATED. Health and reflection stay open (probes, grpcurl).
-  3. :class:`StatusInterceptor`: maps :class:`SwiftMeshError` to a status with google.rpc
+  2. :class:`StatusInterceptor`: maps :class:`SwiftMeshError` to a status with google.rpc
      details, unexpected exceptions to INTERNAL, writes an access log line and Prometheus
-     metrics per call.
+     metrics per call (refused calls included: it sits outside auth).
+  3. :class:`AuthInterceptor`: the shared token (``authorization: Bearer <token>``); calls
+     without it get UNAUTHENTICATED. Health and reflection stay open (probes, grpcurl).
 
 Client side: :func:`call_defaults_interceptors` add the auth metadata and a deadline to calls of all four kinds.
 """
@@ -62,7 +62,7 @@ def _rewrap(
     streaming: Callable[[Callable], Callable],
 ) -> grpc.RpcMethodHandler:
     """A handler of the same kind whose behaviour is wrapped (unary or streaming response)."""
-    kw = dict(request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
+    kw = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), **kw)
     if handler.unary_stream:

@@ -197,7 +197,7 @@ class RunningServer:
         for hook in self.service.on_stop:
             try:
                 await hook()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("%s: stop hook failed", self.service.name)
         if self._metrics is not None:
             self._metrics.shutdown()
@@ -219,10 +219,11 @@ async def start_server(service: Service, settings: Settings) -> RunningServer:
     setup_tracing(service.name, settings.telemetry.service_namespace)
     from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
-    interceptors: list[grpc.aio.ServerInterceptor] = [aio_server_interceptor()]
+    # Status (access log, metrics) outside auth: a refused call is logged and counted with its
+    # UNAUTHENTICATED code, so attempts without the token show in swiftmesh_grpc_server_handled_total.
+    interceptors: list[grpc.aio.ServerInterceptor] = [aio_server_interceptor(), StatusInterceptor(service.name)]
     if settings.auth_token is not None:
         interceptors.append(AuthInterceptor(settings.auth_token.get_secret_value()))
-    interceptors.append(StatusInterceptor(service.name))
     server = grpc.aio.server(interceptors=interceptors, options=grpc_options(settings))
 
     names = [reflection.SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]

@@ -99,14 +99,46 @@ def channel(
     return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
 
 
+# What gRPC core says when a connection could not be set up (grpcio 1.85): the server closed it
+# during the TLS handshake (it wants TLS, or a client certificate its CA signed), or this side
+# refused the server's certificate (wrong CA, name) or got no TLS at all.
+_CLOSED_WHILE_CONNECTING = "Socket closed"
+_HANDSHAKE_FAILED = "handshake failed"
+
+
+def connect_failure_hint(details: str) -> str:
+    """What to check when ``details`` (an UNAVAILABLE call's message) says the connection could not
+    be set up because of TLS; "" for other failures (a server that is down, a refused port)."""
+    if not details.startswith("failed to connect"):
+        return ""
+    if _HANDSHAKE_FAILED in details.lower():
+        return ("TLS handshake failed on this side: the server's certificate is not signed by tls.ca_file, does "
+                "not name the host dialled (tls.server_name), or the server does not speak TLS")
+    if details.rstrip().endswith(_CLOSED_WHILE_CONNECTING):
+        return ("the server closed the connection during the handshake: it may require TLS (tls.enabled, "
+                "tls.ca_file) or a client certificate signed by its CA (tls.cert_file and tls.key_file, "
+                "as its tls.require_client_cert asks)")
+    return ""
+
+
 def domain_error(err: grpc.RpcError) -> SwiftMeshError:
-    """The SwiftMeshError an RpcError carries (google.rpc details decoded when present)."""
+    """The SwiftMeshError an RpcError carries (google.rpc details decoded when present).
+
+    A call that failed because the connection could not be set up over TLS (the server refused
+    this client's certificate or its absence, or this client refused the server's) is
+    Unavailable with reason ``TLS_HANDSHAKE_FAILED`` and a message saying which settings to check.
+    """
     status = rpc_status.from_call(err) if hasattr(err, "trailing_metadata") else None
     if status is not None:
         return from_status_proto(status)
     code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
+    details = (err.details() if hasattr(err, "details") else str(err)) or ""
+    if code == grpc.StatusCode.UNAVAILABLE:
+        hint = connect_failure_hint(details)
+        if hint:
+            return Unavailable(f"{details} ({hint})", reason="TLS_HANDSHAKE_FAILED")
     cls = error_for_code(code.value[0]) if code else Unavailable
-    return cls(err.details() if hasattr(err, "details") else str(err) or "")
+    return cls(details)
 
 
 @contextmanager

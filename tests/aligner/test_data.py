@@ -122,7 +122,8 @@ def test_file_types_and_sampling(tmp_path):
     assert [r["prompt"] for r in load_alignment_data([str(tmp_path / "d.json#5")], "dpo", seed=1).rows] == \
         [r["prompt"] for r in load_alignment_data([str(tmp_path / "d.json#5")], "dpo", seed=1).rows]
     assert sample_rows(list(range(3)), None) == [0, 1, 2]
-    assert sorted(sample_rows(list(range(3)), 7, seed=0)) == [0, 0, 0, 1, 1, 2, 2]
+    seven = sample_rows(list(range(3)), 7, seed=0)  # two whole passes, then one row drawn
+    assert sorted(seven[:3]) == sorted(seven[3:6]) == [0, 1, 2] and seven[6] in (0, 1, 2)
     # A directory of files is read file by file (rows named by their file).
     d = tmp_path / "dir"
     write_jsonl(d / "a.jsonl", rows[:2])
@@ -173,7 +174,7 @@ def test_a_row_fitting_no_format_gets_an_excellent_error(tmp_path):
     ("kto", {"prompt": "q", "completion": "a"}, "KTO rows need 'label'"),
     ("dpo", {"prompt": "q", "chosen": "a", "rejectd": "b"}, "did you mean 'rejected' instead of 'rejectd'"),
     ("dpo", {"conversations": [{"from": "human", "value": "hi"}]}, "rename the field to 'messages'"),
-    ("ppo", {"instruction": "say hi", "output": "hi"}, "Alpaca rows"),
+    ("dpo", {"instruction": "say hi", "output": "hi"}, "Alpaca rows"),
 ])
 def test_near_misses_get_a_hint(tmp_path, method, row, hint):
     err = _error(tmp_path, method, [row])

@@ -58,11 +58,12 @@ from swiftmesh.jobkit.data.fields import (
     RowError,
     Style,
     is_messages,
+    unused_columns,
 )
 from swiftmesh.jobkit.data.kto import UNPAIRED_FORMATS
 from swiftmesh.jobkit.data.preference import PAIRED_FORMATS, reward_margin
 from swiftmesh.jobkit.data.prompts import PROMPT_FORMATS
-from swiftmesh.jobkit.data.reading import read_source
+from swiftmesh.jobkit.data.stream import collect
 from swiftmesh.runtime.errors import FieldViolation, InvalidArgument
 
 FORMATS: dict[Kind, list[Format]] = {"paired": PAIRED_FORMATS, "unpaired": UNPAIRED_FORMATS, "prompt": PROMPT_FORMATS}
@@ -139,8 +140,9 @@ def _hints(method: str, row: dict) -> list[str]:
     if "conversations" in keys:
         hints.append("ShareGPT 'conversations' rows: rename the field to 'messages' (ShareGPT 'from'/'value' "
                      "entries inside it are understood)")
-    if "instruction" in keys or "output" in keys:
-        hints.append("Alpaca rows (instruction/input/output) are SFT data; alignment needs the fields listed above")
+    if ("instruction" in keys or "output" in keys) and kind != "prompt":
+        hints.append("Alpaca rows (instruction/input/output) are SFT data; for alignment add the fields listed above "
+                     "(e.g. 'rejected_response' next to 'output' for a preference pair)")
     # misspellings
     for k in sorted(keys):
         if k in KNOWN_FIELDS:
@@ -201,19 +203,6 @@ def bad_value_error(method: str, name: str, row_number: int, fmt: Format, err: R
 # --------------------------------------------------------------------------- conversion
 
 
-@dataclass
-class ConvertedFile:
-    """The rows of one dataset converted to TRL's columns."""
-
-    name: str
-    rows: list[dict]
-    # Format name -> number of source rows read with it.
-    formats: dict[str, int] = field(default_factory=dict)
-    style: Style | None = None
-    # A source row of each style, for "mixed styles" messages.
-    example_rows: dict[str, int] = field(default_factory=dict)
-
-
 _MESSAGE_FIELDS = ("messages", "rejected_messages", "prompt", "chosen", "rejected", "completion", "conversations")
 
 
@@ -243,55 +232,94 @@ def _style_of(out: dict) -> Style:
     return "standard"
 
 
-def convert_records(
-    records: Sequence[tuple[int, dict]],
-    method: str,
-    name: str,
-    *,
-    field_prefix: str = "",
-) -> ConvertedFile:
-    """Detect the format of every row and convert it to TRL's columns for ``method``.
+class RowConverter:
+    """Converts the rows of one dataset file, one at a time, to TRL's columns for ``method``,
+    and keeps what the file turned out to be.
 
-    Raises:
-        InvalidArgument: a row fits none of the method's formats, or one of its values is wrong
-            (naming the row and field), or the file mixes plain-text and conversational rows.
+    A row is read with the first of the method's formats whose fields it has and that uses
+    every column carrying content; when each matching format would leave such a column unused,
+    that is an error naming the row and the column (with ``ignore_columns``, the column is
+    dropped and counted in ``ignored``). One file holds one format and one style.
     """
-    fmts = formats_for(method)
-    out = ConvertedFile(name=name, rows=[])
-    for row_number, row in records:
+
+    def __init__(self, method: str, name: str, *, ignore_columns: bool = False, field_prefix: str = "") -> None:
+        self.method, self.name, self.field_prefix = method, name, field_prefix
+        self.fmts = formats_for(method)
+        self.ignore_columns = ignore_columns
+        # Format name -> number of source rows read with it; the first row of each.
+        self.formats: dict[str, int] = {}
+        self.first_rows: dict[str, int] = {}
+        self.style: Style | None = None
+        self.example_rows: dict[str, int] = {}
+        # Column -> rows in which it was dropped (ignore_columns only).
+        self.ignored: dict[str, int] = {}
+
+    def _unused(self, fmt: Format, row: dict) -> list[str]:
+        unused = unused_columns(row, fmt.uses() | ({"margin"} if self.method == "rm" else set()))
+        if fmt.passes_scalars:  # text columns go on to the reward functions
+            unused = [k for k in unused if not isinstance(row[k], str)]
+        return unused
+
+    def _pick(self, row: dict) -> tuple[Format | None, list[str]]:
+        matches = [f for f in self.fmts if f.matches(row)]
+        for f in matches:
+            if not self._unused(f, row):
+                return f, []
+        return (matches[0], self._unused(matches[0], row)) if matches else (None, [])
+
+    def convert(self, row_number: int, row: dict) -> list[dict]:
+        """The TRL rows of one source row (KTO may give two).
+
+        Raises:
+            InvalidArgument: the row fits none of the method's formats, has a bad value or an
+                unused column with content (naming row and field), is of another format or style
+                than the rows before it in the file.
+        """
+        name, method, prefix = self.name, self.method, self.field_prefix
         row = _decode_json_cells(row)
-        fmt = next((f for f in fmts if f.matches(row)), None)
+        fmt, unused = self._pick(row)
         if fmt is None:
-            raise no_format_error(method, name, row_number, row, field_prefix=field_prefix,
-                                  earlier_format=next(iter(out.formats), None))
+            raise no_format_error(method, name, row_number, row, field_prefix=prefix,
+                                  earlier_format=next(iter(self.formats), None))
+        if self.formats and fmt.name not in self.formats:
+            first = next(iter(self.formats))
+            raise InvalidArgument(
+                f"dataset {name!r}, row {row_number}: the row is in the {fmt.name} format but the rows before it "
+                f"are {first} (row {self.first_rows[first]}); one file holds one format",
+                reason="MIXED_DATASET_FORMATS",
+                field_violations=[(f"{prefix}{name}:{row_number}", f"{fmt.name} after {first}")],
+                metadata={"dataset": name, "row": str(row_number), "format": fmt.name})
+        if unused and not self.ignore_columns:
+            raise bad_value_error(method, name, row_number, fmt, RowError(
+                unused[0], f"column '{unused[0]}' carries content that the {fmt.name} format does not use "
+                f"(it reads {', '.join(sorted(fmt.uses()))}); rename it to what it means, remove it, "
+                "or pass --ignore_columns to drop such columns with a warning"), field_prefix=prefix)
+        for k in unused:
+            self.ignored[k] = self.ignored.get(k, 0) + 1
         try:
             converted = fmt.convert(row)
+            margin = reward_margin(row) if method == "rm" else None
         except RowError as e:
-            raise bad_value_error(method, name, row_number, fmt, e, field_prefix=field_prefix) from None
-        if method == "rm":
-            try:
-                margin = reward_margin(row)
-            except RowError as e:
-                raise bad_value_error(method, name, row_number, fmt, e, field_prefix=field_prefix) from None
-            if margin is not None:
-                for c in converted:
-                    c["margin"] = margin
-        out.formats[fmt.name] = out.formats.get(fmt.name, 0) + 1
+            raise bad_value_error(method, name, row_number, fmt, e, field_prefix=prefix) from None
+        if margin is not None:
+            for c in converted:
+                c["margin"] = margin
+        self.formats[fmt.name] = self.formats.get(fmt.name, 0) + 1
+        self.first_rows.setdefault(fmt.name, row_number)
         for c in converted:
             st = _style_of(c)
-            out.example_rows.setdefault(st, row_number)
-            if out.style is None:
-                out.style = st
-            elif out.style != st:
-                a, b = out.example_rows["standard"], out.example_rows["conversational"]
+            self.example_rows.setdefault(st, row_number)
+            if self.style is None:
+                self.style = st
+            elif self.style != st:
+                a, b = self.example_rows["standard"], self.example_rows["conversational"]
                 raise InvalidArgument(
                     f"dataset {name!r} mixes plain-text rows (e.g. row {a}) and conversational rows "
                     f"(lists of messages, e.g. row {b}); make every row one or the other",
                     reason="MIXED_DATASET_STYLES",
-                    field_violations=[(f"{field_prefix}{name}:{row_number}", "plain text and messages mixed")],
+                    field_violations=[(f"{prefix}{name}:{row_number}", "plain text and messages mixed")],
                 )
-            out.rows.append(c)
-    return out
+        return converted
 
 
 @dataclass
@@ -303,6 +331,8 @@ class AlignmentData:
     style: Style
     # Dataset name -> {format name: rows}.
     formats: dict[str, dict[str, int]]
+    # Column -> source rows in which it was dropped (``ignore_columns`` only).
+    ignored: dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -338,7 +368,10 @@ class AlignmentData:
         parts = []
         for name, fm in self.formats.items():
             parts.append(f"{name}: " + ", ".join(f"{n} rows as {f}" for f, n in fm.items()))
-        return f"{len(self.rows)} {self.style} rows for {self.method} ({'; '.join(parts)})"
+        out = f"{len(self.rows)} {self.style} rows for {self.method} ({'; '.join(parts)})"
+        if self.ignored:
+            out += "; WARNING: ignored columns " + ", ".join(f"'{k}' ({n} rows)" for k, n in self.ignored.items())
+        return out
 
 
 def load_alignment_data(
@@ -348,20 +381,24 @@ def load_alignment_data(
     seed: int = 42,
     models=None,
     field: str = "spec.datasets",
+    ignore_columns: bool = False,
 ) -> AlignmentData:
-    """Read, sample (``#N``), validate and convert the datasets of an alignment job.
+    """Read (streamed), validate, convert and sample (``#N``) the datasets of an alignment job.
 
     Args:
-        specs: dataset sources (see :func:`read_source`), each optionally with ``#N``.
+        specs: dataset sources (see :mod:`.stream`), each optionally with ``#N``.
         method: ``dpo``, ``kto``, ``orpo``, ``cpo``, ``simpo``, ``rm``, ``ppo`` or ``grpo``.
         seed: seed of the ``#N`` sampling (default 42).
         models: the model source, for ``models/{name}`` datasets in the hub.
         field: the request field the specs came from, for field violations.
+        ignore_columns: drop columns with content that the row's format does not use, counted
+            in ``AlignmentData.ignored`` (default False: such a column is an error).
 
     Raises:
         InvalidArgument: no datasets; a file is missing or unreadable; a row fits no format of
-            ``method`` or has a bad value (the message names dataset, row, the fields expected and a
-            hint); the datasets mix plain-text and conversational rows.
+            ``method``, has a bad value or an unused column with content (the message names
+            dataset, row, field and a hint); a file mixes formats; the datasets mix plain-text
+            and conversational rows.
         NotFound: a hub dataset that does not exist.
     """
     formats_for(method)  # unknown method -> InvalidArgument
@@ -374,16 +411,24 @@ def load_alignment_data(
         )
     rows: list[dict] = []
     formats: dict[str, dict[str, int]] = {}
+    ignored: dict[str, int] = {}
     style: Style | None = None
     style_source = ""
     for i, spec in enumerate(specs):
-        files = read_source(spec, i, models=models, seed=seed, field=field)
-        for name, records in files.items():
+        converters: dict[str, RowConverter] = {}
+
+        def convert(file: str, n: int, row: dict, i=i, converters=converters) -> list[dict]:
+            conv = converters.get(file)
+            if conv is None:
+                conv = converters[file] = RowConverter(method, file, ignore_columns=ignore_columns)
             try:
-                conv = convert_records(records, method, name)
+                return conv.convert(n, row)
             except InvalidArgument as e:
                 e.field_violations.insert(0, FieldViolation(f"{field}[{i}]", e.message.split("\n", 1)[0]))
                 raise
+
+        picked = collect(spec, i, convert, models=models, seed=seed, field=field)
+        for name, conv in converters.items():
             if style is None:
                 style, style_source = conv.style, name
             elif conv.style != style:
@@ -393,7 +438,10 @@ def load_alignment_data(
                     reason="MIXED_DATASET_STYLES",
                     field_violations=[(f"{field}[{i}]", f"{conv.style} rows after {style} rows")],
                 )
-            rows.extend(conv.rows)
             formats[name] = conv.formats
+            for k, n in conv.ignored.items():
+                ignored[k] = ignored.get(k, 0) + n
+        for item in picked:
+            rows.extend(item)
     assert style is not None
-    return AlignmentData(method=method, rows=rows, style=style, formats=formats)
+    return AlignmentData(method=method, rows=rows, style=style, formats=formats, ignored=ignored)

@@ -49,6 +49,11 @@ KIND_NEEDS = {
 ROLES = {"system", "user", "assistant", "tool"}
 _SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "user": "user",
                    "assistant": "assistant", "tool": "tool", "function": "tool", "observation": "tool"}
+# ms-swift's agent roles (https://swift.readthedocs.io/en/latest/Customization/Custom-dataset.html#agent):
+# a ``tool_call`` turn is the assistant's (its JSON text is trained), a ``tool_response`` a tool's.
+AGENT_ROLES = {"tool_call": "assistant", "tool_response": "tool"}
+# Columns carried to the converted rows as they are (ms-swift's multimodal paths and grounding objects).
+CARRIED = ("images", "videos", "audios", "objects")
 _TRUE = {"true", "1", "yes", "y", "t", "desirable", "good", "chosen"}
 _FALSE = {"false", "0", "no", "n", "f", "undesirable", "bad", "rejected"}
 
@@ -114,7 +119,7 @@ def messages_value(row: dict, key: str) -> list[dict[str, Any]]:
             role = _SHAREGPT_ROLES.get(str(m.get("from")))
             content = m.get("value")
         else:
-            role = m.get("role")
+            role = AGENT_ROLES.get(m.get("role"), m.get("role"))
             content = m.get("content")
         if role not in ROLES:
             raise RowError(
@@ -192,7 +197,10 @@ def split_final_assistant(messages: list[dict], key: str) -> tuple[list[dict], d
         )
     if len(messages) < 2:
         raise RowError(key, f"'{key}' has only the assistant's reply; it needs the prompt turns before it")
-    return messages[:-1], messages[-1]
+    reply = messages[-1]
+    if isinstance(reply["content"], str) and not reply["content"].strip() and not reply.get("tool_calls"):
+        raise RowError(key, f"the final assistant reply of '{key}' is empty")
+    return messages[:-1], reply
 
 
 @dataclass(frozen=True)
@@ -206,6 +214,15 @@ class Format:
     example: dict
     # One source row -> its rows in TRL's columns (KTO turns a pair into two); raises RowError.
     convert: Callable[[dict], list[dict]]
+    # Other columns the converter reads (or, for prompt-only methods, deliberately leaves out);
+    # any other column with content is an error (:func:`unused_columns`).
+    optional: tuple[str, ...] = ("system",)
+    # Prompt-only formats pass every other scalar column on (GRPO's reward function kwargs).
+    passes_scalars: bool = False
+
+    def uses(self) -> set[str]:
+        """Every column this format reads."""
+        return {*self.required, *self.optional}
 
     def matches(self, row: dict) -> bool:
         """Whether ``row`` has every ``required`` field, non-null."""
@@ -215,6 +232,40 @@ class Format:
 def as_conversation(value: Any, role: str) -> list[dict]:
     """A message list as is; a text as one message of ``role``."""
     return value if isinstance(value, list) else [{"role": role, "content": value}]
+
+
+def instruction_prompt(row: dict) -> list[dict]:
+    """The prompt turns of an Alpaca-style row: ``system``, ``history``, then ``instruction``
+    (and ``input`` on the next line when given), as ms-swift's AlpacaPreprocessor joins them.
+
+    Raises:
+        RowError: a bad ``instruction``, ``input`` or ``history``.
+    """
+    text = text_value(row, "instruction")
+    if row.get("input") not in (None, ""):
+        text = f"{text}\n{text_value(row, 'input')}"
+    return with_system(row, [*history_messages(row), {"role": "user", "content": text}])
+
+
+def carries_content(value: Any) -> bool:
+    """Whether a column value holds something to train on: a non-blank string or a non-empty
+    list/object (numbers, booleans, null and blanks are metadata)."""
+    if isinstance(value, str):
+        return bool(value.strip())
+    if isinstance(value, (list, tuple, dict)):
+        return len(value) > 0
+    return False
+
+
+def unused_columns(row: dict, used: set[str] | frozenset[str]) -> list[str]:
+    """The columns of ``row`` that carry content (:func:`carries_content`) but are neither in
+    ``used`` nor carried as they are (:data:`CARRIED`), in the row's order."""
+    return [k for k, v in row.items() if k not in used and k not in CARRIED and carries_content(v)]
+
+
+def carried(row: dict) -> dict:
+    """The :data:`CARRIED` columns of ``row`` that have a value (multimodal paths, objects)."""
+    return {k: row[k] for k in CARRIED if row.get(k) not in (None, "", [])}
 
 
 def query_prompt(row: dict) -> list[dict]:

@@ -3,8 +3,11 @@
 
 Accepted (ms-swift's RLHF formats and TRL's): ``messages`` ending in the preferred reply +
 ``rejected_response``; ``messages`` + ``rejected_messages``; ``prompt``/``chosen``/``rejected``
-(text, or message lists); ``chosen``/``rejected`` as two full conversations or texts (TRL's
-implicit prompt); ``query``/``response``/``rejected_response`` (optional ``system``, ``history``).
+(text, or message lists); ``instruction`` (+ ``input``) or ``query`` with ``chosen``/``rejected``
+(ms-swift's Alpaca and query columns); ``instruction``/``output``/``rejected_response`` (Alpaca);
+``query``/``response``/``rejected_response`` (optional ``system``, ``history``); and last
+``chosen``/``rejected`` as two full conversations or texts (TRL's implicit prompt), so a row
+with any prompt column is never read as one with an implicit (possibly empty) prompt.
 Reward-model rows may add a numeric ``margin`` (:func:`reward_margin`).
 """
 
@@ -16,6 +19,8 @@ from swiftmesh.jobkit.data.fields import (
     EX_QUESTION,
     EX_USER,
     Format,
+    carried,
+    instruction_prompt,
     RowError,
     as_conversation,
     is_messages,
@@ -27,15 +32,29 @@ from swiftmesh.jobkit.data.fields import (
 )
 
 
-def _pair_out(prompt, chosen, rejected) -> dict:
-    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+def _pair_out(prompt, chosen, rejected, row: dict | None = None) -> dict:
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected, **(carried(row) if row else {})}
+
+
+def _assistant(text: str) -> list[dict]:
+    return [{"role": "assistant", "content": text}]
+
+
+def _conv_instruction_chosen_rejected(row: dict) -> list[dict]:
+    prompt = instruction_prompt(row) if "instruction" in row else query_prompt(row)
+    return [_pair_out(prompt, _assistant(text_value(row, "chosen")), _assistant(text_value(row, "rejected")), row)]
+
+
+def _conv_instruction_output_rejected(row: dict) -> list[dict]:
+    return [_pair_out(instruction_prompt(row), _assistant(text_value(row, "output")),
+                      _assistant(text_value(row, "rejected_response")), row)]
 
 
 def _conv_messages_rejected_response(row: dict) -> list[dict]:
     msgs = with_system(row, messages_value(row, "messages"))
     prompt, chosen = split_final_assistant(msgs, "messages")
     rejected = text_value(row, "rejected_response")
-    return [_pair_out(prompt, [chosen], [{"role": "assistant", "content": rejected}])]
+    return [_pair_out(prompt, [chosen], _assistant(rejected), row)]
 
 
 def _conv_messages_rejected_messages(row: dict) -> list[dict]:
@@ -48,7 +67,7 @@ def _conv_messages_rejected_messages(row: dict) -> list[dict]:
             "rejected_messages",
             "'rejected_messages' must repeat the turns of 'messages' and differ only in the final assistant reply",
         )
-    return [_pair_out(prompt, [chosen], [rejected])]
+    return [_pair_out(prompt, [chosen], [rejected], row)]
 
 
 
@@ -58,14 +77,14 @@ def _conv_prompt_chosen_rejected(row: dict) -> list[dict]:
     for k in ("prompt", "chosen", "rejected"):
         vals[k] = messages_value(row, k) if is_messages(row.get(k)) else text_value(row, k, allow_empty=(k == "prompt"))
     if not conv:
-        return [_pair_out(vals["prompt"], vals["chosen"], vals["rejected"])]
+        return [_pair_out(vals["prompt"], vals["chosen"], vals["rejected"], row)]
     prompt = with_system(row, as_conversation(vals["prompt"], "user"))
     chosen = as_conversation(vals["chosen"], "assistant")
     rejected = as_conversation(vals["rejected"], "assistant")
     for k, v in (("chosen", chosen), ("rejected", rejected)):
         if v[-1]["role"] != "assistant":
             raise RowError(k, f"the last message of '{k}' must have role 'assistant', got {v[-1]['role']!r}")
-    return [_pair_out(prompt, chosen, rejected)]
+    return [_pair_out(prompt, chosen, rejected, row)]
 
 
 def _conv_implicit_prompt(row: dict) -> list[dict]:
@@ -85,12 +104,12 @@ def _conv_implicit_prompt(row: dict) -> list[dict]:
         for k, v in (("chosen", chosen[n:]), ("rejected", rejected[n:])):
             if v[-1]["role"] != "assistant":
                 raise RowError(k, f"the last message of '{k}' must have role 'assistant'")
-        return [_pair_out(chosen[:n], chosen[n:], rejected[n:])]
+        return [_pair_out(chosen[:n], chosen[n:], rejected[n:], row)]
     if cm != rm:
         raise RowError("rejected" if cm else "chosen", "'chosen' and 'rejected' must both be text or both be message lists")
     chosen, rejected = text_value(row, "chosen"), text_value(row, "rejected")
     n = len(_common_prefix_str(chosen, rejected))
-    return [_pair_out(chosen[:n], chosen[n:], rejected[n:])]
+    return [_pair_out(chosen[:n], chosen[n:], rejected[n:], row)]
 
 
 def _common_prefix_str(a: str, b: str) -> str:
@@ -107,12 +126,8 @@ def _common_prefix_str(a: str, b: str) -> str:
 
 
 def _conv_query_response_rejected(row: dict) -> list[dict]:
-    prompt = query_prompt(row)
-    return [_pair_out(
-        prompt,
-        [{"role": "assistant", "content": text_value(row, "response")}],
-        [{"role": "assistant", "content": text_value(row, "rejected_response")}],
-    )]
+    return [_pair_out(query_prompt(row), _assistant(text_value(row, "response")),
+                      _assistant(text_value(row, "rejected_response")), row)]
 
 
 def _common_prefix_len(a: list, b: list) -> int:
@@ -129,14 +144,14 @@ PAIRED_FORMATS = [
         "messages+rejected_response", "paired", ("messages", "rejected_response"),
         "ms-swift: 'messages' ends with the preferred assistant reply; 'rejected_response' is the dispreferred reply",
         {"messages": [EX_USER, {"role": "assistant", "content": EX_GOOD}], "rejected_response": EX_BAD},
-        _conv_messages_rejected_response,
+        _conv_messages_rejected_response, ("system", "tools"),
     ),
     Format(
         "messages+rejected_messages", "paired", ("messages", "rejected_messages"),
         "two conversations that differ only in the final assistant reply",
         {"messages": [EX_USER, {"role": "assistant", "content": EX_GOOD}],
          "rejected_messages": [EX_USER, {"role": "assistant", "content": EX_BAD}]},
-        _conv_messages_rejected_messages,
+        _conv_messages_rejected_messages, ("system", "tools"),
     ),
     Format(
         "prompt/chosen/rejected", "paired", ("prompt", "chosen", "rejected"),
@@ -145,20 +160,37 @@ PAIRED_FORMATS = [
         _conv_prompt_chosen_rejected,
     ),
     Format(
+        "instruction/chosen/rejected", "paired", ("instruction", "chosen", "rejected"),
+        "ms-swift Alpaca columns: 'instruction' (+ optional 'input', 'system', 'history') is the user's turn",
+        {"instruction": EX_QUESTION, "chosen": EX_GOOD, "rejected": EX_BAD},
+        _conv_instruction_chosen_rejected, ("input", "system", "history"),
+    ),
+    Format(
+        "query/chosen/rejected", "paired", ("query", "chosen", "rejected"),
+        "ms-swift query column: 'query' (+ optional 'system', 'history') is the user's turn",
+        {"query": EX_QUESTION, "chosen": EX_GOOD, "rejected": EX_BAD},
+        _conv_instruction_chosen_rejected, ("system", "history"),
+    ),
+    Format(
+        "instruction/output/rejected_response", "paired", ("instruction", "output", "rejected_response"),
+        "ms-swift Alpaca: 'output' is preferred, 'rejected_response' dispreferred (optional 'input', 'system', 'history')",
+        {"instruction": EX_QUESTION, "output": EX_GOOD, "rejected_response": EX_BAD},
+        _conv_instruction_output_rejected, ("input", "system", "history"),
+    ),
+    Format(
+        "query/response/rejected_response", "paired", ("query", "response", "rejected_response"),
+        "ms-swift (older): optional 'system' and 'history' ([[query, response], ...])",
+        {"query": EX_QUESTION, "response": EX_GOOD, "rejected_response": EX_BAD},
+        _conv_query_response_rejected, ("system", "history"),
+    ),
+    Format(
         "chosen/rejected", "paired", ("chosen", "rejected"),
         "TRL implicit prompt: two full conversations (or texts) that begin with the same prompt",
         {"chosen": [EX_USER, {"role": "assistant", "content": EX_GOOD}],
          "rejected": [EX_USER, {"role": "assistant", "content": EX_BAD}]},
         _conv_implicit_prompt,
     ),
-    Format(
-        "query/response/rejected_response", "paired", ("query", "response", "rejected_response"),
-        "ms-swift (older): optional 'system' and 'history' ([[query, response], ...])",
-        {"query": EX_QUESTION, "response": EX_GOOD, "rejected_response": EX_BAD},
-        _conv_query_response_rejected,
-    ),
 ]
-
 
 
 def reward_margin(row: dict) -> float | None:

@@ -4,8 +4,9 @@ columns, which GRPO passes to reward functions as keyword arguments.
 
 Accepted: ``messages`` ending in a user turn (a final assistant turn is dropped and kept as
 ``solution``, as ms-swift does); ``prompt`` (text or messages); ``query`` (ms-swift, optional
-``system``, ``history``; its ``response`` becomes ``solution``); or the prompt of any
-preference-pair format.
+``system``, ``history``; its ``response`` becomes ``solution``); ``instruction`` (+ ``input``,
+Alpaca; its ``output`` becomes ``solution``); or the prompt of any preference-pair format
+(its replies deliberately unused). The multimodal columns are carried.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from swiftmesh.jobkit.data.fields import (
     EX_USER,
     Format,
     RowError,
+    carried,
+    instruction_prompt,
     is_messages,
     messages_value,
     query_prompt,
@@ -35,6 +38,7 @@ def _prompt_out(prompt, row: dict, consumed: set[str], extra: dict | None = None
             out[k] = v
     if extra:
         out.update(extra)
+    out.update(carried(row))
     return out
 
 
@@ -65,9 +69,15 @@ def _conv_prompt_only_query(row: dict) -> list[dict]:
     return [_prompt_out(query_prompt(row), row, {"query", "response", "rejected_response", "label"}, extra)]
 
 
+def _conv_prompt_only_instruction(row: dict) -> list[dict]:
+    extra = {"solution": row["output"]} if isinstance(row.get("output"), str) and "solution" not in row else None
+    return [_prompt_out(instruction_prompt(row), row, {"instruction", "input", "output", "label"}, extra)]
+
+
 def _prompt_from(pair_convert: Callable[[dict], list[dict]]) -> Callable[[dict], list[dict]]:
     def convert(row: dict) -> list[dict]:
-        return [{"prompt": pair_convert(row)[0]["prompt"]}]
+        pair = pair_convert(row)[0]
+        return [{k: v for k, v in pair.items() if k not in ("chosen", "rejected")}]
 
     return convert
 
@@ -78,23 +88,29 @@ PROMPT_FORMATS = [
         "ms-swift: a conversation ending with the user's turn (a final assistant turn is dropped and kept as "
         "'solution' for reward functions)",
         {"messages": [{"role": "system", "content": "Answer briefly."}, EX_USER]},
-        _conv_prompt_only_messages,
+        _conv_prompt_only_messages, ("system", "tools"), True,
     ),
     Format(
         "prompt", "prompt", ("prompt",),
         "TRL: text, or a list of messages ending with the user's turn; other scalar columns go to reward functions",
         {"prompt": EX_QUESTION},
-        _conv_prompt_only,
+        _conv_prompt_only, ("system", "chosen", "rejected", "completion", "label"), True,
     ),
     Format(
         "query", "prompt", ("query",),
         "ms-swift (older): optional 'system' and 'history'",
         {"query": EX_QUESTION},
-        _conv_prompt_only_query,
+        _conv_prompt_only_query, ("system", "history", "response", "rejected_response", "label"), True,
+    ),
+    Format(
+        "instruction", "prompt", ("instruction",),
+        "ms-swift Alpaca: 'instruction' (+ optional 'input', 'system', 'history'); 'output' becomes 'solution'",
+        {"instruction": EX_QUESTION},
+        _conv_prompt_only_instruction, ("input", "system", "history", "output", "label"), True,
     ),
 ] + [
     Format(f"{f.name} (prompt only)", "prompt", f.required,
            f"any preference-pair format ({f.name}); the replies are ignored", f.example,
-           _prompt_from(f.convert))
+           _prompt_from(f.convert), tuple(set(f.optional) | set(f.required)))
     for f in PAIRED_FORMATS if f.name not in ("query/response/rejected_response",)
 ]

@@ -2,9 +2,14 @@
 
 A *source* is one string, as ms-swift's ``--dataset`` takes it
 (https://swift.readthedocs.io/en/latest/Customization/Custom-dataset.html): a local file
-(``.jsonl``, ``.json``, ``.csv``, ``.parquet``), a Hugging Face ``datasets`` directory written
-by ``save_to_disk``, a directory of such files (read recursively, hidden paths skipped), or
-``models/{name}`` of a dataset registered in the hub. A ``#N`` suffix asks for N rows.
+(``.jsonl``, ``.json``, ``.csv``, ``.parquet``, ``.txt``), a Hugging Face ``datasets`` directory
+written by ``save_to_disk``, a directory of such files (read recursively, hidden paths skipped;
+a cloned Hugging Face dataset repository is one), or ``models/{name}`` of a dataset registered in
+the hub. A ``#N`` suffix asks for N rows, drawn by :func:`reservoir` (the one ``#N`` sampler).
+
+Rows stream: ``.jsonl``, ``.csv`` and ``.txt`` line by line, ``.parquet`` by record batches and
+saved ``datasets`` directories through their memory map, so a multi-GB file is never held
+whole (``.json``, one JSON document, is parsed whole).
 
 What a row *means* (SFT conversations, preference pairs, ...) is for the modules that convert
 them (:mod:`.sft`, :mod:`.alignment`); this module only yields ``(file, row number, value)``
@@ -16,16 +21,20 @@ from __future__ import annotations
 import csv
 import json
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from swiftmesh.runtime.errors import InvalidArgument
 
-FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".txt")
+# Record batch of the streamed parquet reader (rows).
+PARQUET_BATCH_ROWS = 1024
 # Violations listed in one INVALID_ARGUMENT at most.
 MAX_VIOLATIONS = 20
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -172,11 +181,23 @@ def _read_parquet(path: Path, display: str, idx: int, errors: list[Violation]) -
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
+        pf = pq.ParquetFile(path)
     except Exception as e:  # noqa: BLE001
         errors.append(Violation(idx, display, 0, "", f"cannot read parquet: {e}"))
         return
-    yield from enumerate(table.to_pylist(), 1)
+    n = 0
+    for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS):
+        for row in batch.to_pylist():
+            n += 1
+            yield n, row
+
+
+def _read_txt(path: Path, display: str, idx: int, errors: list[Violation]) -> Iterator[tuple[int, Any]]:
+    """ms-swift's ``.txt`` dataset: one ``{"text": line}`` row per non-blank line (pre-training)."""
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                yield n, {"text": line.rstrip("\n")}
 
 
 def _is_hf_saved(d: Path) -> bool:
@@ -197,105 +218,88 @@ def _read_hf_saved(d: Path, display: str, idx: int, errors: list[Violation]) -> 
     yield from enumerate(ds, 1)
 
 
-def read_rows(path: Path, display: str, idx: int, errors: list[Violation]) -> list[tuple[str, int, Any]]:
-    """Raw rows of a file or directory as ``[(file, 1-based row number, value), ...]``.
+def iter_rows(path: Path, display: str, idx: int, errors: list[Violation]) -> Iterator[tuple[str, int, Any]]:
+    """Raw rows of a file or directory, streamed, as ``(file, 1-based row number, value)``.
 
     ``display`` names ``path`` in the result and in violations (files inside a directory are
     ``display/relative/path``); ``idx`` is the source's index in ``spec.datasets``. ``.jsonl``
     is one JSON value a line (blank lines skipped); ``.json`` a list of rows, or an object
     holding one under ``data``, ``train`` or ``rows``; ``.csv`` one row a line, with JSON in the
-    ``messages``/``conversations``/``history``/``tools`` cells decoded; ``.parquet`` and
-    ``save_to_disk`` directories (the ``train`` split of a ``DatasetDict``, else its first)
-    through pyarrow and ``datasets``. Values are returned as read (not necessarily objects).
+    ``messages``/``conversations``/``history``/``tools`` cells decoded; ``.txt`` one text row a
+    line; ``.parquet`` (in record batches) and ``save_to_disk`` directories (the ``train`` split
+    of a ``DatasetDict``, else its first) through pyarrow and ``datasets``. Values are yielded as
+    read (not necessarily objects).
 
     Problems are appended to ``errors`` (never raised): invalid JSON, an unsupported suffix,
     an unreadable parquet file or saved directory, a directory holding no dataset files.
     """
-    out: list[tuple[str, int, Any]] = []
     if path.is_dir():
         if _is_hf_saved(path):
-            return [(display, n, r) for n, r in _read_hf_saved(path, display, idx, errors)]
+            for n, r in _read_hf_saved(path, display, idx, errors):
+                yield display, n, r
+            return
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in FILE_SUFFIXES
                        and not any(part.startswith(".") for part in p.relative_to(path).parts))
         subdirs = sorted(p for p in path.iterdir() if p.is_dir() and _is_hf_saved(p))
         if not files and not subdirs:
             errors.append(Violation(idx, display, 0, "", f"the directory holds no {'/'.join(FILE_SUFFIXES)} files "
                                     "and is not a saved datasets directory"))
-            return out
+            return
         for sd in subdirs:
-            out += [(f"{display}/{sd.name}", n, r) for n, r in _read_hf_saved(sd, f"{display}/{sd.name}", idx, errors)]
+            for n, r in _read_hf_saved(sd, f"{display}/{sd.name}", idx, errors):
+                yield f"{display}/{sd.name}", n, r
         for f in files:
             if any(s in f.parents for s in subdirs):
                 continue
-            sub = f"{display}/{f.relative_to(path).as_posix()}"
-            out += read_rows(f, sub, idx, errors)
-        return out
-    readers = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet}
+            yield from iter_rows(f, f"{display}/{f.relative_to(path).as_posix()}", idx, errors)
+        return
+    readers = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet,
+               ".txt": _read_txt}
     reader = readers.get(path.suffix.lower())
     if reader is None:
         errors.append(Violation(idx, display, 0, "", f"unsupported file type {path.suffix!r}; use {', '.join(FILE_SUFFIXES)}"))
-        return out
-    return [(display, n, r) for n, r in reader(path, display, idx, errors)]
+        return
+    for n, r in reader(path, display, idx, errors):
+        yield display, n, r
+
+
+def read_rows(path: Path, display: str, idx: int, errors: list[Violation]) -> list[tuple[str, int, Any]]:
+    """Every row of :func:`iter_rows` in a list (small sources only; large ones stream)."""
+    return list(iter_rows(path, display, idx, errors))
+
+
+def reservoir(items: Iterable[T], n: int, seed: int = 42) -> list[T]:
+    """ms-swift's ``#N``: ``n`` items of a stream, drawn by seeded reservoir sampling (memory
+    O(n), one pass), then shuffled. When the stream holds fewer than ``n`` items, it comes
+    ``n // len`` times, each pass shuffled, and the rest are drawn without repetition (as
+    ms-swift's ``sample_dataset``). The one ``#N`` sampler
+    of SFT, pre-training and alignment: the same seed picks the same rows for every method.
+
+    Raises:
+        ValueError: ``n`` < 1.
+    """
+    if n < 1:
+        raise ValueError(f"the sample size must be >= 1, got {n}")
+    rng = random.Random(seed)
+    kept: list[T] = []
+    seen = 0
+    for item in items:
+        seen += 1
+        if len(kept) < n:
+            kept.append(item)
+        else:
+            j = rng.randrange(seen)
+            if j < n:
+                kept[j] = item
+    if seen >= n:
+        rng.shuffle(kept)
+        return kept
+    out: list[T] = []
+    for _ in range(n // seen if seen else 0):  # whole passes, each in its own shuffled order
+        out += rng.sample(kept, seen)
+    return out + rng.sample(kept, n % seen) if seen else out
 
 
 def sample_rows(rows: list, n: int | None, seed: int = 42) -> list:
-    """ms-swift ``#N`` sampling: ``n`` rows from a seeded shuffle, repeating the whole dataset
-    (reshuffled each time) when ``n`` exceeds it. ``None`` keeps every row in order."""
-    if n is None:
-        return list(rows)
-    rng = random.Random(seed)
-    out: list = []
-    while len(out) < n:
-        perm = list(rows)
-        rng.shuffle(perm)
-        out.extend(perm[: n - len(out)])
-    return out
-
-
-def read_source(spec: str, idx: int, *, models=None, seed: int = 42,
-                field: str = "spec.datasets") -> dict[str, list[tuple[int, dict]]]:
-    """Read one dataset source into ``{file: [(row number, record), ...]}`` (``#N`` sampled
-    with :func:`sample_rows`), for converters that read rows one by one (the alignment formats).
-
-    ``idx`` is the source's index in the request field ``field`` (for field violations);
-    ``models`` the hub's model source for ``models/{name}`` datasets.
-
-    Raises:
-        InvalidArgument: bad ``#N`` or hub source (reason ``BAD_DATASET_SPEC``), missing path
-            (``DATASET_NOT_FOUND``), unreadable files (``BAD_DATASET_FILE``, naming file and row),
-            no rows (``EMPTY_DATASET``), a row that is not a JSON object (``BAD_DATASET_ROW``).
-        NotFound: a ``models/`` dataset the hub lacks.
-    """
-    where = f"{field}[{idx}]"
-    try:
-        path_str, count = parse_source(spec)
-    except ValueError as e:
-        raise InvalidArgument(f"dataset {spec!r}: {e}", reason="BAD_DATASET_SPEC",
-                              field_violations=[(where, str(e))]) from None
-    try:
-        path = locate(path_str, models)
-    except SourceError as e:
-        if e.reason == "no_hub":
-            raise InvalidArgument(f"dataset {path_str}: {e.problem}", reason="BAD_DATASET_SPEC",
-                                  field_violations=[(where, "no hub")]) from None
-        if e.reason == "not_dataset":
-            raise InvalidArgument(f"{path_str} {e.problem}", reason="BAD_DATASET_SPEC",
-                                  field_violations=[(where, "not a dataset")]) from None
-        raise InvalidArgument(f"dataset {path_str!r}: {e.problem}", reason="DATASET_NOT_FOUND",
-                              field_violations=[(where, f"{path_str}: {e.problem}")]) from None
-    errors: list[Violation] = []
-    raw = read_rows(path, path_str, idx, errors)
-    if errors:
-        raise_violations(errors, reason="BAD_DATASET_FILE")
-    if not raw:
-        raise InvalidArgument(f"dataset {path_str!r} holds no rows", reason="EMPTY_DATASET",
-                              field_violations=[(where, "no rows")])
-    for file, n, value in raw:
-        if not isinstance(value, dict):
-            raise InvalidArgument(
-                f"dataset {file!r}, row {n}: a row must be a JSON object, got a {type(value).__name__}",
-                reason="BAD_DATASET_ROW", field_violations=[(where, f"{file} row {n}: not an object")])
-    files: dict[str, list[tuple[int, dict]]] = {}
-    for file, n, value in sample_rows(raw, count, seed):
-        files.setdefault(file, []).append((n, value))
-    return files
+    """``#N`` over a list: :func:`reservoir`; ``None`` keeps every row in order."""
+    return list(rows) if n is None else reservoir(rows, n, seed)

@@ -5,7 +5,7 @@
   :mod:`swiftmesh.clients.inference`);
 * :mod:`.serving`: the one request lifecycle; :mod:`.serving_chat`, :mod:`.serving_completions`,
   :mod:`.serving_models`: one handler per endpoint;
-* :mod:`.streaming`: server-sent events (sse-starlette); :mod:`.tracing`, :mod:`.metrics`;
+* :mod:`.streaming`: server-sent events (framed here, sent by Starlette); :mod:`.tracing`, :mod:`.metrics`;
 * :mod:`.auth` (keys, limits), :mod:`.errors` (OpenAI's error envelope), :mod:`.app` (routes).
 
 May import the gateway's domain (``..router``, ``..keys``, ``..ratelimit``, ``..messages``) and

@@ -1,7 +1,11 @@
-"""Server-sent events of streamed requests (``stream: true``), through ``sse-starlette``.
+"""Server-sent events of streamed requests (``stream: true``).
 
 A stream is ``text/event-stream``: one ``data: {json}`` event per chunk and a last
-``data: [DONE]`` (the framing the OpenAI SDK reads). It starts only once the worker produced its
+``data: [DONE]`` (the framing the OpenAI SDK reads), framed here and sent by Starlette's
+``StreamingResponse``. Not ``sse-starlette``: its per-event encoding and per-send timeout scope
+cost about 7 us of CPU per chunk (measured, a third of the gateway's frontend CPU per token
+against the vLLM server), and a chunk of JSON, which never holds a raw newline, needs none of
+its multi-line, comment or retry handling. It starts only once the worker produced its
 first response, so errors before that are ordinary HTTP errors; an error after that is sent as
 a ``data: {"error": ...}`` event (the OpenAI SDK raises it). Closing the HTTP connection cancels
 the generations, which aborts the requests in the engine.
@@ -17,8 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request
+from fastapi.responses import StreamingResponse
 from opentelemetry.trace import Span
-from sse_starlette import EventSourceResponse
 
 from ..router import GenerationStream
 from .metrics import RequestTimer
@@ -165,19 +169,26 @@ class StreamCloser:
                 self.on_usage(usage.prompt + usage.completion)
 
 
-class EventStream(EventSourceResponse):
-    """``text/event-stream`` of JSON payloads (``data: {json}\\n\\n``, no keep-alive comments)
-    whose request is closed whatever happens to the response."""
+class EventStream(StreamingResponse):
+    """``text/event-stream`` of JSON payloads (``data: {json}\\n\\n``; a str payload such as
+    :data:`DONE` is sent as it is) whose request is closed whatever happens to the response.
+
+    Args:
+        payloads: the events: dicts (sent as compact JSON) or str.
+        closer: ends the request (generations, metrics, span, usage) when the response ends.
+        headers: extra response headers (rate-limit headers, request id).
+    """
 
     def __init__(self, payloads: AsyncIterator[dict[str, Any] | str], closer: StreamCloser,
                  headers: dict[str, str]) -> None:
         self._payloads = payloads
         self._closer = closer
-        super().__init__(self._encode(), headers={"Cache-Control": "no-cache", **headers}, ping=0, sep="\n")
+        super().__init__(self._encode(), media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers})
 
-    async def _encode(self) -> AsyncIterator[str]:
+    async def _encode(self) -> AsyncIterator[bytes]:
         async for payload in self._payloads:
-            yield payload if isinstance(payload, str) else _dumps(payload)
+            yield b"data: " + (payload if isinstance(payload, str) else _dumps(payload)).encode() + b"\n\n"
 
     async def __call__(self, scope, receive, send) -> None:
         try:

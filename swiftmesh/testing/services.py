@@ -20,7 +20,7 @@ and stops them in reverse order.
 
 Nothing here imports pytest: fixtures live in the ``conftest.py`` files and call this module.
 
-Why one module of ~580 lines: the in-process starter, the process starter and the stack share
+Why one module of ~590 lines: the in-process starter, the process starter and the stack share
 the settings-to-environment translation and the readiness check, and a reader looking for "how
 does a test start a service" should find every way in one place (about half is docstrings).
 """
@@ -233,7 +233,30 @@ class ServiceLoop:
         self.thread.join(10)
 
 
-class InProcessService:
+class _Started:
+    """What both kinds of started service answer: ``name``, ``port``, ``target`` (``address``)
+    and, for the gateway, ``http_url``."""
+
+    name: str
+    target: str  # a property of each kind
+
+    @property
+    def address(self) -> str:
+        """The gRPC address clients dial (``target``)."""
+        return self.target
+
+    @property
+    def http_url(self) -> str:
+        """The gateway's REST base URL ("http://127.0.0.1:<http port>"); ValueError for other services."""
+        if self.name != "gateway":
+            raise ValueError(f"{self.name} has no HTTP facade")
+        return self._http_url()
+
+    def _http_url(self) -> str:
+        raise NotImplementedError
+
+
+class InProcessService(_Started):
     """A SwiftMesh service started in this process by :func:`start_in_process`.
 
     Attributes:
@@ -265,13 +288,7 @@ class InProcessService:
         """The gRPC address clients dial ("127.0.0.1:<port>")."""
         return self.running.target
 
-    address = target
-
-    @property
-    def http_url(self) -> str:
-        """The gateway's REST base URL ("http://127.0.0.1:<http port>"); ValueError for other services."""
-        if self.name != "gateway":
-            raise ValueError(f"{self.name} has no HTTP facade")
+    def _http_url(self) -> str:
         return f"http://127.0.0.1:{self.service.http_port}"
 
     def stop(self, grace: float = 0, timeout: float = 120) -> None:
@@ -337,7 +354,7 @@ def start_in_process(svc: str, settings: Settings, *, loop: ServiceLoop | None =
 
 
 # As a process ----------------------------------------------------------------------------------
-class ServiceProcess:
+class ServiceProcess(_Started):
     """``python -m swiftmesh.cli.main serve <svc>`` as a child process with ``settings``.
 
     Args:
@@ -387,13 +404,7 @@ class ServiceProcess:
         """The gRPC address clients dial."""
         return self.endpoint.target
 
-    address = target
-
-    @property
-    def http_url(self) -> str:
-        """The gateway's REST base URL; ValueError for other services."""
-        if self.name != "gateway":
-            raise ValueError(f"{self.name} has no HTTP facade")
+    def _http_url(self) -> str:
         return http_url(self.settings)
 
     @property

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from swiftmesh.cli import align, certs, hub, jobs, quickstart, serving, stack, train
+from swiftmesh.cli import align, certs, data, hub, jobs, quickstart, serving, stack, train
 
 app = typer.Typer(
     name="swiftmesh",
@@ -39,7 +39,7 @@ app.command("up")(stack.up)
 app.command("status")(stack.status)
 
 
-for _commands in (hub, jobs, train, align, serving, quickstart, certs):
+for _commands in (hub, jobs, train, align, serving, quickstart, certs, data):
     _commands.register(app)
 
 if __name__ == "__main__":

@@ -268,11 +268,11 @@ def read_rows(path: Path, display: str, idx: int, errors: list[Violation]) -> li
     return list(iter_rows(path, display, idx, errors))
 
 
-def reservoir(items: Iterable[T], n: int, seed: int = 42) -> list[T]:
+def reservoir(items: Iterable[T], n: int, seed: int = 42, *, repeat: bool = True) -> list[T]:
     """ms-swift's ``#N``: ``n`` items of a stream, drawn by seeded reservoir sampling (memory
     O(n), one pass), then shuffled. When the stream holds fewer than ``n`` items, it comes
     ``n // len`` times, each pass shuffled, and the rest are drawn without repetition (as
-    ms-swift's ``sample_dataset``). The one ``#N`` sampler
+    ms-swift's ``sample_dataset``); with ``repeat=False`` they are returned once each, shuffled. The one ``#N`` sampler
     of SFT, pre-training and alignment: the same seed picks the same rows for every method.
 
     Raises:
@@ -291,7 +291,7 @@ def reservoir(items: Iterable[T], n: int, seed: int = 42) -> list[T]:
             j = rng.randrange(seen)
             if j < n:
                 kept[j] = item
-    if seen >= n:
+    if seen >= n or not repeat:
         rng.shuffle(kept)
         return kept
     out: list[T] = []

@@ -272,6 +272,62 @@ def _msg_field(fmt: str, i: int, row: dict) -> str:
         if i else "system"
 
 
+class RowNormaliser:
+    """Detects, checks and normalises the rows of one source for ``task`` (``sft`` or ``pt``),
+    one at a time, collecting :class:`Violation` entries (up to :data:`MAX_VIOLATIONS`, then
+    raising) instead of stopping at the first; ``source_index`` names the source in them."""
+
+    def __init__(self, source_index: int, task: str, *, ignore_columns: bool = False) -> None:
+        self.idx, self.task, self.ignore_columns = source_index, task, ignore_columns
+        self.errors: list[Violation] = []
+        self.formats: dict[str, tuple[str, int]] = {}  # file -> (format, its first row)
+        self.counts: dict[str, dict[str, int]] = {}  # file -> {format: rows}
+        self.ignored: dict[str, int] = {}  # column -> rows it was dropped from
+
+    def format_names(self) -> str:
+        """The formats read, comma-separated (e.g. "alpaca,messages")."""
+        return ",".join(sorted({f for f, _ in self.formats.values()}))
+
+    def convert(self, file: str, n: int, value: dict) -> tuple[dict[str, Any], tuple[str, int]] | None:
+        """``(normalised row, (file, row))``, or None when the row has problems (recorded).
+
+        Raises:
+            InvalidArgument: once :data:`MAX_VIOLATIONS` problems are recorded.
+        """
+        idx, errors, task = self.idx, self.errors, self.task
+        if len(errors) >= MAX_VIOLATIONS:
+            raise_violations(errors)
+        fmt = detect_format(value)
+        if fmt is None:
+            errors.append(Violation(idx, file, n, "", f"unknown format (fields {sorted(value)}); expected {EXPECTED}"))
+            return None
+        if task == "sft" and fmt == TEXT:
+            errors.append(Violation(idx, file, n, "text",
+                                    "plain 'text' rows are for task pt; sft needs conversations " + f"({EXPECTED})"))
+            return None
+        first = self.formats.setdefault(file, (fmt, n))
+        if first[0] != fmt:
+            errors.append(Violation(idx, file, n, "", f"the row is in the {fmt} format but the rows before it are "
+                                    f"{first[0]} (row {first[1]}); one file holds one format"))
+            return None
+        unused = unused_columns(value, USES[fmt])
+        if unused and not self.ignore_columns:
+            errors.append(Violation(idx, file, n, unused[0], f"carries content that the {fmt} format does not use "
+                                    f"(it reads {', '.join(sorted(USES[fmt]))}); rename it to what it means, remove it, "
+                                    "or pass --ignore_columns to drop such columns with a warning"))
+            return None
+        for k in unused:
+            self.ignored[k] = self.ignored.get(k, 0) + 1
+        norm, problems = normalise(value, fmt)
+        for fld, prob in problems:
+            errors.append(Violation(idx, file, n, fld, prob))
+        if problems:
+            return None
+        counts = self.counts.setdefault(file, {})
+        counts[fmt] = counts.get(fmt, 0) + 1
+        return norm, (file, n)
+
+
 def load_source(
     source: str,
     idx: int,
@@ -296,41 +352,8 @@ def load_source(
             up to 20 violations naming file, row and field).
         NotFound: a ``models/`` dataset the hub lacks.
     """
-    errors: list[Violation] = []
-    formats: dict[str, tuple[str, int]] = {}  # file -> (format, its first row)
-    ignored: dict[str, int] = {}
-
-    def convert(file: str, n: int, value: dict):
-        if len(errors) >= MAX_VIOLATIONS:
-            raise_violations(errors)
-        fmt = detect_format(value)
-        if fmt is None:
-            errors.append(Violation(idx, file, n, "", f"unknown format (fields {sorted(value)}); expected {EXPECTED}"))
-            return None
-        if task == "sft" and fmt == TEXT:
-            errors.append(Violation(idx, file, n, "text",
-                                    "plain 'text' rows are for task pt; sft needs conversations " + f"({EXPECTED})"))
-            return None
-        first = formats.setdefault(file, (fmt, n))
-        if first[0] != fmt:
-            errors.append(Violation(idx, file, n, "", f"the row is in the {fmt} format but the rows before it are "
-                                    f"{first[0]} (row {first[1]}); one file holds one format"))
-            return None
-        unused = unused_columns(value, USES[fmt])
-        if unused and not ignore_columns:
-            errors.append(Violation(idx, file, n, unused[0], f"carries content that the {fmt} format does not use "
-                                    f"(it reads {', '.join(sorted(USES[fmt]))}); rename it to what it means, remove it, "
-                                    "or pass --ignore_columns to drop such columns with a warning"))
-            return None
-        for k in unused:
-            ignored[k] = ignored.get(k, 0) + 1
-        norm, problems = normalise(value, fmt)
-        for fld, prob in problems:
-            errors.append(Violation(idx, file, n, fld, prob))
-        return None if problems else (norm, (file, n))
-
-    picked = collect(source, idx, convert, models=models, seed=seed, file_reason="BAD_DATASET_ROW")
-    raise_violations(errors)
-    fmt_all = ",".join(sorted({f for f, _ in formats.values()}))
-    return LoadedDataset(source=source, format=fmt_all, rows=[r for r, _ in picked], origins=[o for _, o in picked],
-                         ignored=ignored)
+    conv = RowNormaliser(idx, task, ignore_columns=ignore_columns)
+    picked = collect(source, idx, conv.convert, models=models, seed=seed, file_reason="BAD_DATASET_ROW")
+    raise_violations(conv.errors)
+    return LoadedDataset(source=source, format=conv.format_names(), rows=[r for r, _ in picked],
+                         origins=[o for _, o in picked], ignored=conv.ignored)

@@ -23,8 +23,9 @@ psutil.
 from __future__ import annotations
 
 import argparse
-import asyncio
+import collections
 import importlib.util
+import itertools
 import json
 import os
 import statistics
@@ -43,13 +44,34 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 FIRST = 3  # first step of the timed window
 
 
+def rss_breakdown(pid: int, top: int = 12) -> dict:
+    """Where a process's resident memory is, from /proc/<pid>/smaps (MiB): anonymous (heap,
+    arenas, tensors), file-backed (code and data of the libraries and files it maps), and the
+    ``top`` mappings by path ("[anon]" for nameless ones)."""
+    by_path: collections.Counter = collections.Counter()
+    path = "[anon]"
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            head = line.split(maxsplit=6)
+            if head and "-" in head[0] and not head[0].endswith(":"):
+                path = head[5].strip() if len(head) > 5 else "[anon]"
+            elif head and head[0] == "Rss:":
+                by_path[path] += int(head[1])
+    anon = sum(v for k, v in by_path.items() if not k.startswith("/"))
+    return {"anon_mib": round(anon / 1024), "file_mib": round((sum(by_path.values()) - anon) / 1024),
+            "top": {k: round(v / 1024) for k, v in by_path.most_common(top)}}
+
+
 class PeakRSS:
     """Samples the processes ``select()`` returns every 0.1 s: the peak RSS of each pid, and the
-    CPU time (user + system) they used so far, with its wall time (for CPU seconds per step)."""
+    CPU time (user + system) they used so far, with its wall time (for CPU seconds per step).
+    At each new peak (16 MiB above the last recorded) it also records :func:`rss_breakdown`."""
 
     def __init__(self, select) -> None:
         self.select = select
         self.peak: dict[int, int] = {}
+        self.breakdown: dict = {}
+        self._recorded = 0
         self.cpu: dict[int, float] = {}
         self.cpu_trace: list[tuple[float, float]] = []  # (wall time, CPU seconds of all pids)
         self._stop = threading.Event()
@@ -65,13 +87,19 @@ class PeakRSS:
                     continue
                 self.peak[p.pid] = max(self.peak.get(p.pid, 0), rss)
                 self.cpu[p.pid] = ct.user + ct.system
+                if rss > self._recorded + (16 << 20):
+                    try:
+                        self.breakdown = rss_breakdown(p.pid)
+                        self._recorded = rss
+                    except OSError:
+                        pass
             self.cpu_trace.append((time.time(), sum(self.cpu.values())))
             time.sleep(0.1)
 
     def cpu_at(self, t: float) -> float:
         """CPU seconds used by the sampled processes up to wall time ``t`` (interpolated)."""
         tr = self.cpu_trace
-        for (t0, c0), (t1, c1) in zip(tr, tr[1:]):
+        for (t0, c0), (t1, c1) in itertools.pairwise(tr):
             if t0 <= t <= t1:
                 return c0 + (c1 - c0) * (t - t0) / max(t1 - t0, 1e-9)
         return tr[-1][1] if t > tr[-1][0] else tr[0][1]
@@ -129,7 +157,7 @@ def run_plain(model: Path, data: Path, steps: int, work: Path) -> dict:
         raise SystemExit(f"plain script failed ({proc.returncode})")
     r = json.loads(out.read_text())
     return {"steps_per_second": steps_per_second(r["step_times"]), "peak_rss_bytes": mem.max,
-            "cpu_seconds_per_step": cpu_seconds_per_step(r["step_times"], mem),
+            "peak_rss_breakdown": mem.breakdown, "cpu_seconds_per_step": cpu_seconds_per_step(r["step_times"], mem),
             "first_margin": r["margins"][0], "last_margin": r["margins"][-1]}
 
 
@@ -180,7 +208,7 @@ def run_service(stack, data: Path, steps: int, n: int) -> dict:
     margins = [e.metrics.metrics["train/rewards/margins"] for e in evs
                if e.HasField("metrics") and "train/rewards/margins" in e.metrics.metrics]
     return {"steps_per_second": steps_per_second(times), "peak_rss_bytes": mem.max,
-            "cpu_seconds_per_step": cpu_seconds_per_step(times, mem),
+            "peak_rss_breakdown": mem.breakdown, "cpu_seconds_per_step": cpu_seconds_per_step(times, mem),
             "first_margin": margins[0], "last_margin": margins[-1]}
 
 

@@ -25,8 +25,9 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from swiftmesh.runtime.config import ConfigError
 from swiftmesh.runtime.database import open_database, sqlite_url
-from swiftmesh.runtime.errors import InvalidArgument, NotFound
+from swiftmesh.runtime.errors import InvalidArgument, NotFound, Unavailable
 from swiftmesh.runtime.paging import page
 
 SECRET_PREFIX = "sk-"
@@ -102,18 +103,36 @@ def database_url(url: str | None, state_dir: Path) -> str:
     return sqlite_url(path)
 
 
+def _shown(url: str) -> str:
+    """``url`` without its password (as given when it does not parse)."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return url
+
+
 class ApiKeyStore:
     """The store of API keys on the gateway database. Thread-safe; each call is one transaction.
 
     Args:
         url_or_path: a SQLAlchemy URL (``sqlite:///...``, ``postgresql+psycopg://...``) or a
             SQLite file path (its directory is created). The schema is migrated on open.
+
+    Raises:
+        ConfigError: the URL is not a database URL SQLAlchemy can use, or the database cannot be
+            reached or migrated; the message names the URL (password hidden) and the setting.
     """
 
     def __init__(self, url_or_path: str | Path) -> None:
         url = str(url_or_path)
         self.url = url if "://" in url else sqlite_url(url)
-        self.engine = open_database(self.url)
+        try:
+            self.engine = open_database(self.url)
+        except (sa.exc.ArgumentError, sa.exc.DBAPIError) as e:
+            reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+            raise ConfigError(f"gateway database {_shown(self.url)} cannot be used: {reason}. Check "
+                              "gateway.database_url (SWIFTMESH_GATEWAY__DATABASE_URL, serve --database-url), "
+                              "e.g. postgresql+psycopg://user@host:5432/db, and that the server runs") from None
 
     def close(self) -> None:
         """Close the database (its connection pool)."""
@@ -188,11 +207,16 @@ class ApiKeyStore:
             raise NotFound(f"API key apiKeys/{key_id} not found", reason="API_KEY_NOT_FOUND")
 
     def verify(self, secret: str) -> ApiKey | None:
-        """The key whose secret this is, or None."""
+        """The key whose secret this is, or None. Unavailable (HTTP 503) while the database
+        cannot be reached."""
         if not secret.startswith(SECRET_PREFIX):
             return None
-        with self.engine.connect() as db:
-            row = db.execute(sa.select(*_COLUMNS).where(api_keys.c.secret_sha256 == hash_secret(secret))).fetchone()
+        try:
+            with self.engine.connect() as db:
+                row = db.execute(sa.select(*_COLUMNS).where(api_keys.c.secret_sha256 == hash_secret(secret))).fetchone()
+        except sa.exc.DBAPIError as e:
+            raise Unavailable(f"the gateway database is unreachable ({type(e.orig or e).__name__}); try again",
+                              retry_after=1.0, reason="DATABASE_UNAVAILABLE") from None
         return self._row(row) if row else None
 
     def count(self) -> int:

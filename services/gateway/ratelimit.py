@@ -20,15 +20,37 @@ which the REST layer turns into HTTP 429 with a ``Retry-After`` header.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from limits import RateLimitItem, RateLimitItemPerMinute
+from limits.errors import ConfigurationError
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
-from swiftmesh.runtime.errors import ResourceExhausted
+from swiftmesh.runtime.config import ConfigError
+from swiftmesh.runtime.errors import ResourceExhausted, Unavailable
+
+log = logging.getLogger("swiftmesh.gateway.ratelimit")
+
+try:  # the errors of a storage that cannot be reached (redis:// needs the redis client)
+    from redis.exceptions import RedisError as _StorageError  # type: ignore[assignment]
+except ImportError:  # pragma: no cover - limits[redis] installs it
+    _StorageError = OSError  # type: ignore[assignment,misc]
+
+
+@contextlib.contextmanager
+def _storage(uri: str) -> Iterator[None]:
+    """Storage failures as Unavailable (HTTP 503, retry after 1 s) naming the storage."""
+    try:
+        yield
+    except (_StorageError, OSError) as e:
+        raise Unavailable(f"the rate-limit storage {uri.split('@')[-1]} is unreachable ({type(e).__name__}); "
+                          "try again", retry_after=1.0, reason="RATE_LIMIT_STORAGE_UNAVAILABLE") from None
 
 
 @dataclass(frozen=True)
@@ -45,10 +67,24 @@ class RateLimiter:
     Args:
         storage_uri: where the windows are kept, a ``limits`` storage URI (default
             ``memory://``; ``redis://host:port`` shares them between gateway replicas).
+
+    Raises:
+        ConfigError: ``storage_uri`` is not a storage ``limits`` knows. A storage that cannot be
+            reached is logged at start; calls then raise Unavailable (HTTP 503) until it is back.
     """
 
     def __init__(self, storage_uri: str = "memory://") -> None:
-        self._limiter = MovingWindowRateLimiter(storage_from_string(storage_uri))
+        try:
+            storage = storage_from_string(storage_uri)
+        except ConfigurationError as e:
+            raise ConfigError(f"gateway rate-limit storage {storage_uri.split('@')[-1]!r}: {e}. Check "
+                              "gateway.redis_url (SWIFTMESH_GATEWAY__REDIS_URL, serve --redis-url), e.g. "
+                              "redis://host:6379") from None
+        self.uri = storage_uri
+        if not storage.check():
+            log.warning("the rate-limit storage %s is not reachable now; requests get 503 until it is",
+                        storage_uri.split("@")[-1])
+        self._limiter = MovingWindowRateLimiter(storage)
         self._items: dict[str, set[tuple[str, RateLimitItem]]] = {}
         self._lock = threading.Lock()
 
@@ -76,7 +112,7 @@ class RateLimiter:
         """
         if requests_per_minute <= 0 and tokens_per_minute <= 0:
             return Remaining(-1, -1)
-        with self._lock:
+        with self._lock, _storage(self.uri):
             requests = self._item(key_id, "requests", requests_per_minute) if requests_per_minute > 0 else None
             tokens = self._item(key_id, "tokens", tokens_per_minute) if tokens_per_minute > 0 else None
             if requests is not None and not self._limiter.test(requests, "requests", key_id):
@@ -97,12 +133,15 @@ class RateLimiter:
             return
         with self._lock:
             item = self._item(key_id, "tokens", tokens_per_minute)
-            room = self._limiter.get_window_stats(item, "tokens", key_id).remaining
-            if room > 0:
-                self._limiter.hit(item, "tokens", key_id, cost=min(tokens, room))
+            try:
+                room = self._limiter.get_window_stats(item, "tokens", key_id).remaining
+                if room > 0:
+                    self._limiter.hit(item, "tokens", key_id, cost=min(tokens, room))
+            except (_StorageError, OSError) as e:  # the request is over: count what can be counted
+                log.warning("tokens of %s not counted: rate-limit storage unreachable (%s)", key_id, e)
 
     def forget(self, key_id: str) -> None:
         """Drop the windows of a deleted key."""
-        with self._lock:
+        with self._lock, _storage(self.uri):
             for kind, item in self._items.pop(key_id, ()):
                 self._limiter.clear(item, kind, key_id)

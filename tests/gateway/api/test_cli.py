@@ -144,3 +144,15 @@ def test_deploy_beside_a_running_worker_picks_free_ports(stack, tmp_path):
                 time.sleep(0.2)
             else:
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_serve_takes_database_and_redis_urls_only_where_a_service_has_them(tmp_path):
+    for flag in ("--database-url", "--redis-url"):
+        r = CliRunner().invoke(app, ["serve", "worker", flag, "x://y"], env={"SWIFTMESH_DATA_DIR": str(tmp_path)})
+        assert r.exit_code == 2 and f"{flag}: the worker service has no" in " ".join(r.output.split()), r.output
+    # An unusable URL stops the gateway at start with the setting to fix, not a traceback.
+    env = {"SWIFTMESH_DATA_DIR": str(tmp_path), "SWIFTMESH_GATEWAY__PORT": "0", "SWIFTMESH_GATEWAY__HTTP_PORT": "0"}
+    r = CliRunner().invoke(app, ["serve", "gateway", "--database-url", "foo://bar"], env=env)
+    assert r.exit_code == 2 and "SWIFTMESH_GATEWAY__DATABASE_URL" in " ".join(r.output.split()), r.output
+    r = CliRunner().invoke(app, ["serve", "gateway", "--redis-url", "foo://bar"], env=env)
+    assert r.exit_code == 2 and "SWIFTMESH_GATEWAY__REDIS_URL" in " ".join(r.output.split()), r.output

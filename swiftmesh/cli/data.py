@@ -56,7 +56,7 @@ def _show(p, rows_shown: int) -> None:
     console.print(f"[bold]{p.method}[/bold]: {p.rows_read} rows read, {p.rows_kept} training rows"
                   + (f" ({p.style})" if p.style else ""))
     for file, fmts in p.formats.items():
-        console.print(f"  {escape(file)}: " + ", ".join(f"{n} rows as {f}" for f, n in fmts.items()))
+        console.print(f"  {escape(file)}: " + ", ".join(f"{n} rows as {f}" for f, n in fmts.items()), soft_wrap=True)
     if p.ignored:
         err_console.print("[yellow]warning:[/yellow] --ignore_columns dropped "
                           + ", ".join(f"'{k}' from {n} rows" for k, n in p.ignored.items()))

@@ -30,6 +30,18 @@ def _render(tokenizer, messages, tools, add_generation_prompt: bool) -> str:
     return out
 
 
+def _check_rendered(tokenizer, messages: list[dict], tools, full: str) -> None:
+    """Nothing dropped by the template: tool schemas and tool calls must change the text."""
+    if tools and _render(tokenizer, messages, None, False) == full:
+        raise EncodeError("the chat template does not render 'tools' (the tool schemas would be dropped); "
+                          "give a chat_template that renders tools, or put the schemas in the system message")
+    if any(m.get("tool_calls") for m in messages):
+        bare = [{k: v for k, v in m.items() if k != "tool_calls"} for m in messages]
+        if _render(tokenizer, bare, tools, False) == full:
+            raise EncodeError("the chat template does not render 'tool_calls' (the calls would be dropped); "
+                              "give a chat_template that renders them, or write the call in the content")
+
+
 def assistant_spans(tokenizer, messages: list[dict], tools=None) -> tuple[str, list[tuple[int, int]]]:
     """The rendered conversation and the character spans of its assistant turns."""
     try:
@@ -38,6 +50,7 @@ def assistant_spans(tokenizer, messages: list[dict], tools=None) -> tuple[str, l
         raise
     except Exception as e:  # noqa: BLE001  (jinja errors of the template)
         raise EncodeError(f"the chat template failed: {e}") from None
+    _check_rendered(tokenizer, messages, tools, full)
     spans: list[tuple[int, int]] = []
     for i, m in enumerate(messages):
         if m["role"] != "assistant":

@@ -78,7 +78,7 @@ UNPAIRED_FORMATS = [
         "messages+label", "unpaired", ("messages", "label"),
         "ms-swift: 'messages' ends with the assistant reply; 'label' true (desirable) or false (undesirable)",
         {"messages": [EX_USER, {"role": "assistant", "content": EX_GOOD}], "label": True},
-        _conv_messages_label, ("system", "tools"),
+        _conv_messages_label, ("system",),
     ),
     Format(
         "prompt/completion/label", "unpaired", ("prompt", "completion", "label"),

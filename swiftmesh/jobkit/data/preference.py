@@ -144,14 +144,14 @@ PAIRED_FORMATS = [
         "messages+rejected_response", "paired", ("messages", "rejected_response"),
         "ms-swift: 'messages' ends with the preferred assistant reply; 'rejected_response' is the dispreferred reply",
         {"messages": [EX_USER, {"role": "assistant", "content": EX_GOOD}], "rejected_response": EX_BAD},
-        _conv_messages_rejected_response, ("system", "tools"),
+        _conv_messages_rejected_response, ("system",),
     ),
     Format(
         "messages+rejected_messages", "paired", ("messages", "rejected_messages"),
         "two conversations that differ only in the final assistant reply",
         {"messages": [EX_USER, {"role": "assistant", "content": EX_GOOD}],
          "rejected_messages": [EX_USER, {"role": "assistant", "content": EX_BAD}]},
-        _conv_messages_rejected_messages, ("system", "tools"),
+        _conv_messages_rejected_messages, ("system",),
     ),
     Format(
         "prompt/chosen/rejected", "paired", ("prompt", "chosen", "rejected"),

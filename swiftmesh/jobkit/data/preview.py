@@ -239,7 +239,8 @@ def preview_dataset(
             measured += reservoir(tee(), stats_rows, seed + i, repeat=False)
         src.finish(preview)
     preview.sampled = kept_total > len(measured)
-    preview.first = [PreviewRow(f, n, conv[0]) for f, n, conv in preview.first]
+    # One preview row per training row (a KTO pair gives a desirable and an undesirable one).
+    preview.first = [PreviewRow(f, n, c) for f, n, convs in preview.first for c in convs]
     if tokenizer is not None:
         for pr in preview.first:
             pr.rendered, pr.tokens = render_row(tokenizer, method, pr.converted)

@@ -88,7 +88,7 @@ PROMPT_FORMATS = [
         "ms-swift: a conversation ending with the user's turn (a final assistant turn is dropped and kept as "
         "'solution' for reward functions)",
         {"messages": [{"role": "system", "content": "Answer briefly."}, EX_USER]},
-        _conv_prompt_only_messages, ("system", "tools"), True,
+        _conv_prompt_only_messages, ("system",), True,
     ),
     Format(
         "prompt", "prompt", ("prompt",),

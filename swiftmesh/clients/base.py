@@ -4,9 +4,10 @@ tracing), opened by ``async with`` and closed on exit."""
 
 from __future__ import annotations
 
-from typing import Self
+from collections.abc import Awaitable, Callable
+from typing import Any, Self
 
-from swiftmesh.runtime.client import channel
+from swiftmesh.runtime.client import channel, raise_domain_errors
 from swiftmesh.runtime.config import Settings
 
 
@@ -41,3 +42,18 @@ class ServiceClient:
         if self._channel is not None:
             await self._channel.close()
             self._channel = None
+
+
+async def all_pages(fetch: Callable[[str], Awaitable[Any]], field: str, *, first_only: bool = False) -> list[Any]:
+    """The items of a paged ``List`` call (AIP-158): ``await fetch(page_token)`` from "" until a
+    response's ``next_page_token`` is empty, collecting each response's repeated ``field``; with
+    ``first_only`` just the first page. A failed call raises its domain error (SwiftMeshError)."""
+    out: list[Any] = []
+    token = ""
+    while True:
+        with raise_domain_errors():
+            resp = await fetch(token)
+        out.extend(getattr(resp, field))
+        token = resp.next_page_token
+        if not token or first_only:
+            return out

@@ -24,7 +24,7 @@ from typing import Self
 
 import grpc
 
-from swiftmesh.clients.base import ServiceClient
+from swiftmesh.clients.base import ServiceClient, all_pages
 from swiftmesh.clients.inference import (
     ChatPrompt,
     CompletionOutput,
@@ -145,15 +145,9 @@ class GatewayClient(_TunedClient):
 
     async def list_workers(self) -> list[gateway_pb2.Worker]:
         """Every worker (all pages)."""
-        out: list[gateway_pb2.Worker] = []
-        token = ""
-        with raise_domain_errors():
-            while True:
-                resp = await self.stub.ListWorkers(gateway_pb2.ListWorkersRequest(page_size=1000, page_token=token))
-                out.extend(resp.workers)
-                token = resp.next_page_token
-                if not token:
-                    return out
+        return await all_pages(
+            lambda token: self.stub.ListWorkers(gateway_pb2.ListWorkersRequest(page_size=1000, page_token=token)),
+            "workers")
 
     async def create_api_key(self, display_name: str = "", *, requests_per_minute: int = 0,
                              tokens_per_minute: int = 0, admin: bool = False) -> tuple[gateway_pb2.ApiKey, str]:
@@ -167,15 +161,9 @@ class GatewayClient(_TunedClient):
 
     async def list_api_keys(self) -> list[gateway_pb2.ApiKey]:
         """Every key (all pages), oldest first; secrets are never returned."""
-        out: list[gateway_pb2.ApiKey] = []
-        token = ""
-        with raise_domain_errors():
-            while True:
-                resp = await self.stub.ListApiKeys(gateway_pb2.ListApiKeysRequest(page_size=1000, page_token=token))
-                out.extend(resp.api_keys)
-                token = resp.next_page_token
-                if not token:
-                    return out
+        return await all_pages(
+            lambda token: self.stub.ListApiKeys(gateway_pb2.ListApiKeysRequest(page_size=1000, page_token=token)),
+            "api_keys")
 
     async def delete_api_key(self, name: str) -> None:
         """Delete ``apiKeys/{key}`` (a bare id works too)."""

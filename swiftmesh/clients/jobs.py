@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 
 from google.protobuf.message import Message
 
+from swiftmesh.clients import base
 from swiftmesh.clients.base import ServiceClient
 from swiftmesh.jobs.v1 import jobs_pb2, jobs_pb2_grpc, training_pb2
 from swiftmesh.runtime.client import DEFAULT_STREAM_TIMEOUT_S, raise_domain_errors
@@ -148,17 +149,11 @@ class JobsClient(ServiceClient):
         self, *, states: Iterable[int] = (), kinds: Iterable[str] = (), page_size: int = 0, all_pages: bool = True
     ) -> list[jobs_pb2.Job]:
         """Jobs newest first, filtered by state and kind (every page unless ``all_pages`` is False)."""
-        out: list[jobs_pb2.Job] = []
-        token = ""
-        while True:
-            with raise_domain_errors():
-                resp = await self.jobs_stub.ListJobs(
-                    jobs_pb2.ListJobsRequest(page_size=page_size, page_token=token, states=list(states), kinds=list(kinds))
-                )
-            out.extend(resp.jobs)
-            token = resp.next_page_token
-            if not token or not all_pages:
-                return out
+        states, kinds = list(states), list(kinds)
+        return await base.all_pages(
+            lambda token: self.jobs_stub.ListJobs(
+                jobs_pb2.ListJobsRequest(page_size=page_size, page_token=token, states=states, kinds=kinds)),
+            "jobs", first_only=not all_pages)
 
     async def cancel(self, name: str) -> jobs_pb2.Job:
         """Request cancellation (the job goes CANCELLING, then CANCELLED)."""

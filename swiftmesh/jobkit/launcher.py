@@ -8,7 +8,9 @@ placement group), ``RunConfig(storage_path, name=<job id>)``, ``FailureConfig(ma
 ``CheckpointConfig(num_to_keep=K)``. Both actors (and Ray Train's controller, which follows the
 driver) live on the head node, so losing a worker node never takes the run's control down with
 it. The driver actor lives as long as the service's Ray job: if the service dies, Ray tears the
-run down too, and the restarted service resumes the job from its last checkpoint.
+run down too, and the restarted service resumes the job from its last checkpoint. The driver is
+named after the job (:func:`driver_name`), so a driver that outlived its service (a Ray job not
+torn down yet) is ended by the next launch of the job (:func:`end_stale_driver`).
 
 Around it: :mod:`swiftmesh.jobkit.ray_runtime` (the connection to Ray: a cluster, or an
 embedded head), :mod:`swiftmesh.jobkit.placement` (placement strategies, worker resource
@@ -232,6 +234,40 @@ def _abortable_trainer(on_controller):
     return AbortableTorchTrainer
 
 
+def driver_name(service: str, job: str) -> str:
+    """The Ray actor name of a job's driver (in the service's namespace): ``"<service>/jobs/<id>"``."""
+    return f"{service}/{job}"
+
+
+def end_stale_driver(name: str, timeout: float = 30.0) -> bool:
+    """End the driver actor ``name`` if one is alive: an earlier run of the job whose service died
+    (kill -9) while Ray had not torn its Ray job down yet (a Ray Client driver is kept for a
+    reconnect grace period, a dead driver is noticed late on a loaded head). Its run is aborted
+    (controller, workers, placement groups: :meth:`JobDriver.abort`) and the actor killed, so it
+    neither holds the resources the new run needs nor writes checkpoints next to it. Waits up to
+    ``timeout`` s for the name to be free. Returns whether there was one."""
+    import time
+
+    import ray
+
+    try:
+        stale = ray.get_actor(name)
+    except ValueError:
+        return False
+    with contextlib.suppress(Exception):
+        ray.get(stale.abort.remote([]), timeout=timeout)
+    with contextlib.suppress(Exception):
+        ray.kill(stale, no_restart=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            ray.get_actor(name)
+        except ValueError:
+            break
+        time.sleep(0.2)
+    return True
+
+
 @dataclass
 class RunRequest:
     """One launch of a job (a first start or a resume).
@@ -285,7 +321,14 @@ def launch(runtime: RayRuntime, req: RunRequest) -> LaunchedRun:
     # On the head node: a worker node that goes away must not take the run's control with it.
     on_head = {"resources": {HEAD_NODE_RESOURCE: 0.001}}
     sink = EventSink.options(**on_head).remote(req.attempt_offset)
-    driver = JobDriver.options(**on_head).remote()
+    # Named after the job: a driver of an earlier run that outlived its service is found and ended.
+    name = driver_name(req.service, req.job)
+    end_stale_driver(name)
+    try:
+        driver = JobDriver.options(name=name, **on_head).remote()
+    except ValueError:  # taken again meanwhile
+        end_stale_driver(name)
+        driver = JobDriver.options(name=name, **on_head).remote()
     Path(req.storage_path).mkdir(parents=True, exist_ok=True)
     train_config = {
         "job": req.job,

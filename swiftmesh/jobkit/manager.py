@@ -46,6 +46,7 @@ from swiftmesh.jobkit.types import (
     StateChange,
     now,
 )
+from swiftmesh.runtime.durable import write_atomic
 from swiftmesh.runtime.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -270,9 +271,8 @@ class JobManager:
         return self.state_dir / "jobs" / name.removeprefix("jobs/")
 
     def _persist_new(self, job: Job, plan: JobPlan) -> JobEvent:
-        d = self.job_dir(job.name)
-        d.mkdir(parents=True, exist_ok=True)
-        (d / "data.json").write_text(json.dumps(plan.data))
+        # The data rows are on disk before the record that points at them is committed.
+        write_atomic(self.job_dir(job.name) / "data.json", json.dumps(plan.data))
         queued = JobEvent(job=job.name, state_change=StateChange(state=states.QUEUED, message="queued"))
         return self.store.insert(job, json.dumps(plan.to_json()), event=queued)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ from swiftmesh.jobkit.types import (
     MetricsReport,
     Progress,
 )
+from swiftmesh.runtime.durable import fsync_dir
 from swiftmesh.runtime.errors import SwiftMeshError
 
 if TYPE_CHECKING:
@@ -106,6 +108,11 @@ class JobRun:
                 except Exception:
                     log.debug("pin %s failed", m, exc_info=True)
             resume_from = ""
+            if self.resume:
+                removed = prune_uncommitted(Path(mgr.storage_path) / name.removeprefix("jobs/"), job.checkpoints)
+                if removed:
+                    mgr.log_line(name, "removed checkpoints the job never recorded (written when the run was "
+                                 f"interrupted, maybe partly): {', '.join(removed)}", "INFO", "driver")
             if self.resume and job.checkpoints:
                 last = job.checkpoints[-1].path
                 if Path(last).is_dir():
@@ -307,3 +314,25 @@ class JobRun:
         if metrics:
             self.tb.scalars(step, metrics)
         mgr.events.deliver(stored)
+
+
+#: Ray Train's record of a run's checkpoints in its storage directory (ray.train.v2 constants).
+RAY_CHECKPOINT_SNAPSHOT = "checkpoint_manager_snapshot.json"
+
+
+def prune_uncommitted(run_dir: Path, checkpoints: list[Checkpoint]) -> list[str]:
+    """Before a run resumes: remove from its storage directory every ``checkpoint-*`` directory the
+    job does not list (the job records a checkpoint only once it is complete and on disk, so the
+    others are partial, or complete but never recorded because the service died first), and
+    Ray Train's own checkpoint record, which may name them (Ray would fail deleting a checkpoint
+    that is gone; the job's list is the one record). Returns the names removed, sorted."""
+    if not run_dir.is_dir():
+        return []
+    keep = {Path(c.path).name for c in checkpoints}
+    removed = sorted(p.name for p in run_dir.glob("checkpoint-*") if p.name not in keep)
+    for name in removed:
+        shutil.rmtree(run_dir / name, ignore_errors=True)
+    (run_dir / RAY_CHECKPOINT_SNAPSHOT).unlink(missing_ok=True)
+    if removed:
+        fsync_dir(run_dir)
+    return removed

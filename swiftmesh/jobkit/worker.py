@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from swiftmesh.runtime.durable import fsync_dir, fsync_tree
+
 log = logging.getLogger("swiftmesh.jobkit.worker")
 
 # Label of a job that makes one worker exit abruptly at this optimizer step on the first
@@ -129,14 +131,22 @@ class WorkerContext:
 
         Every worker must call this at the same steps (it is a barrier); each passes its own
         local directory (or None), and Ray merges them into ``<storage>/<job>/checkpoint-<step>``.
-        The job lists the checkpoint once every rank's part is stored.
+        The job lists the checkpoint only once it is complete: every rank's part stored, and the
+        directory fsynced (:func:`swiftmesh.runtime.durable.fsync_tree`) by rank 0.
         """
         self._started = True
         path = os.path.join(self._storage, self._run_name, f"checkpoint-{int(step)}")
         if not self._in_ray:
-            # Outside Ray Train (direct runs, tests): copy into the storage directory if any.
+            # Outside Ray Train (direct runs, tests): copied into the storage directory, if any,
+            # under a temporary name that becomes the checkpoint's once the copy is on disk.
             if self._storage and local_dir is not None and Path(local_dir).is_dir():
-                shutil.copytree(local_dir, path, dirs_exist_ok=True)
+                partial = f"{path}.partial"
+                shutil.rmtree(partial, ignore_errors=True)
+                shutil.copytree(local_dir, partial)
+                fsync_tree(partial, parent=False)
+                shutil.rmtree(path, ignore_errors=True)
+                os.replace(partial, path)
+                fsync_dir(os.path.dirname(path))
             if self.is_main and self._storage:
                 self._push({"type": "checkpoint", "step": int(step), "path": path})
             return
@@ -152,9 +162,12 @@ class WorkerContext:
             delete_local_checkpoint_after_upload=False,
         )
         # ray.train.report returns once this rank's part is uploaded; announce the checkpoint
-        # only once every rank's is (a restart may start from it, see _resolve_checkpoint).
+        # only once every rank's is, and it is on disk (a restart may start from it, see
+        # _resolve_checkpoint; the job records it as its commit point).
         _barrier()
         if self.is_main:
+            if Path(path).is_dir():
+                fsync_tree(path)
             self._push({"type": "checkpoint", "step": int(step), "path": path})
 
     def hf_callback(self):
@@ -309,7 +322,7 @@ def _resolve_checkpoint(
             candidates.append((_step_of(p.name), p))
     else:
         ckpt = ray.train.get_checkpoint()
-        if ckpt is not None:
+        if ckpt is not None and Path(ckpt.path).is_dir():  # one removed as uncommitted is gone
             candidates.append((_step_of(Path(ckpt.path).name), ckpt))
         if announced and announced.get("path") and Path(announced["path"]).is_dir():
             candidates.append((int(announced.get("step", 0)), Path(announced["path"])))

@@ -167,7 +167,8 @@ async def test_restart_resumes_running_jobs_on_its_own(make_settings, tmp_path, 
     assert job.state == states.SUCCEEDED, job.error
     logs = [e.log.message async for e in mgr2.watch(job.name, follow=False) if e.log is not None]
     assert any("restarted while the job was RUNNING; resuming from checkpoint step 4" in m for m in logs), logs
-    await mgr2.stop()
+    for r in list(mgr2._runs.values()):  # not mgr2.stop(): it would shut the module's Ray down
+        r.thread.join(30)
     mgr2.store.close()
 
 
@@ -192,3 +193,42 @@ async def test_artifact_upload_joins_the_create_job_trace(manager, collector):
     assert uploads[0].service == "swiftmesh-trainer"
     assert uploads[0].parent_span_id == format(span.get_span_context().span_id, "016x")
     assert ("swiftmesh.job", "jobs/toy-traced") in uploads[0].attributes
+
+
+def test_a_new_run_ends_the_driver_a_dead_service_left_running(make_settings, tmp_path, ray_runtime):
+    """A run whose service died can outlive it for a while on a shared cluster (its Ray job not torn
+    down yet). The next launch of the same job finds its driver by name and ends it, so the
+    resources it holds (here: every CPU of the cluster) go to the new run at once."""
+    from swiftmesh.jobkit.launcher import RunRequest, driver_name, launch
+
+    settings = make_settings()
+    kind = ToyKind()
+
+    def request(steps: int) -> RunRequest:
+        plan = kind.prepare({"steps": steps, "step_seconds": 0.05, "save_steps": 10_000}, None)
+        return RunRequest(job="jobs/orphaned", kind=kind, plan_config=plan.config, data=plan.data, labels={},
+                          settings=settings, models=LocalModelSource(tmp_path / "m"), num_workers=1,
+                          cpus_per_worker=2.0, gpus_per_worker=0.0, memory_bytes_per_worker=0,
+                          storage_path=str(tmp_path / "ckpt"), max_failures=0, num_to_keep=1, service="trainer")
+
+    old = launch(ray_runtime, request(4000))  # 200 s on both CPUs of the cluster
+    deadline = time.monotonic() + 120
+    while not any(e.get("type") == "metrics" for e in old.drain()):
+        assert time.monotonic() < deadline, "the first run did not start"
+        assert old.wait(0.5) is None
+    import ray
+
+    assert ray.get_actor(driver_name("trainer", "jobs/orphaned")) is not None
+    new = launch(ray_runtime, request(2))  # the dead service's run is not cancelled by anyone
+    try:
+        result = None
+        deadline = time.monotonic() + 90
+        while result is None and time.monotonic() < deadline:
+            new.drain()
+            result = new.wait(1.0)
+        assert result is not None and result["status"] == "ok", result
+        assert old.wait(30) is not None  # ended, not still training
+    finally:
+        old.cancel()
+        new.close()
+        old.close()

@@ -57,6 +57,7 @@ from swiftmesh.jobkit.data.fields import (
     Kind,
     RowError,
     Style,
+    carries_content,
     is_messages,
     unused_columns,
 )
@@ -253,6 +254,7 @@ class RowConverter:
         self.example_rows: dict[str, int] = {}
         # Column -> rows in which it was dropped (ignore_columns only).
         self.ignored: dict[str, int] = {}
+        self._picks: dict[tuple, tuple[Format | None, list[str]]] = {}
 
     def _unused(self, fmt: Format, row: dict) -> list[str]:
         unused = unused_columns(row, fmt.uses() | ({"margin"} if self.method == "rm" else set()))
@@ -261,6 +263,15 @@ class RowConverter:
         return unused
 
     def _pick(self, row: dict) -> tuple[Format | None, list[str]]:
+        # The pick depends only on which columns are present, null, or carry content: cached by
+        # that shape (a large file has few shapes; this keeps streaming fast).
+        shape = tuple((k, v is None, carries_content(v), isinstance(v, str)) for k, v in row.items())
+        hit = self._picks.get(shape)
+        if hit is None:
+            hit = self._picks[shape] = self._pick_uncached(row)
+        return hit
+
+    def _pick_uncached(self, row: dict) -> tuple[Format | None, list[str]]:
         matches = [f for f in self.fmts if f.matches(row)]
         for f in matches:
             if not self._unused(f, row):

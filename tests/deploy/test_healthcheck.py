@@ -98,3 +98,36 @@ async def test_usage(args):
 async def test_bad_settings_fail_cleanly():
     code, out = await healthcheck("hub", SWIFTMESH_HUB__PORT="not-a-port")
     assert code == 1 and "hub.port" in out, out
+
+
+async def test_under_mutual_tls_with_the_mounted_certificates(make_settings, tmp_path):
+    """A server that requires client certificates, whose certificate names only its service
+    (``hub``, ``hub.swiftmesh.svc``: not 127.0.0.1, as a production certificate): the check with
+    the container's TLS variables verifies it against the host of the service's address and
+    passes; without a client certificate, or dialled by 127.0.0.1's name, it fails and says what
+    it dialled with."""
+    from swiftmesh.runtime.certs import make_dev_pki
+
+    pki = make_dev_pki(tmp_path / "pki", ["hub"], hosts=["hub.swiftmesh.svc"])
+    tls = {"enabled": True, "require_client_cert": True, "ca_file": pki["ca"].cert, "cert_file": pki["hub"].cert,
+           "key_file": pki["hub"].key}
+    settings = make_settings(auth_token=TOKEN, tls=tls)
+    running = await start(settings, "hub")
+    env = {"SWIFTMESH_HUB__PORT": str(running.port), "SWIFTMESH_HUB__ADDRESS": f"hub:{running.port}",
+           "SWIFTMESH_AUTH_TOKEN": TOKEN, "SWIFTMESH_TLS__ENABLED": "true", "SWIFTMESH_TLS__REQUIRE_CLIENT_CERT": "true",
+           "SWIFTMESH_TLS__CA_FILE": str(pki["ca"].cert), "SWIFTMESH_TLS__CERT_FILE": str(pki["hub"].cert),
+           "SWIFTMESH_TLS__KEY_FILE": str(pki["hub"].key)}
+    try:
+        code, out = await healthcheck("hub", **env)
+        assert code == 0 and "SERVING" in out, out
+        no_cert = {k: v for k, v in env.items() if k not in ("SWIFTMESH_TLS__CERT_FILE", "SWIFTMESH_TLS__KEY_FILE")}
+        code, out = await healthcheck("hub", **no_cert)
+        assert code == 1 and "UNREACHABLE" in out and "client certificate none" in out, out
+        assert "SWIFTMESH_TLS__CERT_FILE" in out
+        no_address = {k: v for k, v in env.items() if k != "SWIFTMESH_HUB__ADDRESS"}
+        code, out = await healthcheck("hub", **no_address)
+        assert code == 1 and "server name 127.0.0.1" in out, out
+        code, out = await healthcheck("hub", **no_address, SWIFTMESH_TLS__SERVER_NAME="hub.swiftmesh.svc")
+        assert code == 0, out
+    finally:
+        await running.stop(0)

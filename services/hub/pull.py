@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -64,6 +65,9 @@ class PullRequest:
     labels: dict[str, str] = field(default_factory=dict)
     pin: str = ""
     format: ModelFormat = ModelFormat.UNSPECIFIED
+    # The caller is not on this machine (its gRPC peer is not loopback): local and pkg:// sources
+    # only under hub.local_source_roots (none when unset).
+    remote_caller: bool = False
 
 
 class Puller:
@@ -207,8 +211,11 @@ class Puller:
                 return existing
             job.publish(Progress(stage=Stage.RESOLVING))
             t_resolve = time.monotonic()
+            ctx = self.ctx
+            if req.remote_caller and ctx.local_roots is None:
+                ctx = dataclasses.replace(ctx, local_roots=[])
             plan = resolve(
-                req.source, self.ctx, revision=req.revision, allow_patterns=req.allow_patterns,
+                req.source, ctx, revision=req.revision, allow_patterns=req.allow_patterns,
                 ignore_patterns=req.ignore_patterns, allow_pickle=req.allow_pickle, requested_format=req.format,
             )
             transfer = plan.files if plan.gguf is None else [plan.gguf]

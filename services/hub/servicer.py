@@ -16,6 +16,7 @@ from google.protobuf import duration_pb2, empty_pb2, timestamp_pb2
 
 from swiftmesh.hub.v1 import hub_pb2, hub_pb2_grpc
 from swiftmesh.runtime.errors import InvalidArgument
+from swiftmesh.runtime.host import is_loopback
 
 from .hub import Hub
 from .progress import Progress
@@ -104,6 +105,7 @@ class HubServicer(hub_pb2_grpc.HubServiceServicer):
             labels=dict(request.labels),
             pin=request.pin,
             format=_format(request.format, "format"),
+            remote_caller=not is_loopback(context.peer()),
         )
         job, following = await asyncio.to_thread(self.hub.start_pull, req)
         loop = asyncio.get_running_loop()

@@ -78,8 +78,8 @@ class HubSettings(Endpoint):
     ms_endpoint: str | None = None
     # ModelScope access token for private ms:// repositories (default: the modelscope client's own login).
     ms_token: SecretStr | None = None
-    # Local directories a PullModel of a path / file:// source may read (None: any path the hub can read).
-    # Set it when clients on other machines may call the hub, so they cannot read its other files.
+    # Local directories a PullModel of a path, file:// or pkg:// source may read. None: callers on this
+    # machine (loopback peers) may read any path the hub can read, callers on other machines none.
     local_source_roots: list[Path] | None = None
     # UploadModel of pickle-based weights (.bin, .pt, .pth, .ckpt, .pkl, .pickle; loading them can run
     # code). False: an upload listing one is refused (INVALID_ARGUMENT, reason PICKLE_REFUSED).

@@ -1,8 +1,9 @@
 """This machine's identity, shared by the hub (where a cache lives) and its clients (whether they
-can read that cache directly)."""
+can read that cache directly); whether an address or a caller is on this machine (loopback)."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from functools import lru_cache
@@ -70,3 +71,27 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def is_loopback(address: str | None) -> bool:
+    """Whether ``address`` is on this machine's loopback: an IP address or host name
+    (``127.0.0.2``, ``::1``, ``[::1]``, ``localhost``), or a gRPC peer as ``context.peer()`` gives
+    it (``ipv4:127.0.0.1:5000``, ``ipv6:[::1]:5000``, ``ipv6:[::ffff:127.0.0.1]:5000``, or
+    ``unix:/path``, local by construction). Empty, other names, ``0.0.0.0`` and unparsable
+    values: False."""
+    if not address:
+        return False
+    kind, sep, rest = address.partition(":")
+    if sep and kind in ("unix", "unix-abstract"):
+        return True
+    if sep and kind in ("ipv4", "ipv6"):
+        address = rest.rsplit(":", 1)[0]
+    host = address.strip("[]").split("%", 1)[0]
+    if host.lower() == "localhost":
+        return True
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = getattr(addr, "ipv4_mapped", None)
+    return (mapped or addr).is_loopback

@@ -17,16 +17,18 @@ SCHEMES = ("file", "")
 
 
 def check_local_root(path: Path, ctx: SourceContext) -> None:
-    """Raise PermissionDenied (reason LOCAL_SOURCE_NOT_ALLOWED) when ``hub.local_source_roots`` is
-    set and ``path`` (symlinks resolved) is under none of them."""
+    """Raise PermissionDenied (reason LOCAL_SOURCE_NOT_ALLOWED) when ``ctx.local_roots`` is not
+    None and ``path`` (symlinks and ``..`` resolved) is under none of them. An empty list (a remote
+    caller while ``hub.local_source_roots`` is unset) allows no local path."""
     if ctx.local_roots is None:
         return
     real = path.resolve()
     for root in ctx.local_roots:
         if real == Path(root).resolve() or Path(root).resolve() in real.parents:
             return
+    allowed = ", ".join(str(r) for r in ctx.local_roots) or "none configured: remote callers may not read local paths"
     raise PermissionDenied(
-        f"{path} is outside hub.local_source_roots ({', '.join(str(r) for r in ctx.local_roots)})",
+        f"{path} is outside hub.local_source_roots ({allowed})",
         reason="LOCAL_SOURCE_NOT_ALLOWED",
         field_violations=[("source", "outside the allowed local roots")],
     )

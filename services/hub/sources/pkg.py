@@ -12,7 +12,7 @@ from swiftmesh.names import sanitize_model_id, validate_file_path
 from swiftmesh.runtime.errors import NotFound
 
 from .base import Plan, SourceContext, bad_source, stem
-from .local import local_plan
+from .local import check_local_root, local_plan
 
 SCHEMES = ("pkg",)
 
@@ -50,8 +50,9 @@ def resolve(source: str, ctx: SourceContext, revision: str = "") -> Plan:
     path = (pkg_dir / inner).resolve()
     if pkg_dir not in path.parents and path != pkg_dir:
         raise bad_source(f"{inner} escapes package {package}", "path escapes the package")
+    check_local_root(path, ctx)
     default = sanitize_model_id(stem(path.name) if path.suffix else path.name)
-    return local_plan(source, path, default, "pkg")
+    return local_plan(source, path, default, "pkg", ctx)
 
 
 def default_id(source: str) -> str:

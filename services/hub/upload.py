@@ -143,7 +143,8 @@ class Upload:
                     self._written[f.path] = 0
                 else:
                     raise InvalidArgument(f"{f.path}: no data received",
-                                          field_violations=[(f"header.files[{i}]", "no data received")])
+                                          field_violations=[(f"header.files[{i}]", "no data received")],
+                                          reason="NO_DATA_RECEIVED")
             got = self._written.get(f.path, 0)
             if got != f.size:
                 raise InvalidArgument(f"{f.path}: received {got} of {f.size} bytes",

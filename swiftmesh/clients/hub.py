@@ -40,10 +40,10 @@ from typing import Any, Self
 from swiftmesh.clients.base import ServiceClient
 from swiftmesh.hub.v1 import hub_pb2, hub_pb2_grpc
 from swiftmesh.names import model_id as _model_id
-from swiftmesh.names import model_resource_name, validate_model_id
+from swiftmesh.names import model_resource_name
 from swiftmesh.runtime.client import DEFAULT_STREAM_TIMEOUT_S, channel, raise_domain_errors
 from swiftmesh.runtime.config import Settings
-from swiftmesh.runtime.errors import AlreadyExists, DataLoss, InvalidArgument, NotFound
+from swiftmesh.runtime.errors import DataLoss, Internal, InvalidArgument
 from swiftmesh.runtime.host import MACHINE_ID_ENV, machine_id
 
 __all__ = [
@@ -65,6 +65,8 @@ CHUNK_BYTES = 1 << 20
 # Written into a mirrored model directory: what was verified (path, size, sha256, mtime_ns).
 MIRROR_MANIFEST = ".swiftmesh-mirror.json"
 _PARTIAL_SUFFIX = ".partial"
+# The message grpc aio gives a client-stream write that failed because the server had ended the call.
+_CORE_WRITE_ERROR = "Internal error from Core"
 
 ProgressCallback = Callable[[hub_pb2.PullProgress], Any]
 
@@ -428,26 +430,12 @@ class HubClient(ServiceClient):
         for p in files:
             sha = await asyncio.to_thread(_sha256_file, p)
             entries.append(hub_pb2.ModelFile(path=p.relative_to(root).as_posix(), size_bytes=p.stat().st_size, sha256=sha))
-        # the hub's own check, here: a server refusing the stream while chunks are still being
-        # written can reach grpc aio as "Internal error from Core" instead of its status
-        validate_model_id(_model_id(model_id), "header.model_id")
         header = hub_pb2.UploadModelHeader(
             model_id=_model_id(model_id), format=format, files=entries, labels=dict(labels or {}), overwrite=overwrite
         )
         lin = _lineage(lineage)
         if lin is not None:
             header.lineage.CopyFrom(lin)
-        if not overwrite:
-            # Ask first: a server that refuses a client stream while its chunks are still being
-            # written can surface to grpc aio as "Internal error from Core" instead of its status.
-            # (The hub still checks again when the upload arrives.)
-            try:
-                await self.get(f"models/{header.model_id}")
-            except (NotFound, InvalidArgument):  # a bad id: the upload itself names the field
-                pass
-            else:
-                raise AlreadyExists(f"models/{header.model_id} exists; upload with overwrite to replace it",
-                                    reason="MODEL_EXISTS", field_violations=[("header.model_id", "exists")])
 
         async def requests() -> AsyncIterator[hub_pb2.UploadModelRequest]:
             yield hub_pb2.UploadModelRequest(header=header)
@@ -463,8 +451,31 @@ class HubClient(ServiceClient):
                         )
                         offset += len(data)
 
-        with raise_domain_errors():
-            return await self.stub.UploadModel(requests(), timeout=DEFAULT_STREAM_TIMEOUT_S)
+        try:
+            with raise_domain_errors():
+                return await self.stub.UploadModel(requests(), timeout=DEFAULT_STREAM_TIMEOUT_S)
+        except Internal as e:
+            if e.message != _CORE_WRITE_ERROR:
+                raise
+            # The hub refused the upload while chunks were still being written: grpc aio then
+            # reports the failed write as INTERNAL "Internal error from Core" instead of the
+            # hub's status (grpc/grpc#36066; fix proposed in grpc/grpc#43486). A refusal of the
+            # header (pickle weights, an existing model, the quota, a bad name) is deterministic:
+            # send the header alone to get it. A header the hub accepts ends with "no data
+            # received" (the original error is raised), or, when the hub holds every file
+            # already, is a complete verified upload.
+            try:
+                with raise_domain_errors():
+                    return await self.stub.UploadModel(_single(hub_pb2.UploadModelRequest(header=header)),
+                                                       timeout=DEFAULT_STREAM_TIMEOUT_S)
+            except InvalidArgument as probe:
+                if probe.reason != "NO_DATA_RECEIVED":
+                    raise
+                raise e from None
+
+
+async def _single(msg: Any) -> AsyncIterator[Any]:
+    yield msg
 
 
 def _hash_prefix(path: Path) -> Any:

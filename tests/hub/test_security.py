@@ -11,7 +11,7 @@ import pytest
 
 from swiftmesh.clients.hub import HubClient
 from swiftmesh.hub.v1 import hub_pb2
-from swiftmesh.runtime.errors import InvalidArgument, PermissionDenied
+from swiftmesh.runtime.errors import AlreadyExists, InvalidArgument, PermissionDenied
 from swiftmesh.runtime.host import is_loopback
 from swiftmesh.services.hub.pull import PullRequest
 from swiftmesh.services.hub.store import ModelFormat
@@ -144,3 +144,25 @@ async def test_loopback_callers_keep_local_paths_over_grpc(hub_server, small_mod
     async with HubClient(h.settings, h.target) as hub:
         m = await hub.pull(str(small_model), model_id="local-ok")
         assert m.name == "models/local-ok"
+
+
+async def test_upload_refused_mid_stream_gets_the_hubs_status_every_time(hub_server, tmp_path):
+    # The hub refuses the header while the client still streams chunks. grpc aio reports some of
+    # those calls (about 1 in 8 here with 8 MiB) as INTERNAL "Internal error from Core"
+    # (grpc/grpc#36066); the client must surface the hub's own status every time.
+    model = write_model(tmp_path / "big", {"model.safetensors": 100, "pytorch_model.bin": 8 << 20})
+    h = hub_server()
+    async with HubClient(h.settings, h.target) as hub:
+        for _ in range(40):
+            with pytest.raises(InvalidArgument) as e:
+                await hub.upload_dir(model, "big-pickle", format=hub_pb2.MODEL_FORMAT_FULL)
+            assert e.value.reason == "PICKLE_REFUSED"
+        (model / "pytorch_model.bin").rename(model / "model-2.safetensors")
+        await hub.upload_dir(model, "big", format=hub_pb2.MODEL_FORMAT_FULL)
+        (model / "model-3.safetensors").write_bytes(b"new" * (3 << 20))  # not in the cache yet
+        for _ in range(20):
+            with pytest.raises(AlreadyExists):
+                await hub.upload_dir(model, "big", format=hub_pb2.MODEL_FORMAT_FULL)
+        assert {f.path for f in (await hub.get("big")).files} == {"config.json", "model.safetensors",
+                                                                   "model-2.safetensors"}
+    assert not any((h.settings.hub_cache_dir / "staging").iterdir())

@@ -89,9 +89,12 @@ def test_create_job_rejects_bad_specs_and_data_before_any_worker(stack, pairs, t
     assert f"'{bad}', row 2: this row does not fit any DPO dataset format" in err.message
     assert "messages + rejected_response" in err.message and "train it with --rlhf_type kto" in err.message
     assert [f.field for f in err.field_violations] == ["spec.datasets[0]", f"{bad}:2"]
-    # The same file is fine for KTO... as unpaired data it needs labels on every row, so row 1 is
-    # unpaired from its pair and row 2 read as prompt/completion/label.
-    ok = stack.aligner(lambda a: a.create_job(build_spec(rlhf_type="kto", model="models/tiny", datasets=[str(bad)],
+    # For KTO both rows fit a format, but different ones: one file holds one format (issue 19).
+    with pytest.raises(InvalidArgument) as e:
+        stack.aligner(lambda a: a.create_job(build_spec(rlhf_type="kto", model="models/tiny", datasets=[str(bad)],
+                                                        max_steps=2), validate_only=True))
+    assert e.value.reason == "MIXED_DATASET_FORMATS" and "row 2" in e.value.message
+    ok = stack.aligner(lambda a: a.create_job(build_spec(rlhf_type="kto", model="models/tiny", datasets=[str(pairs)],
                                                          max_steps=2), validate_only=True))
     assert ok.kind == "kto" and ok.state == S.JOB_STATE_UNSPECIFIED
     assert stack.aligner(lambda a: a.list()) == []

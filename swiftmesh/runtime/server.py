@@ -26,6 +26,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from swiftmesh.runtime.config import Endpoint, Settings
+from swiftmesh.runtime.host import is_loopback
 from swiftmesh.runtime.interceptors import AuthInterceptor, StatusInterceptor
 from swiftmesh.runtime.metrics import start_metrics_server
 from swiftmesh.runtime.telemetry import flush_tracing, setup_tracing
@@ -115,9 +116,6 @@ def _read(path) -> bytes:
         return f.read()
 
 
-LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
-
-
 def check_exposure(name: str, host: str, settings: Settings) -> None:
     """Secure by default: a server may listen beyond loopback only with a service token or mutual TLS.
 
@@ -125,7 +123,7 @@ def check_exposure(name: str, host: str, settings: Settings) -> None:
         ConfigError: ``host`` is not a loopback address and neither ``auth_token`` nor
             ``tls.require_client_cert`` is set; the message says which setting to add.
     """
-    if host in LOOPBACK_HOSTS or host.startswith("127."):
+    if is_loopback(host):
         return
     if settings.auth_token is not None or settings.tls.require_client_cert:
         return

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from swiftmesh.runtime.config import Settings
-from swiftmesh.runtime.server import LOOPBACK_HOSTS
+from swiftmesh.runtime.host import is_loopback
 
 from ..keys import ApiKey, ApiKeyStore
 from ..ratelimit import RateLimiter, Remaining
@@ -38,20 +38,6 @@ def _mask(secret: str) -> str:
     if len(secret) <= 8:
         return "*" * len(secret)
     return f"{secret[:6]}{'*' * 8}{secret[-4:]}"
-
-
-def is_loopback(host: str | None) -> bool:
-    """Whether ``host`` (an IP or name, or a gRPC peer like ``ipv4:127.0.0.1:5000``,
-    ``ipv6:[::1]:5000``) is a loopback address. Unknown or empty: False."""
-    if not host:
-        return False
-    kind, sep, rest = host.partition(":")
-    if sep and kind in ("ipv4", "ipv6"):
-        host = rest.rsplit(":", 1)[0].strip("[]")
-    elif kind == "unix":
-        return True  # a unix socket is local by construction
-    host = host.removeprefix("::ffff:")
-    return host in LOOPBACK_HOSTS or host.startswith("127.")
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from swiftmesh.jobkit.data import encode_row, load_alignment_data, load_source
+from swiftmesh.jobkit.data import EncodeError, encode_row, load_alignment_data, load_source
 from swiftmesh.jobkit.data.preview import preview_dataset
 
 U = {"role": "user", "content": "Quokka question?"}
@@ -47,8 +47,6 @@ CASES = [
      ["Quokka question?", "Wombat answer."]),
     ("sft", "TRL conversational prompt/completion", {"prompt": [SYS, U], "completion": [A]},
      ["Sysprompt brief.", "Quokka question?", "Wombat answer."]),
-    ("sft", "multimodal <image>", {"messages": [{"role": "user", "content": "<image>Quokka question?"}, A],
-                                   "images": ["cat.png"]}, ["<image>Quokka question?", "Wombat answer."]),
     ("pt", "text", {"text": "Platypus plain text."}, ["Platypus plain text."]),
     ("pt", "messages (ms-swift pt)", {"messages": [{"role": "assistant", "content": "Platypus plain text."}]},
      ["Platypus plain text."]),
@@ -142,8 +140,6 @@ def test_every_content_field_reaches_the_training_text(tmp_path, tok, method, ca
     if method not in ("sft", "pt", "ppo", "grpo"):  # the replies are what is trained: marked so
         trained_segments = "".join(s for r in p.first for side in r.rendered.values() for s, on in side if on)
         assert texts[-1] in trained_segments or "Badger wrong." in trained_segments
-    if "images" in row:
-        assert p.first[0].converted["images"] == row["images"]
 
 
 def _write_as(kind, tmp_path, rows) -> str:
@@ -193,3 +189,16 @@ def test_several_sources_mixed_and_sampled(tmp_path, tok):
     assert p.rows_read == 14 and p.rows_kept == 9
     # the preview shows exactly the rows the job keeps (same sampler, same seed)
     assert [r.converted for r in p.first] == ds[0].rows + ds[1].rows
+
+
+def test_multimodal_columns_are_carried_and_never_dropped(tmp_path, tok):
+    mm = {"images": ["cat.png"], "audios": ["meow.wav"]}
+    sft = _write(tmp_path / "s.jsonl", [{"messages": [{"role": "user", "content": "<image><audio>What is it?"}, A], **mm}])
+    row = load_source(sft, 0, task="sft").rows[0]
+    assert row["images"] == ["cat.png"] and row["audios"] == ["meow.wav"]
+    assert preview_dataset([sft], "sft").first[0].converted["images"] == ["cat.png"]
+    with pytest.raises(EncodeError, match="'images', 'audios'"):  # a text-only encoder refuses, never drops them
+        encode_row(tok, row, task="sft", max_length=256, assistant_only=True)
+    dpo = _write(tmp_path / "d.jsonl", [{"messages": [U, A], "rejected_response": "no", **mm}])
+    for method in ("dpo", "kto", "grpo"):
+        assert all(r["images"] == ["cat.png"] for r in load_alignment_data([dpo], method).rows)

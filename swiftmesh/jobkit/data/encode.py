@@ -106,7 +106,17 @@ def encode_text(tokenizer, text: str, *, max_length: int) -> dict[str, list[int]
 
 
 def encode_row(tokenizer, row: dict[str, Any], *, task: str, max_length: int, assistant_only: bool) -> dict[str, list[int]]:
-    """Encode one normalised row for ``task`` ("sft" or "pt"). Raises EncodeError."""
+    """Encode one normalised row for ``task`` ("sft" or "pt").
+
+    Raises:
+        EncodeError: the template cannot render the row or drops part of it (tools, tool
+            calls), the row carries images/videos/audios (this encoder is text-only: the files
+            would be dropped), or no assistant token is left within ``max_length``.
+    """
+    media = [k for k in ("images", "videos", "audios") if row.get(k)]
+    if media:
+        raise EncodeError(f"the row carries {', '.join(repr(k) for k in media)}, but this tokenizer-only encoder "
+                          "trains text models: the files would be dropped (multimodal training is not supported yet)")
     if "text" in row:
         return encode_text(tokenizer, row["text"], max_length=max_length)
     if task == "pt":

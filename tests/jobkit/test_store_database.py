@@ -147,15 +147,41 @@ def test_trainer_and_aligner_share_one_sqlite_database(tmp_path):
     _shared_store_checks(f"sqlite:///{tmp_path / 'shared.db'}")
 
 
-def test_trainer_and_aligner_share_one_postgresql(tmp_path):
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory):
     from swiftmesh.testing.servers import postgres_server
 
     try:
-        server = postgres_server(tmp_path)
+        server = postgres_server(tmp_path_factory.mktemp("pg"))
         url = server.__enter__()
     except FileNotFoundError as e:
         pytest.skip(f"PostgreSQL is not installed: {e}")
-    try:
-        _shared_store_checks(url)
-    finally:
-        server.__exit__(None, None, None)
+    yield url
+    server.__exit__(None, None, None)
+
+
+def test_trainer_and_aligner_share_one_postgresql(postgres):
+    _shared_store_checks(postgres)
+
+
+async def test_managers_use_the_database_url_of_their_section(make_settings, tmp_path, postgres):
+    from swiftmesh.jobkit import JobManager, LocalModelSource
+    from swiftmesh.jobkit.ray_runtime import RayRuntime
+    from swiftmesh.jobkit.testing import ToyKind
+
+    settings = make_settings(trainer={"database_url": postgres}, aligner={"database_url": postgres})
+    managers = [JobManager(settings, svc, [ToyKind()], models=LocalModelSource(tmp_path / "m"), runtime=RayRuntime())
+                for svc in ("trainer", "aligner")]
+    for m in managers:  # Ray is not started: the store alone
+        assert m.store.url == postgres
+        m._persist_new(_job("jobs/same-name", kind="toy"), ToyKind().prepare({"steps": 2}, None))
+    assert [(await m.get("jobs/same-name")).name for m in managers] == ["jobs/same-name"] * 2
+    assert not (settings.trainer_state_dir / "jobs.db").exists()
+    for m in managers:
+        m.store.delete("jobs/same-name")
+        m.store.close()
+    # The default stays SQLite under the state directory.
+    local = JobManager(make_settings(), "trainer", [ToyKind()], models=LocalModelSource(tmp_path / "m"),
+                       runtime=RayRuntime())
+    assert local.store.url.startswith("sqlite:///") and local.store.url.endswith("/trainer/jobs.db")
+    local.store.close()

@@ -50,6 +50,7 @@ from swiftmesh.runtime.errors import (
 
 if TYPE_CHECKING:
     from .peers import PeerHubs
+    from .redirects import RedirectPolicy
 
 log = logging.getLogger("swiftmesh.hub.download")
 
@@ -182,6 +183,8 @@ class Fetcher:
         header_provider: ``(origin) -> extra headers`` (auth for hf:// and ms:// origins).
         peers: the client of other hubs, for ``hub`` origins (None: such origins fail).
         backoff_initial / backoff_max: exponential backoff, seconds (jittered).
+        redirects: where HTTP requests may be redirected (:class:`.redirects.RedirectPolicy`;
+            None: any host).
     """
 
     def __init__(
@@ -191,6 +194,7 @@ class Fetcher:
         peers: PeerHubs | None = None,
         backoff_initial: float = 0.5,
         backoff_max: float = 20.0,
+        redirects: RedirectPolicy | None = None,
     ) -> None:
         self.retries = retries
         self.header_provider = header_provider or (lambda origin: {})
@@ -202,6 +206,7 @@ class Fetcher:
             timeout=httpx.Timeout(30.0, read=120.0),
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=16),
             headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
+            event_hooks={"request": [redirects.on_request]} if redirects is not None else None,
         )
 
     def close(self) -> None:

@@ -32,7 +32,8 @@ from .eviction import Eviction
 from .peers import PeerHubs
 from .progress import PullJob
 from .pull import Puller, PullRequest
-from .sources import auth_headers
+from .redirects import RedirectPolicy
+from .sources import auth_headers, default_redirect_hosts
 from .sources.base import SourceContext
 from .store import FileEntry, ModelRecord, Store
 from .upload import Upload, UploadHeader, begin_upload
@@ -50,7 +51,8 @@ class Hub:
 
     Args:
         settings: uses ``hub_cache_dir`` and the ``hub`` section (quota, endpoints, retries,
-            download concurrency, local source roots).
+            download concurrency, local source roots, redirect hosts). Raises ConfigError for a
+            malformed ``hub.redirect_allow_hosts`` entry.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -68,7 +70,9 @@ class Hub:
         )
         self.peers = PeerHubs(settings)
         self.ctx.peers = self.peers
-        self.fetcher = Fetcher(retries=hs.download_retries, header_provider=self._headers_for, peers=self.peers)
+        redirects = RedirectPolicy(hs.redirect_allow_hosts, lambda: default_redirect_hosts(self.ctx))
+        self.fetcher = Fetcher(retries=hs.download_retries, header_provider=self._headers_for, peers=self.peers,
+                               redirects=redirects)
         self.ctx.fetcher = self.fetcher
         self.eviction = Eviction(self.store, hs.quota_bytes)
         self.catalogue = Catalogue(self.store, self.eviction)

@@ -84,6 +84,12 @@ class HubSettings(Endpoint):
     # UploadModel of pickle-based weights (.bin, .pt, .pth, .ckpt, .pkl, .pickle; loading them can run
     # code). False: an upload listing one is refused (INVALID_ARGUMENT, reason PICKLE_REFUSED).
     upload_allow_pickle: bool = False
+    # Hosts an HTTP download may be redirected to besides the source's own host and port: "host",
+    # "host:port" or fnmatch patterns ("*.hf.co"). None: the CDN hosts of the public Hugging Face
+    # (*.hf.co, *.huggingface.co) and ModelScope (*.modelscope.cn, modelscope.oss-*.aliyuncs.com)
+    # endpoints when those are the endpoints in use; []: the source's own host only. Refused hops get
+    # PERMISSION_DENIED (reason REDIRECT_NOT_ALLOWED) naming the host; https -> http is always refused.
+    redirect_allow_hosts: list[str] | None = None
     # HTTP download: parallel files, retries.
     download_concurrency: int = Field(default=4, ge=1)
     download_retries: int = Field(default=5, ge=0)

@@ -4,6 +4,7 @@ injection, and mirrors laid out the way huggingface_hub and the modelscope clien
     srv = FileServer(routes={"/a.bin": b"..."}).start()
     srv.faults["/a.bin"] = [503, 503]        # the next two GETs answer 503
     srv.cuts["/a.bin"] = 1000                # the next GET ends the connection after 1000 bytes
+    srv.redirects["/old.bin"] = "http://..."   # GET/HEAD answer 302 with this Location
     srv.requests                              # [(method, path, range header)]
 """
 
@@ -27,6 +28,7 @@ class FileServer:
         self.extra_headers = extra_headers or (lambda path: {})
         self.faults: dict[str, list[int]] = {}
         self.cuts: dict[str, int] = {}
+        self.redirects: dict[str, str] = {}
         self.requests: list[tuple[str, str, str]] = []
         self.bytes_sent: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -69,6 +71,13 @@ class FileServer:
             fault = self.faults.get(path)
             status = fault.pop(0) if fault and not head else None
             cut = self.cuts.pop(path, None) if not head and status is None else None
+        location = self.redirects.get(path)
+        if location is not None and status is None:
+            h.send_response(302)
+            h.send_header("Location", location)
+            h.send_header("Content-Length", "0")
+            h.end_headers()
+            return
         if status is not None:
             body = b"try again"
             h.send_response(status)

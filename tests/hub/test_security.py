@@ -3,6 +3,7 @@ hub (UploadModel included); file names in every manifest and listing checked for
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import socket
@@ -166,3 +167,67 @@ async def test_upload_refused_mid_stream_gets_the_hubs_status_every_time(hub_ser
         assert {f.path for f in (await hub.get("big")).files} == {"config.json", "model.safetensors",
                                                                    "model-2.safetensors"}
     assert not any((h.settings.hub_cache_dir / "staging").iterdir())
+
+
+async def test_redirects_followed_only_within_the_allow_list(hub_server, tmp_path):
+    weights = b"w" * 5000
+    src = FileServer({"/m/config.json": b"{}", "/m/here.safetensors": weights}).start()
+    other = FileServer({"/cdn/w.safetensors": weights}).start()  # another port: another origin
+    src.redirects["/m/model.safetensors"] = f"{other.base}/cdn/w.safetensors"
+    src.redirects["/m/moved.safetensors"] = "/m/here.safetensors"  # same host: always followed
+    manifest = {"files": [{"path": "config.json"}, {"path": "model.safetensors"}]}
+    src.routes["/m/manifest.json"] = json.dumps(manifest).encode()
+    try:
+        h = hub_server()
+        async with HubClient(h.settings, h.target) as hub:
+            with pytest.raises(PermissionDenied) as e:
+                await hub.pull(f"{src.base}/m/manifest.json", model_id="redirected")
+            assert e.value.reason == "REDIRECT_NOT_ALLOWED"
+            assert f"127.0.0.1:{other.port}" in e.value.message and "hub.redirect_allow_hosts" in e.value.message
+            assert other.requests == []  # the refused hop was never sent
+            m = await hub.pull(f"{src.base}/m/moved.safetensors", model_id="moved", format=hub_pb2.MODEL_FORMAT_FULL)
+            assert m.files[0].sha256 == hashlib.sha256(weights).hexdigest()
+        allowed = hub_server(hub={"redirect_allow_hosts": [f"127.0.0.1:{other.port}"]})
+        async with HubClient(allowed.settings, allowed.target) as hub:
+            m = await hub.pull(f"{src.base}/m/manifest.json", model_id="redirected")
+            assert {f.path: f.sha256 for f in m.files}["model.safetensors"] == hashlib.sha256(weights).hexdigest()
+            assert other.gets("/cdn/w.safetensors")
+    finally:
+        src.stop()
+        other.stop()
+
+
+def test_redirect_policy_patterns_defaults_and_downgrade():
+    import httpx
+
+    from swiftmesh.runtime.config import ConfigError
+    from swiftmesh.services.hub.redirects import RedirectPolicy
+    from swiftmesh.services.hub.sources import default_redirect_hosts
+    from swiftmesh.services.hub.sources.base import SourceContext
+
+    public = RedirectPolicy(None, lambda: default_redirect_hosts(SourceContext(fetcher=None)))
+    assert public.allows("cas-bridge.xethub.hf.co", 443) and public.allows("cdn-lfs.huggingface.co", 443)
+    assert public.allows("modelscope.oss-cn-beijing.aliyuncs.com", 443)
+    assert not public.allows("169.254.169.254", 80) and not public.allows("evil-hf.co", 443)
+    mirror = SourceContext(fetcher=None, hf_endpoint="http://127.0.0.1:9", ms_endpoint="http://127.0.0.1:9")
+    assert default_redirect_hosts(mirror) == []  # a mirror's downloads stay on its own host
+
+    def chain(policy, *urls):
+        ext: dict = {}
+        for u in urls:  # as httpx builds a redirect request: the previous request's extensions copied
+            req = httpx.Request("GET", u, extensions=ext)
+            policy.on_request(req)
+            ext = req.extensions
+
+    chain(public, "https://huggingface.co/x/resolve/main/w", "https://cdn-lfs-us-1.hf.co/w", "https://cdn-lfs.hf.co/w")
+    chain(RedirectPolicy([]), "http://a.test/x", "https://a.test/y")  # upgrade on the same host
+    with pytest.raises(PermissionDenied) as e:
+        chain(public, "https://huggingface.co/x", "http://cdn-lfs.hf.co/w")
+    assert "https to plain http" in e.value.message
+    with pytest.raises(PermissionDenied) as e:
+        chain(RedirectPolicy(["*.cdn.test:8443"]), "http://a.test/x", "https://b.cdn.test/w")
+    assert "b.cdn.test:443" in e.value.message and "*.cdn.test:8443" in e.value.message
+    chain(RedirectPolicy(["*.cdn.test:8443"]), "http://a.test/x", "https://b.cdn.test:8443/w")
+    for bad in ("", "http://x/", "host:notaport", "a/b"):
+        with pytest.raises(ConfigError, match="hub.redirect_allow_hosts"):
+            RedirectPolicy([bad])

@@ -97,6 +97,13 @@ def default_model_id(source: str) -> str:
     return source_module(source).default_id(source)
 
 
+def default_redirect_hosts(ctx: SourceContext) -> list[str]:
+    """The hosts downloads may be redirected to when ``hub.redirect_allow_hosts`` is unset: each
+    source's ``redirect_hosts(ctx)`` (the CDNs of the public Hugging Face and ModelScope
+    endpoints, when those are the endpoints configured)."""
+    return [h for m in SOURCES if hasattr(m, "redirect_hosts") for h in m.redirect_hosts(ctx)]
+
+
 def auth_headers(origin: dict, ctx: SourceContext) -> dict[str, str]:
     """The credentials a download of ``origin`` needs (by its ``auth``: hf, ms), else {}."""
     module = _BY_AUTH.get(origin.get("auth", ""))

@@ -5,6 +5,8 @@ git blob sha1. Revisions resolve to a commit. Downloads carry the ``hub.hf_token
 
 from __future__ import annotations
 
+import fnmatch
+import urllib.parse
 from pathlib import PurePosixPath
 
 import httpx
@@ -18,6 +20,9 @@ from .base import Plan, PlannedFile, SourceContext, parse_repo, repo_default_id,
 SCHEMES = ("hf",)
 # The ``auth`` of this source's origins: downloads get :func:`headers`.
 AUTH = "hf"
+# Where the public endpoint redirects downloads: its LFS and Xet CDNs (cdn-lfs*.hf.co,
+# cas-bridge.xethub.hf.co, cdn-lfs.huggingface.co, ...).
+PUBLIC_HOSTS = ("huggingface.co", "*.huggingface.co", "hf.co", "*.hf.co")
 
 
 def endpoint_url(ctx: SourceContext) -> str:
@@ -105,6 +110,13 @@ def resolve(source: str, ctx: SourceContext, revision: str = "") -> Plan:
     if inner and inner.lower().endswith(".gguf"):
         plan.default_id = f"{repo_id.split('/')[0]}/{sanitize_model_id(stem(inner))}"
     return plan
+
+
+def redirect_hosts(ctx: SourceContext) -> list[str]:
+    """:data:`PUBLIC_HOSTS` when the endpoint is the public Hugging Face one, else none (a mirror's
+    downloads stay on its own host unless ``hub.redirect_allow_hosts`` says otherwise)."""
+    host = (urllib.parse.urlsplit(endpoint_url(ctx)).hostname or "").lower()
+    return list(PUBLIC_HOSTS) if any(fnmatch.fnmatchcase(host, p) for p in PUBLIC_HOSTS) else []
 
 
 def headers(ctx: SourceContext) -> dict[str, str]:

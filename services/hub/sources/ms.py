@@ -4,6 +4,8 @@ verified by their sha256. Downloads carry the ``hub.ms_token``."""
 
 from __future__ import annotations
 
+import fnmatch
+import urllib.parse
 from pathlib import PurePosixPath
 
 from swiftmesh.names import sanitize_model_id
@@ -15,6 +17,9 @@ from .base import HEX64, Plan, PlannedFile, SourceContext, parse_repo, repo_defa
 SCHEMES = ("ms",)
 # The ``auth`` of this source's origins: downloads get :func:`headers`.
 AUTH = "ms"
+# The public endpoints' hosts, and where they redirect downloads (their CDN and OSS buckets).
+PUBLIC_HOSTS = ("modelscope.cn", "*.modelscope.cn", "modelscope.ai", "*.modelscope.ai")
+CDN_HOSTS = ("modelscope.oss-*.aliyuncs.com",)
 
 
 def endpoint_url(ctx: SourceContext) -> str:
@@ -74,6 +79,18 @@ def resolve(source: str, ctx: SourceContext, revision: str = "") -> Plan:
     if inner and inner.lower().endswith(".gguf"):
         plan.default_id = f"{repo_id.split('/')[0]}/{sanitize_model_id(stem(inner))}"
     return plan
+
+
+def redirect_hosts(ctx: SourceContext) -> list[str]:
+    """:data:`PUBLIC_HOSTS` and :data:`CDN_HOSTS` when the endpoint is the public ModelScope one,
+    else none (also when the modelscope client is not installed)."""
+    try:
+        host = (urllib.parse.urlsplit(endpoint_url(ctx)).hostname or "").lower()
+    except ImportError:
+        return []
+    if any(fnmatch.fnmatchcase(host, p) for p in PUBLIC_HOSTS):
+        return [*PUBLIC_HOSTS, *CDN_HOSTS]
+    return []
 
 
 def headers(ctx: SourceContext) -> dict[str, str]:

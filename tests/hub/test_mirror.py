@@ -14,7 +14,7 @@ from swiftmesh.services.hub.hub import BYTES_SERVED
 from swiftmesh.clients import hub as hub_client
 from swiftmesh.clients.hub import HubClient, materialize_sync
 from swiftmesh.hub.v1 import hub_pb2
-from swiftmesh.runtime.errors import NotFound, Unavailable
+from swiftmesh.runtime.errors import DataLoss, NotFound, Unavailable
 from tests.hub.helpers import sha256_file, write_model
 from tests.hub.tcp_proxy import CuttingProxy
 
@@ -103,3 +103,23 @@ async def test_materialize_same_host_uses_the_cache_and_mirrors_elsewhere(hub_se
     monkeypatch.setattr(hub_client, "machine_id", lambda: "another-host:0")
     path = await asyncio.to_thread(materialize_sync, a.settings, "mat", tmp_path / "sync-mirror")
     assert sha256_file(path / "model.safetensors") == sha256_file(src / "model.safetensors")
+
+
+async def test_materialize_of_a_corrupt_file_is_data_loss_and_leaves_nothing_half_written(
+        hub_server, tmp_path, monkeypatch):
+    src = write_model(tmp_path / "src" / "bad", {"model.safetensors": 3 << 20})
+    a = hub_server()
+    async with HubClient(a.settings, a.target) as hub:
+        m = await hub.pull(str(src))
+        cached = Path(m.location.path) / "model.safetensors"  # a hard link to the blob: both change
+        os.chmod(cached, 0o644)
+        with open(cached, "r+b") as f:  # one flipped chunk, same size
+            f.seek(2 << 20)
+            f.write(b"\x00" * 4096)
+        monkeypatch.setattr(hub_client, "machine_id", lambda: "another-host:0")
+        dest_root = tmp_path / "mirror"
+        with pytest.raises(DataLoss) as e:
+            await hub.materialize("bad", dest_root)
+        assert "model.safetensors" in e.value.message and "sha256" in e.value.message
+        left = sorted(p.relative_to(dest_root / "bad").as_posix() for p in (dest_root / "bad").rglob("*"))
+        assert "model.safetensors" not in left and not any(p.endswith(".partial") for p in left), left

@@ -231,3 +231,17 @@ def test_redirect_policy_patterns_defaults_and_downgrade():
     for bad in ("", "http://x/", "host:notaport", "a/b"):
         with pytest.raises(ConfigError, match="hub.redirect_allow_hosts"):
             RedirectPolicy([bad])
+
+
+async def test_hub_mirror_applies_the_pickle_policy(hub_server, tmp_path):
+    model = write_model(tmp_path / "pk", {})
+    (model / "pytorch_model.bin").write_bytes(b"\x80\x04pickle")
+    a = hub_server(hub={"upload_allow_pickle": True}, data_dir=tmp_path / "a")
+    b = hub_server(data_dir=tmp_path / "b")
+    async with HubClient(a.settings, a.target) as hub_a, HubClient(b.settings, b.target) as hub_b:
+        await hub_a.upload_dir(model, "pk", format=hub_pb2.MODEL_FORMAT_FULL)
+        with pytest.raises(InvalidArgument) as e:
+            await hub_b.pull(f"hub://{a.target}/pk")
+        assert e.value.reason == "PICKLE_REFUSED" and "pytorch_model.bin" in e.value.message
+        m = await hub_b.pull(f"hub://{a.target}/pk", allow_pickle=True)
+        assert "pytorch_model.bin" in {f.path for f in m.files}

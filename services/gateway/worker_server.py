@@ -10,6 +10,9 @@
   then it turns SERVING and, when ``settings.worker.register_with`` is set, the worker registers
   with the gateway (``GatewayService.RegisterWorker``, retried until the gateway answers) and
   deregisters when it drains;
+* pins: a model or adapter from the hub is pinned for ``workers/{host:port}`` while served and
+  unpinned when unloaded or when the worker drains; a worker killed without draining leaves its
+  pins, and the next start on the same address releases them before loading from the hub;
 * Prometheus gauges of running / waiting requests and KV-cache usage are refreshed every second.
 """
 
@@ -53,6 +56,25 @@ class ModelSource:
         async with HubClient(self.settings) as hub:
             path = await hub.materialize(resource)
         return Path(path), model_id(resource), resource
+
+    async def release_stale_pins(self, holder: str) -> list[str]:
+        """Unpin every hub model ``holder`` still pins (left by a run of this worker that was
+        killed before it could unpin). Returns their names; best effort (the hub may be gone:
+        nothing is released, logged)."""
+        released: list[str] = []
+        try:
+            from swiftmesh.clients.hub import HubClient
+
+            async with HubClient(self.settings, retries=False) as hub:
+                for model in await hub.list():
+                    if holder in model.pins:
+                        await hub.unpin(model.name, holder)
+                        released.append(model.name)
+        except Exception as e:  # noqa: BLE001
+            log.info("releasing stale pins of %s failed: %s", holder, e)
+        if released:
+            log.info("released stale pins of %s on %s", holder, ", ".join(released))
+        return released
 
     async def pin(self, resource: str, holder: str, pin: bool) -> None:
         """Pin / unpin a hub model for this worker (best effort: the hub may be gone)."""
@@ -128,6 +150,9 @@ class WorkerRuntime:
     async def _startup(self) -> None:
         w = self.settings.worker
         try:
+            if any(not Path(name).expanduser().is_dir() for name in [w.model, *w.adapters] if name):
+                # Models come from the hub: first drop the pins a killed run of this worker left.
+                await self.source.release_stale_pins(self.holder)
             if w.model:
                 await self.load_model(w.model)
                 for adapter in w.adapters:

@@ -50,3 +50,28 @@ async def test_model_and_adapter_from_the_hub(tiny_model_dir, tmp_path):
         if worker is not None:
             await worker.stop(0)
         await hub.stop(0)
+
+
+@pytest.mark.asyncio
+async def test_pins_left_by_a_killed_worker_are_released_at_its_next_start(tiny_model_dir, tmp_path):
+    """Issue 14: a worker killed with SIGKILL cannot unpin; started again on its address it
+    drops the pins it left (on models it no longer serves too) before loading from the hub."""
+    settings = _settings(tmp_path / "data", model="tiny")
+    holder = f"workers/{settings.worker.target}"
+    hub = await start_service("hub", settings)
+    worker = None
+    try:
+        async with HubClient(settings, hub.target) as client:
+            await client.upload_dir(tiny_model_dir, "tiny", format=hub_pb2.MODEL_FORMAT_FULL)
+            await client.upload_dir(tiny_model_dir, "tiny-old", format=hub_pb2.MODEL_FORMAT_FULL)
+            # What the killed run left: pins on the model it served before and on this one.
+            await client.pin("models/tiny-old", holder)
+            await client.pin("models/tiny", holder)
+            await client.pin("models/tiny-old", "jobs/other")  # someone else's pin stays
+            worker = await start_service("worker", settings)
+            assert list((await client.get("models/tiny-old")).pins) == ["jobs/other"]
+            assert holder in (await client.get("models/tiny")).pins  # pinned again: it serves it
+    finally:
+        if worker is not None:
+            await worker.stop(0)
+        await hub.stop(0)

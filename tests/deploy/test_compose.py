@@ -143,3 +143,37 @@ def test_hub_cache_volume_and_ray_address(resolved):
         env = services[svc]["environment"]
         expected = f"ray://ray-head:{client_port}"
         assert env[f"SWIFTMESH_{svc.upper()}__RAY_ADDRESS"] == expected == env["RAY_ADDRESS"]
+
+
+def test_mutual_tls_from_secrets_and_api_keys(tools, tmp_path):
+    """With the certificates of `swiftmesh certs` (SWIFTMESH_CERTS_DIR), every container gets the
+    CA and a key pair of its own as compose secrets at the same paths, the TLS settings point at
+    them with require_client_cert, each service's certificate names the host the others dial
+    (its compose name: what the healthcheck checks too), and the gateway requires API keys."""
+    from cryptography import x509
+
+    from swiftmesh.runtime.certs import make_dev_pki
+
+    certs = tmp_path / "certs"
+    make_dev_pki(certs, [*SERVICES, "ray", "operator"])
+    r = compose_config(tools, COMPOSE_FILE, env={"SWIFTMESH_AUTH_TOKEN": TOKEN, "SWIFTMESH_CERTS_DIR": str(certs)})
+    assert r.returncode == 0, r.stderr
+    resolved = yaml.safe_load(r.stdout)
+    secret_files = {name: s["file"] for name, s in resolved["secrets"].items()}
+    for name, s in resolved["services"].items():
+        env = s["environment"]
+        assert env["SWIFTMESH_TLS__ENABLED"] == "true" and env["SWIFTMESH_TLS__REQUIRE_CLIENT_CERT"] == "true", name
+        mounted = {f"/run/secrets/{m['target']}": m["source"] for m in s["secrets"]}
+        own = "ray" if name == "ray-head" else name
+        expected = {"CA_FILE": ("ca", "ca.pem"), "CERT_FILE": (f"{own}-cert", f"{own}.pem"),
+                    "KEY_FILE": (f"{own}-key", f"{own}.key")}
+        for setting, (secret, file) in expected.items():
+            path = env[f"SWIFTMESH_TLS__{setting}"]
+            assert mounted.get(path) == secret, f"{name}: {setting} {path} is not the secret {secret}"
+            assert secret_files[secret] == str(certs / file), (name, secret)
+        if name in SERVICES:
+            cert = x509.load_pem_x509_certificate((certs / f"{name}.pem").read_bytes())
+            dns = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+            host, _ = split_address(env[f"SWIFTMESH_{name.upper()}__ADDRESS"])
+            assert host in dns, f"{name}'s certificate does not name {host}"
+    assert resolved["services"]["gateway"]["environment"]["SWIFTMESH_GATEWAY__REQUIRE_API_KEY"] == "true"

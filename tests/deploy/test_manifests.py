@@ -83,6 +83,7 @@ def test_readme_names_only_existing_paths():
     # Repository paths (not image names like swiftmesh/hub:0.1.0, nor /etc/swiftmesh/...).
     named = set(re.findall(r"(?<![\w/.])((?:deploy|scripts|constraints|swiftmesh)/[\w./-]*\w)(?![\w:])", text))
     named -= {"deploy/compose/.env"}  # the user makes it from .env.example
+    named = {p for p in named if not p.startswith("deploy/compose/certs")}  # the user makes them: swiftmesh certs
     assert len(named) >= 8, named
     missing = sorted(p for p in named if not (ROOT / p).exists())
     assert not missing, f"deploy/README.md names paths that do not exist: {missing}"
@@ -196,11 +197,14 @@ def test_workload_ports_probes_and_image_match_settings(svc):
     assert c["args"] == ["serve", svc]
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert probe in c, f"{svc}: no {probe}"
-        # Native gRPC probe on the health service of the gRPC port (service "": the whole server).
+        # An exec probe with the image's swiftmesh-healthcheck (the gRPC health service of the
+        # gRPC port, dialled with the pod's own client certificate): the kubelet's native gRPC
+        # probe cannot present one, and every service requires it (tls.require_client_cert).
         assert set(c[probe]) - {"periodSeconds", "timeoutSeconds", "failureThreshold",
-                                 "successThreshold", "initialDelaySeconds"} == {"grpc"}, c[probe]
-        assert c[probe]["grpc"]["port"] == ports["grpc"], f"{svc}: {probe} on the wrong port"
-        assert c[probe]["grpc"].get("service", "") == ""
+                                 "successThreshold", "initialDelaySeconds"} == {"exec"}, c[probe]
+        assert c[probe]["exec"]["command"] == ["swiftmesh-healthcheck", svc], f"{svc}: {probe}"
+        # A Python start takes more than the kubelet's default second.
+        assert c[probe]["timeoutSeconds"] >= 5, f"{svc}: {probe} timeout"
     res = c["resources"]
     assert res["requests"]["cpu"] and res["requests"]["memory"] and res["limits"]["cpu"] and res["limits"]["memory"]
     # The Service of the same name routes each named port to the container's.
@@ -326,3 +330,38 @@ def test_gateway_autoscaler():
     for m in metrics:
         assert container("gateway")["resources"]["requests"][m], f"utilization of {m} needs a request"
     assert "replicas" not in workload("gateway")["spec"], "the autoscaler owns the gateway's replicas"
+
+
+def test_mutual_tls_in_every_pod_and_api_keys_at_the_gateway(monkeypatch, tmp_path):
+    """config.yaml turns on mutual TLS with certificate paths under one directory; every pod
+    (the services and the Ray nodes, which run the jobs with the services' settings) mounts a
+    Secret of its own there, holding the three files those paths name; the gateway requires API
+    keys."""
+    s = configmap_settings(monkeypatch, tmp_path)
+    tls = s.tls
+    assert tls.enabled and tls.require_client_cert
+    paths = [Path(p) for p in (tls.ca_file, tls.cert_file, tls.key_file)]
+    (tls_dir,) = {p.parent for p in paths}
+    assert s.gateway.require_api_key is True
+    secrets = k8s_objects("Secret")
+    used = set()
+    for owner, tmpl in pod_templates():
+        spec = tmpl["spec"]
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        (c,) = [c for c in spec["containers"] if "SWIFTMESH_CONFIG" in env_of(c)] or [None]
+        assert c is not None, owner
+        mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+        assert str(tls_dir) in mounts, f"{owner}: nothing mounted at {tls_dir}"
+        assert mounts[str(tls_dir)].get("readOnly") is True, owner
+        # Not nested in the ConfigMap's read-only mount.
+        assert not any(Path(m) in tls_dir.parents for m in mounts if m != str(tls_dir)), owner
+        vol = volumes[mounts[str(tls_dir)]["name"]]
+        name = vol["secret"]["secretName"]
+        assert name in secrets, f"{owner}: Secret {name} is not in deploy/k8s"
+        data = secrets[name].get("stringData", {}) | secrets[name].get("data", {})
+        assert {p.name for p in paths} <= set(data), f"{owner}: {name} lacks {[p.name for p in paths]}"
+        # Readable by the pod's group (fsGroup 10001), not by others.
+        assert vol["secret"]["defaultMode"] & 0o007 == 0, owner
+        used.add(name)
+    # One key pair per component: the five services and the Ray nodes.
+    assert len(used) == 6, used

@@ -127,7 +127,7 @@ class ApiKeyStore:
         url = str(url_or_path)
         self.url = url if "://" in url else sqlite_url(url)
         try:
-            self.engine = open_database(self.url)
+            self.engine = open_database(self.url, "gateway")  # the gateway's Alembic branch only
         except (sa.exc.ArgumentError, sa.exc.DBAPIError) as e:
             reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
             raise ConfigError(f"gateway database {_shown(self.url)} cannot be used: {reason}. Check "

@@ -48,3 +48,12 @@ def test_database_gone_is_503(tmp_path):
     with pytest.raises(Unavailable, match="database is unreachable"):
         store.verify(secret)
     store.close()
+
+
+def test_the_gateway_database_holds_the_gateway_tables_only(tmp_path):
+    import sqlalchemy as sa
+
+    store = ApiKeyStore(tmp_path / "gateway.db")
+    assert set(sa.inspect(store.engine).get_table_names()) == {
+        "alembic_version", "api_keys", "gateway_workers", "api_key_usage"}
+    store.close()

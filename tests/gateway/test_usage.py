@@ -15,7 +15,7 @@ from swiftmesh.services.gateway.usage import UsageLedger
 
 @pytest.fixture
 def engine(tmp_path):
-    engine = open_database(sqlite_url(tmp_path / "gateway.db"))
+    engine = open_database(sqlite_url(tmp_path / "gateway.db"), "gateway")
     yield engine
     engine.dispose()
 
@@ -35,7 +35,7 @@ def test_two_ledgers_on_one_database_add_up(engine):
 
 
 def test_counts_survive_a_failed_flush(tmp_path):
-    engine = open_database(sqlite_url(tmp_path / "gateway.db"))
+    engine = open_database(sqlite_url(tmp_path / "gateway.db"), "gateway")
     ledger = UsageLedger(engine)
     ledger.add("k", requests=2, tokens=3)
     with engine.begin() as db:

@@ -26,13 +26,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +40,7 @@ from swiftmesh.clients.trainer import TrainerClient, build_spec
 from swiftmesh.jobkit.placement import PLACEMENT_LABEL
 from swiftmesh.jobs.v1 import jobs_pb2
 from swiftmesh.runtime.errors import ResourceExhausted
-from swiftmesh.testing.services import free_port
+from swiftmesh.testing.services import ServiceProcess, settings_for, start_in_process, with_overrides
 from tests.scaleout.raycluster import RayCluster, RayNode
 
 pytestmark = pytest.mark.slow
@@ -57,88 +53,6 @@ PLACEMENT_RE = re.compile(
     r"placement: rank (\d+) of (\d+) on node (\w+) \(ip [^,]*, hostname [^,]*, host ([^)]*)\), pid \d+, attempt (\d+)")
 
 
-# Services -------------------------------------------------------------------------------------
-class LoopThread:
-    """An event loop in a daemon thread, serving the in-process hub."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.running = []
-
-    def start(self, service, settings):
-        from swiftmesh.runtime.server import start_server
-
-        r = asyncio.run_coroutine_threadsafe(start_server(service, settings), self.loop).result(120)
-        self.running.append(r)
-        return r
-
-    def stop(self) -> None:
-        for r in reversed(self.running):
-            try:
-                asyncio.run_coroutine_threadsafe(r.stop(0), self.loop).result(60)
-            except Exception:  # noqa: BLE001
-                pass
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-
-
-class ServiceProcess:
-    """``swiftmesh serve <service>`` (trainer or aligner) submitting to the cluster at ``ray_address``."""
-
-    def __init__(self, service: str, settings, ray_address: str, extra_env: dict[str, str], log: Path) -> None:
-        section = service.upper()
-        env = {
-            **os.environ,
-            **extra_env,
-            "SWIFTMESH_DATA_DIR": str(settings.data_dir),
-            "SWIFTMESH_HUB__PORT": str(settings.hub.port),
-            f"SWIFTMESH_{section}__PORT": str(getattr(settings, service).port),
-            f"SWIFTMESH_{section}__METRICS_PORT": "0",
-            f"SWIFTMESH_{section}__STORAGE_PATH": str(getattr(settings, service).storage_path),
-            f"SWIFTMESH_{section}__RAY_ADDRESS": ray_address,
-            "PYTHONUNBUFFERED": "1",
-        }
-        env.pop("SWIFTMESH_MACHINE_ID", None)
-        env.pop("RAY_ADDRESS", None)
-        self.service = service
-        self.log = log
-        self._fh = open(log, "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen([sys.executable, "-m", "swiftmesh.cli.main", "serve", service],
-                                     stdout=self._fh, stderr=subprocess.STDOUT, env=env, cwd=str(REPO),
-                                     start_new_session=True)
-
-    def wait_ready(self, settings, timeout: float = 180) -> None:
-        from swiftmesh.clients.jobs import JobsClient
-        from swiftmesh.runtime.errors import SwiftMeshError
-
-        async def ping():
-            async with JobsClient(settings, getattr(settings, self.service).target) as c:
-                return await c.list(page_size=1, all_pages=False)
-
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.service} exited {self.proc.returncode}: {self.log.read_text()[-3000:]}")
-            try:
-                asyncio.run(asyncio.wait_for(ping(), 10))
-                return
-            except (SwiftMeshError, TimeoutError, OSError):
-                time.sleep(0.5)
-        raise RuntimeError(f"{self.service} did not start: {self.log.read_text()[-3000:]}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self._fh.close()
-
-
 @dataclass
 class Env:
     root: Path
@@ -146,6 +60,7 @@ class Env:
     settings: object
     data: Path
     trainer: ServiceProcess | None = None
+    hub: object = None  # the in-process hub (swiftmesh.testing.services.InProcessService)
     node_ids: set[str] = field(default_factory=set)  # every node id a worker reported
 
     def node2_env(self) -> dict[str, str]:
@@ -153,6 +68,28 @@ class Env:
 
     def second_node(self, name: str) -> RayNode:
         return self.cluster.add(name, num_cpus=1, resources={"smtest_node2": 1}, env=self.node2_env())
+
+    def head_and_second_node(self) -> None:
+        """Make the cluster the head plus one live second node: stop any other node (the 3-CPU
+        node an earlier test added), and start a second node if none runs.
+
+        Ray's bundle scheduler puts each STRICT_SPREAD bundle on the node with the most free CPU
+        (LeastResourceScorer), so with a 3-CPU node alive one worker always lands there and the
+        other on the head or the second node at random: a test expecting "one worker on each
+        of head and second node" must not share the cluster with a bigger node."""
+        for n in self.cluster.nodes:
+            if n.alive and n is not self.cluster.head and "smtest_node2" not in n.resources:
+                n.stop()
+        if not any(n.alive for n in self.cluster.nodes if "smtest_node2" in n.resources):
+            self.second_node(f"node2-{len(self.cluster.nodes)}")
+
+
+def service_process(env: Env, service: str, ray_address: str, log: Path) -> ServiceProcess:
+    """``swiftmesh serve <service>`` (trainer or aligner) submitting to the cluster at
+    ``ray_address`` with the cluster's Ray token, as this machine (no second node's identity)."""
+    settings = with_overrides(env.settings, **{service: {"ray_address": ray_address}})
+    return ServiceProcess(service, settings, log=log, env=env.cluster.auth_env,
+                          unset=("SWIFTMESH_MACHINE_ID", "RAY_ADDRESS")).start()
 
 
 def call(env: Env, fn, timeout: float = 900):
@@ -236,41 +173,32 @@ def _keep_logs(root: Path, dest: Path) -> None:
 # Fixture ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def env(tmp_path_factory, tiny_model_dir):
-    from swiftmesh.runtime.config import Settings
-    from swiftmesh.services.hub.server import create_service as hub_service
-
     # Short root: Ray's Unix sockets live under the nodes' temp dirs.
     root = Path(tempfile.mkdtemp(prefix="smrc-", dir="/tmp"))
     cluster = RayCluster(root)
-    hub = LoopThread()
     e = None
     try:
         cluster.add("head", num_cpus=1, resources={"smtest_head": 1}, env={"SWIFTMESH_DATA_DIR": str(root / "head-data")})
         work = tmp_path_factory.mktemp("scaleout")
-        settings = Settings.load(
-            None,
-            data_dir=work / "data",
-            hub={"port": free_port(), "metrics_port": 0},
-            trainer={"port": free_port(), "metrics_port": 0, "storage_path": root / "shared-checkpoints"},
-            aligner={"port": free_port(), "metrics_port": 0, "storage_path": root / "shared-checkpoints"},
-        )
+        settings = settings_for(work / "data", trainer={"storage_path": root / "shared-checkpoints"},
+                                aligner={"storage_path": root / "shared-checkpoints"})
         data = work / "identity.jsonl"
         data.write_text("".join(json.dumps(r) + "\n" for r in identity_rows(16)))
         e = Env(root=root, cluster=cluster, settings=settings, data=data)
         e.second_node("node2")
-        hub.start(hub_service(settings), settings)
+        e.hub = start_in_process("hub", settings)
         hub_call(e, lambda h: h.pull(str(tiny_model_dir), "tiny"))
         # The trainer dials the head's Ray Client port, as the deploy manifests do.
-        e.trainer = ServiceProcess("trainer", settings, cluster.head.client_address, cluster.auth_env,
-                                   work / "trainer.log")
-        e.trainer.wait_ready(settings)
+        e.trainer = service_process(e, "trainer", cluster.head.client_address, work / "trainer.log")
+        e.trainer.wait_ready()
         yield e
     finally:
         try:
             if e is not None and e.trainer is not None:
                 e.trainer.stop()
         finally:
-            hub.stop()
+            if e is not None and e.hub is not None:
+                e.hub.stop()
             cluster.stop()
             left = cluster.leftover_pids()
             _keep_logs(root, tmp_path_factory.getbasetemp() / "scaleout-ray-logs")
@@ -414,18 +342,16 @@ def test_aligner_dpo_on_the_cluster_through_its_gcs_address(env, tmp_path):
     Client); its DPO workers spread over both nodes the same way, and the second node mirrors."""
     from swiftmesh.clients.aligner import build_spec as align_spec
 
-    if len([n for n in env.cluster.nodes if n.alive]) < 2:
-        env.second_node(f"node2-{len(env.cluster.nodes)}")
+    env.head_and_second_node()
     pairs = tmp_path / "pairs.jsonl"
     prompts = ["the city of data", "a good model", "one fast number", "what is the country", "hello team",
                "tiny small list", "the answer key", "who made you"]
     pairs.write_text("".join(json.dumps({"messages": [{"role": "user", "content": p},
                                                        {"role": "assistant", "content": "yes thank you"}],
                                          "rejected_response": "no please"}) + "\n" for p in prompts * 2))
-    aligner = ServiceProcess("aligner", env.settings, env.cluster.head.gcs_address, env.cluster.auth_env,
-                             tmp_path / "aligner.log")
+    aligner = service_process(env, "aligner", env.cluster.head.gcs_address, tmp_path / "aligner.log")
     try:
-        aligner.wait_ready(env.settings)
+        aligner.wait_ready()
         spec = align_spec(rlhf_type="dpo", model="models/tiny", datasets=[str(pairs)], strategy="ddp", num_workers=2,
                           max_steps=1,
                           per_device_train_batch_size=2, learning_rate=5e-3, output_model_id="tiny-dpo-cluster")

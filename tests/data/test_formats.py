@@ -202,3 +202,13 @@ def test_multimodal_columns_are_carried_and_never_dropped(tmp_path, tok):
     dpo = _write(tmp_path / "d.jsonl", [{"messages": [U, A], "rejected_response": "no", **mm}])
     for method in ("dpo", "kto", "grpo"):
         assert all(r["images"] == ["cat.png"] for r in load_alignment_data([dpo], method).rows)
+
+
+def test_a_dataset_repository_directory_gives_its_train_split(tmp_path):
+    (tmp_path / "data").mkdir()
+    _write(tmp_path / "data" / "train-00000-of-00001.jsonl", [{"text": "train row"}] * 3)
+    _write(tmp_path / "data" / "test-00000-of-00001.jsonl", [{"text": "test row"}])
+    (tmp_path / "README.md").write_text("# a dataset card\n")
+    ds = load_source(str(tmp_path), 0, task="pt")
+    assert ds.rows == [{"text": "train row"}] * 3
+    assert {f for f, _ in ds.origins} == {f"{tmp_path}/data/train-00000-of-00001.jsonl"}

@@ -218,6 +218,20 @@ def _read_hf_saved(d: Path, display: str, idx: int, errors: list[Violation]) -> 
     yield from enumerate(ds, 1)
 
 
+def _train_split_files(d: Path) -> set[Path] | None:
+    """The ``train`` split's files when ``d`` is laid out in splits the way Hugging Face
+    ``datasets`` recognises them (``data/train-*``, ``test/``, ...); None when it holds one split."""
+    try:
+        from datasets.data_files import DataFilesDict, get_data_patterns
+
+        patterns = get_data_patterns(str(d))
+        if "train" not in patterns or len(patterns) < 2:
+            return None
+        return {Path(f) for f in DataFilesDict.from_patterns({"train": patterns["train"]}, base_path=str(d))["train"]}
+    except Exception:  # noqa: BLE001  (no datasets, or no files it recognises: read every file)
+        return None
+
+
 def iter_rows(path: Path, display: str, idx: int, errors: list[Violation]) -> Iterator[tuple[str, int, Any]]:
     """Raw rows of a file or directory, streamed, as ``(file, 1-based row number, value)``.
 
@@ -227,7 +241,9 @@ def iter_rows(path: Path, display: str, idx: int, errors: list[Violation]) -> It
     holding one under ``data``, ``train`` or ``rows``; ``.csv`` one row a line, with JSON in the
     ``messages``/``conversations``/``history``/``tools`` cells decoded; ``.txt`` one text row a
     line; ``.parquet`` (in record batches) and ``save_to_disk`` directories (the ``train`` split
-    of a ``DatasetDict``, else its first) through pyarrow and ``datasets``. Values are yielded as
+    of a ``DatasetDict``, else its first) through pyarrow and ``datasets``. A directory laid out in
+    splits as ``datasets`` names them (``data/train-*``, ``data/test-*``, ...) gives its train split
+    only, as ``load_dataset`` does (the files read are named in the rows). Values are yielded as
     read (not necessarily objects).
 
     Problems are appended to ``errors`` (never raised): invalid JSON, an unsupported suffix,
@@ -240,6 +256,9 @@ def iter_rows(path: Path, display: str, idx: int, errors: list[Violation]) -> It
             return
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in FILE_SUFFIXES
                        and not any(part.startswith(".") for part in p.relative_to(path).parts))
+        train = _train_split_files(path)
+        if train is not None:
+            files = [f for f in files if f in train]
         subdirs = sorted(p for p in path.iterdir() if p.is_dir() and _is_hf_saved(p))
         if not files and not subdirs:
             errors.append(Violation(idx, display, 0, "", f"the directory holds no {'/'.join(FILE_SUFFIXES)} files "

@@ -18,6 +18,7 @@ starting it costs about 20 s of the tests' time.
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -182,4 +183,8 @@ def chain(tmp_path_factory, tiny_model_dir) -> Iterator[Chain]:
             chain.processes[svc].wait_ready(timeout=300)
         yield chain
     finally:
+        # SIGTERM to all at once: they drain in parallel (the trainer and aligner end their Ray),
+        # then the harness waits for each and kills what is left.
+        for p in chain.processes.values():
+            p.send_signal(signal.SIGTERM)
         stack.stop()

@@ -87,7 +87,10 @@ def _show(p, rows_shown: int) -> None:
 @data_app.command("preview")
 def preview(
     ctx: typer.Context,
-    dataset: Annotated[list[str], typer.Argument(help="Files, directories or models/{id}; '#N' samples N rows.")],
+    dataset: Annotated[list[str] | None, typer.Argument(help="Files, directories or models/{id}; '#N' samples N "
+                                                            "rows.")] = None,
+    dataset_opt: Annotated[list[str] | None, typer.Option("--dataset", help="The same, ms-swift's flag (repeatable, "
+                                                                            "or several values).")] = None,
     method: Annotated[str, typer.Option("--method", "--rlhf_type", "--rlhf-type",
                                         help="pt | sft | dpo | orpo | cpo | simpo | rm | kto | ppo | grpo")] = "sft",
     model: Annotated[str, typer.Option("--model", help="Local model directory or hub model: render with its chat "
@@ -106,6 +109,10 @@ def preview(
 ) -> None:
     """Show what a job would train on: formats, counts, rendered rows, token lengths."""
     from swiftmesh.jobkit.data.preview import preview_dataset
+
+    dataset = [*(dataset or []), *(dataset_opt or [])]
+    if not dataset:
+        fail("give a dataset: swiftmesh data preview FILE... --method M", code=2)
 
     source = None
 

@@ -95,7 +95,7 @@ def test_tools_a_template_ignores_are_an_error(tiny_model_dir):
 
 def test_cli_preview_shows_format_rows_and_lengths(tmp_path, tiny_model_dir):
     path = _write(tmp_path, [{"instruction": "What is 2+2?", "chosen": "4", "rejected": "5"}] * 3)
-    r = CliRunner().invoke(app, ["data", "preview", path, "--method", "dpo", "--model", str(tiny_model_dir),
+    r = CliRunner().invoke(app, ["data", "preview", "--dataset", path, "--method", "dpo", "--model", str(tiny_model_dir),
                                  "--max_length", "10", "--rows", "1"])
     assert r.exit_code == 0, r.output
     assert "3 rows as instruction/chosen/rejected" in r.output

@@ -119,7 +119,7 @@ async def _drain(call) -> list:
 
 async def test_the_token_goes_only_where_asked(echo_server, make_settings):
     """A channel made with ``send_token=False`` (a peer a request named) carries no token."""
-    echo, running = echo_server
+    _echo, running = echo_server
     settings = make_settings(auth_token="s3cret")
     assert running.target not in settings.configured_peers()
     assert settings.hub.target in settings.configured_peers()
@@ -128,3 +128,27 @@ async def test_the_token_goes_only_where_asked(echo_server, make_settings):
         with pytest.raises(grpc.aio.AioRpcError) as e:
             await ch.unary_unary(f"/{SERVICE}/UnaryUnary")(b"x")
     assert domain_error(e.value).reason == "MISSING_CREDENTIALS"
+
+
+async def test_refused_calls_are_counted_and_logged(echo_server, make_settings, caplog):
+    """The access log and swiftmesh_grpc_server_handled_total see a refused call with its code (the
+    status interceptor sits outside auth), one per attempt, for unary and streamed calls."""
+    import logging
+
+    from swiftmesh.runtime.interceptors import RPC_HANDLED
+
+    def count(method: str) -> float:
+        return RPC_HANDLED.labels("echo", SERVICE, method, "UNAUTHENTICATED")._value.get()
+
+    echo, running = echo_server
+    before = {m: count(m) for m in ("UnaryUnary", "UnaryStream")}
+    with caplog.at_level(logging.INFO, logger="swiftmesh.access"):
+        async with channel(running.target, make_settings(auth_token="wrong")) as ch:
+            with pytest.raises(grpc.aio.AioRpcError):
+                await ch.unary_unary(f"/{SERVICE}/UnaryUnary")(b"x")
+            with pytest.raises(grpc.aio.AioRpcError):
+                await _drain(ch.unary_stream(f"/{SERVICE}/UnaryStream")(b"y"))
+    assert {m: count(m) - before[m] for m in before} == {"UnaryUnary": 1, "UnaryStream": 1}
+    logged = [r.getMessage() for r in caplog.records if r.name == "swiftmesh.access"]
+    assert any("UnaryUnary UNAUTHENTICATED" in m for m in logged), logged
+    assert echo.calls == 0

@@ -57,6 +57,10 @@ def test_keys_create_ls_rm_and_use(secured):
     reply = secured.client(api_key=created["secret"]).chat.completions.create(
         model=secured.model, messages=[{"role": "user", "content": "hi"}], max_tokens=1)
     assert reply.usage.completion_tokens == 1
+    # Its usage is listed: one request and its prompt + completion tokens.
+    r = _run(secured, "keys", "ls", "--json")
+    used = next(k for k in json.loads(r.output) if k["name"] == created["name"])
+    assert used["requests"] == 1 and used["tokens"] == reply.usage.total_tokens and used["last_use_time"] > 0
 
     r = _run(secured, "keys", "rm", created["name"])
     assert r.exit_code == 0, r.output

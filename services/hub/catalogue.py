@@ -11,6 +11,7 @@ from pathlib import Path
 from filelock import Timeout
 
 from swiftmesh.names import parse_resource_name, validate_model_id
+from swiftmesh.runtime.durable import fsync_dir, fsync_tree
 from swiftmesh.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from swiftmesh.runtime.paging import page
 
@@ -105,8 +106,9 @@ class Catalogue:
             lock.release()
 
     def commit(self, rec: ModelRecord, staging: Path) -> ModelRecord:
-        """Make the model visible: the complete ``staging`` directory becomes its snapshot, then
-        the rows, then old snapshots are removed (the caller holds the model lock). Returns the
+        """Make the model visible: the complete ``staging`` directory becomes its snapshot (synced
+        to disk: its files, its directories, the rename), then the rows, then old snapshots are
+        removed (the caller holds the model lock). Returns the
         committed record. Raises ResourceExhausted (quota)."""
         self.eviction.make_room(0, rec.id, {e.sha256 for e in rec.files})
         with self.store.state_lock():
@@ -114,8 +116,14 @@ class Catalogue:
                 if not self.store.has_blob(e.sha256):  # deleted by an eviction meanwhile: we hold the content
                     self.store.adopt_blob(staging / e.path, e.sha256)
             snap = self.store.new_snapshot_path(rec.id)
+            fsync_tree(staging, parent=False)  # every name in it (the blobs' bytes are synced already)
+            fresh = not snap.parent.exists()
             snap.parent.mkdir(parents=True, exist_ok=True)
             os.replace(staging, snap)
+            fsync_dir(snap.parent)
+            if fresh:
+                fsync_dir(snap.parent.parent)
+                fsync_dir(snap.parent.parent.parent)
             rec.path = snap
             with self.store.transaction() as db:
                 self.store.put_model(db, rec)

@@ -23,10 +23,13 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import errno
 import hashlib
 import json
 import logging
 import os
+import shutil
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -38,12 +41,14 @@ import httpcore
 import httpx
 import tenacity
 
+from swiftmesh.runtime.durable import fsync_file, write_atomic
 from swiftmesh.runtime.errors import (
     Cancelled,
     DataLoss,
     FailedPrecondition,
     NotFound,
     PermissionDenied,
+    ResourceExhausted,
     SwiftMeshError,
     Unavailable,
 )
@@ -245,9 +250,12 @@ class Fetcher:
 
         ``size``/``sha256``/``git_sha1``: what the source says (None: unknown). ``on_bytes(n)`` is
         called for every ``n`` bytes received; ``on_resume(offset)`` once with the bytes already on disk
-        (usable partial file) when the transfer starts. Raises Cancelled (``cancel`` set), DataLoss (hash
-        or size mismatch after a full re-download), NotFound/PermissionDenied/FailedPrecondition
-        (the source refused), Unavailable (retries exhausted).
+        (usable partial file) when the transfer starts, and ``on_resume(-offset)`` when they turn out
+        unusable (the server ignored the range), so the resumed figure stays honest. Raises Cancelled
+        (``cancel`` set), DataLoss (hash or size mismatch after a full re-download),
+        NotFound/PermissionDenied/FailedPrecondition (the source refused), Unavailable (retries
+        exhausted), ResourceExhausted (reason DISK_FULL: no space left; or raised by ``on_bytes``;
+        the partial file is removed then).
         """
         kind = origin.get("kind")
         once = {"http": self._http_once, "local": self._local_once, "hub": self._hub_once}.get(kind)
@@ -270,7 +278,7 @@ class Fetcher:
             if offset == 0:
                 with open(part, "wb"):
                     pass
-                meta_path.write_text(json.dumps({"origin": origin, "validator": validator}))
+                write_atomic(meta_path, json.dumps({"origin": origin, "validator": validator}))
             h = state["hashes"]
             if h is None or h.count != offset:
                 h = _hash_prefix(part, offset, git_size, cancel) if offset else _Hashes(git_size)
@@ -283,7 +291,9 @@ class Fetcher:
         def sink(data: bytes | memoryview, out) -> None:
             if cancel is not None and cancel.is_set():
                 raise PullCancelled()
-            out.write(data)
+            view = memoryview(data)
+            while view:  # an unbuffered write may be short (a filling disk): the rest, or ENOSPC
+                view = view[out.write(view):]
             state["hashes"].update(data)
             state["transferred"] += len(data)
             on_bytes(len(data))
@@ -292,6 +302,9 @@ class Fetcher:
             with open(part, "wb"):
                 pass
             state["hashes"] = _Hashes(git_size)
+            if state["resumed"]:  # the bytes reported as resumed were not kept after all
+                on_resume(-state["resumed"])
+                state["resumed"] = 0
 
         for full_retry in range(2):
             try:
@@ -299,6 +312,15 @@ class Fetcher:
                     with attempt:
                         offset = prepare()
                         once(origin, part, offset, size, sink, restart)
+            except (OSError, ResourceExhausted) as e:
+                if not isinstance(e, ResourceExhausted) and not is_disk_full(e):
+                    raise
+                # no room (disk full, or the quota while a file of unknown size grows): this partial
+                # file cannot complete, and it holds the space the cache's database needs
+                for p in (part, meta_path):
+                    with contextlib.suppress(OSError):
+                        p.unlink()
+                raise (e if isinstance(e, ResourceExhausted) else disk_full(part)) from None
             except tenacity.RetryError as e:  # pragma: no cover - reraise=True makes this rare
                 raise Unavailable(f"{_describe(origin)}: retries exhausted: {e}") from e
             except RetryableError as e:
@@ -318,6 +340,7 @@ class Fetcher:
             if git_sha1 and h.git is not None and h.git.hexdigest() != git_sha1:
                 problems.append(f"git sha1 {h.git.hexdigest()} != expected {git_sha1}")
             if not problems:
+                fsync_file(part)  # its bytes are on disk before it becomes a blob
                 with contextlib.suppress(OSError):
                     meta_path.unlink()
                 return FetchResult(digest, got_size, state["transferred"], state["resumed"] or 0)
@@ -413,6 +436,30 @@ class Fetcher:
                 if sha256 and origin.get("sha256") and sha256 != origin["sha256"]:
                     raise FailedPrecondition(f"{origin['model']}/{origin['path']} changed on {target} during the pull")
                 sink(data, out)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says the filesystem is out of space (ENOSPC, EDQUOT, SQLite's "disk is full")."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(exc, sqlite3.OperationalError) and "full" in str(exc)
+
+
+def disk_full(path: Path) -> ResourceExhausted:
+    """The error of a write under ``path`` that ran out of space: RESOURCE_EXHAUSTED (reason
+    DISK_FULL) naming the path and the bytes still free on its filesystem."""
+    where = Path(path)
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    try:
+        free = shutil.disk_usage(where).free
+    except OSError:
+        free = -1
+    return ResourceExhausted(
+        f"no space left on the filesystem of {path} ({free} bytes free there): free space, move "
+        "hub.cache_dir to a larger disk, or set hub.quota_bytes below its size",
+        reason="DISK_FULL", metadata={"path": str(path), "free_bytes": str(free)},
+    )
 
 
 def _content_range_start(value: str | None) -> int | None:

@@ -18,8 +18,8 @@ from .store import Store
 
 log = logging.getLogger("swiftmesh.hub")
 
-# Partial downloads untouched this long (seconds) are dropped by the start-up sweep.
-STALE_PART_S = 7 * 24 * 3600
+# Partial downloads untouched this long (seconds) are dropped by the sweep (hub.partial_max_age_s).
+STALE_PART_S = 24 * 3600
 # Upload, repair and conversion scratch older than this (seconds) is dropped by the sweep.
 STALE_SCRATCH_S = 24 * 3600
 
@@ -29,12 +29,18 @@ class Eviction:
 
     Args:
         store: the cache.
-        quota_bytes: the most bytes of blobs the cache may hold (0 or None: no quota).
+        quota_bytes: the most bytes of blobs and partial downloads the cache may hold (0 or None:
+            no quota).
+        partial_max_age_s: partial downloads untouched this long are dropped by :meth:`housekeeping`.
     """
 
-    def __init__(self, store: Store, quota_bytes: int | None) -> None:
+    def __init__(self, store: Store, quota_bytes: int | None, partial_max_age_s: float = STALE_PART_S) -> None:
         self.store = store
         self.quota_bytes = quota_bytes
+        self.partial_max_age_s = partial_max_age_s
+
+    def _usage(self) -> int:
+        return self.store.blob_usage()[0] + self.store.partial_bytes()
 
     def remove_model(self, model_id: str) -> int:
         """Drop rows, directory and unshared blobs of a model (the caller holds its model lock).
@@ -58,14 +64,16 @@ class Eviction:
         return unref
 
     def make_room(self, needed: int, keep_model: str, keep_shas: set[str]) -> None:
-        """Ensure blobs + ``needed`` bytes fit the quota: drop orphan blobs, then LRU unpinned
-        models (never ``keep_model`` nor models busy in another pull). Raises ResourceExhausted
-        (reason QUOTA_EXCEEDED) without evicting anything when even that would not be enough."""
+        """Ensure blobs + partial downloads + ``needed`` bytes fit the quota: drop orphan blobs,
+        then LRU unpinned models (never ``keep_model`` nor models busy in another pull). Raises
+        ResourceExhausted (reason QUOTA_EXCEEDED) without evicting anything when even that would
+        not be enough."""
         quota = self.quota_bytes
         if not quota:
             return
         with self.store.state_lock():
-            usage, orphans = self.store.blob_usage()
+            blob_bytes, orphans = self.store.blob_usage()
+            usage = blob_bytes + self.store.partial_bytes()
             if usage + needed <= quota:
                 return
             orphan_bytes = sum(s for p, s in orphans if p.name not in keep_shas)
@@ -97,7 +105,7 @@ class Eviction:
                         if p.stat().st_nlink <= 1:
                             p.unlink()
             for m in chosen:
-                if self.store.blob_usage()[0] + needed <= quota:
+                if self._usage() + needed <= quota:
                     break
                 lock = self.store.model_lock(m)
                 try:
@@ -111,18 +119,32 @@ class Eviction:
                         self._remove_locked_state(m)
                 finally:
                     lock.release()
-            if self.store.blob_usage()[0] + needed > quota:
+            if self._usage() + needed > quota:
                 raise ResourceExhausted(
                     f"models/{keep_model} needs {needed} more bytes and the {quota} byte quota is full "
                     "(models in use elsewhere could not be evicted)",
                     reason="QUOTA_EXCEEDED", retry_after=30,
                 )
 
+    def _drop_partial(self, part: Path) -> None:
+        lock = self.store.fetch_lock(part.name.removesuffix(".part"))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            return  # a transfer is resuming it
+        try:
+            log.info("dropping partial download %s (untouched for over %.0f s)", part.name, self.partial_max_age_s)
+            for p in (part, part.with_name(part.name + ".json")):
+                with contextlib.suppress(OSError):
+                    p.unlink()
+        finally:
+            lock.release()
+
     def housekeeping(self) -> None:
         """Remove what interrupted work left that nothing will resume: staging directories of
         pulls no process runs (their model lock is free), snapshot directories no model row
         references, upload/repair/conversion scratch older than a day, and partial downloads
-        untouched for a week."""
+        untouched for ``partial_max_age_s`` that no transfer holds (their fetch lock is free)."""
         store = self.store
         now = time.time()
         for d in list(store.staging_dir.iterdir()):
@@ -147,7 +169,9 @@ class Eviction:
                 age = now - d.stat().st_mtime
                 if d.is_dir() and age > STALE_SCRATCH_S:
                     shutil.rmtree(d, ignore_errors=True)
-                elif d.is_file() and age > STALE_PART_S:
+                elif d.name.endswith(".part") and age > self.partial_max_age_s:
+                    self._drop_partial(d)
+                elif d.name.endswith(".part.json") and not d.with_suffix("").exists():
                     d.unlink()
         with store.connect() as db:
             referenced = {Path(p) for (p,) in db.execute("SELECT path FROM models")}

@@ -10,9 +10,13 @@ Guarantees:
 * Pulls resume: partial downloads stay in ``tmp/`` across crashes and ``kill -9``; complete
   files are blobs, found again by hash (or by a fetch record when the source gives no hash).
 * Concurrent pulls of one model do one transfer (:mod:`.pull`).
-* With ``hub.quota_bytes`` set, room is made before downloading by dropping orphan blobs and then
-  least-recently-used unpinned models; if even that is not enough, ResourceExhausted and nothing
-  is downloaded or evicted (:mod:`.eviction`).
+* With ``hub.quota_bytes`` set (blobs and partial downloads), room is made before downloading by
+  dropping orphan blobs and then least-recently-used unpinned models; if even that is not
+  enough, ResourceExhausted and nothing is downloaded or evicted (:mod:`.eviction`). A file of
+  unannounced size is checked while it grows.
+* Commit points are fsynced (blobs, their directories, snapshots); a full disk is
+  ResourceExhausted (reason DISK_FULL) naming the path and the free bytes, the partial file is
+  removed and the database stays usable.
 """
 
 from __future__ import annotations
@@ -74,7 +78,7 @@ class Hub:
         self.fetcher = Fetcher(retries=hs.download_retries, header_provider=self._headers_for, peers=self.peers,
                                redirects=redirects)
         self.ctx.fetcher = self.fetcher
-        self.eviction = Eviction(self.store, hs.quota_bytes)
+        self.eviction = Eviction(self.store, hs.quota_bytes, hs.partial_max_age_s)
         self.catalogue = Catalogue(self.store, self.eviction)
         self.puller = Puller(self.store, self.catalogue, self.eviction, self.fetcher, self.ctx,
                              hs.download_concurrency)

@@ -15,9 +15,11 @@ import json
 import logging
 import os
 import shutil
+import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from filelock import Timeout
 from prometheus_client import Counter
 
 from swiftmesh.names import validate_model_id
+from swiftmesh.runtime.durable import fsync_file
 from swiftmesh.runtime.errors import (
     AlreadyExists,
     Cancelled,
@@ -36,7 +39,7 @@ from swiftmesh.runtime.errors import (
 
 from . import gguf_import
 from .catalogue import Catalogue, validate_labels, validate_lineage
-from .download import Fetcher, FetchResult, PullCancelled
+from .download import Fetcher, FetchResult, PullCancelled, disk_full, is_disk_full
 from .eviction import Eviction
 from .progress import Progress, PullJob, Stage, Tracker, done_job, progress_from_file
 from .sources import default_model_id, resolve
@@ -48,6 +51,9 @@ log = logging.getLogger("swiftmesh.hub")
 
 BYTES_FETCHED = Counter("swiftmesh_hub_bytes_fetched_total", "Bytes the hub transferred from sources.", ["kind"])
 PULLS = Counter("swiftmesh_hub_pulls_total", "Pulls by result.", ["result"])
+# A download whose size the source did not announce is checked against hub.quota_bytes every this
+# many bytes while it grows (bytes).
+QUOTA_CHECK_BYTES = 4 << 20
 
 
 @dataclass
@@ -163,7 +169,12 @@ class Puller:
 
     def _run_pull(self, job: PullJob, req: PullRequest) -> None:
         try:
-            rec = self._pull(job, req)
+            try:
+                rec = self._pull(job, req)
+            except (OSError, sqlite3.OperationalError) as e:
+                if not is_disk_full(e):
+                    raise
+                raise disk_full(self.store.root) from e
         except BaseException as e:
             PULLS.labels("cancelled" if isinstance(e, Cancelled) else "error").inc()
             if not isinstance(e, SwiftMeshError):
@@ -220,7 +231,9 @@ class Puller:
             )
             transfer = plan.files if plan.gguf is None else [plan.gguf]
             tracker = Tracker(job, progress_file, transfer)
-            needed = sum(f.size or 0 for f in transfer if not (f.sha256 and self.store.has_blob(f.sha256)))
+            # partial files already on disk count in the cache's usage: only the rest is needed
+            needed = sum(max((f.size or 0) - self.store.partial_size(f.key), 0)
+                         for f in transfer if not (f.sha256 and self.store.has_blob(f.sha256)))
             self.eviction.make_room(needed, model_id, {f.sha256 for f in transfer if f.sha256})
             self.store.remove_tree(staging)
             staging.mkdir(parents=True)
@@ -300,12 +313,29 @@ class Puller:
         """Transfer ``pf`` into its partial file, resuming (the caller holds its fetch lock)."""
         tracker.start_file(pf.path)
         part = self.store.part_path(pf.key)
+        on_bytes = tracker.add if pf.size is not None else self._quota_checked(tracker.add, job.model_id)
         result = self.fetcher.fetch(
             pf.origin, part, size=pf.size, sha256=pf.sha256, git_sha1=pf.git_sha1,
-            on_bytes=tracker.add, on_resume=tracker.resumed, cancel=job.cancel,
+            on_bytes=on_bytes, on_resume=tracker.resumed, cancel=job.cancel,
         )
         BYTES_FETCHED.labels(pf.origin.get("kind", "?")).inc(result.transferred)
         return part, result
+
+    def _quota_checked(self, add: Callable[[int], None], model_id: str) -> Callable[[int], None]:
+        """``add`` that also checks the quota every :data:`QUOTA_CHECK_BYTES` received, for a file
+        whose size the source did not announce (its partial file counts in the cache's usage):
+        over the quota, after eviction, ResourceExhausted (the fetcher then removes the partial)."""
+        since = 0
+
+        def on_bytes(n: int) -> None:
+            nonlocal since
+            add(n)
+            since += n
+            if since >= QUOTA_CHECK_BYTES:
+                since = 0
+                self.eviction.make_room(0, model_id, set())
+
+        return on_bytes
 
     def _from_cache(self, pf: PlannedFile, dest: Path) -> FileEntry | None:
         sha, size = pf.sha256, pf.size
@@ -356,6 +386,7 @@ class Puller:
                     continue
                 rel = p.relative_to(out).as_posix()
                 sha = sha256_file(p, job.cancel)
+                fsync_file(p)
                 self.store.adopt_blob(p, sha)
                 entries.append(FileEntry(rel, p.stat().st_size, sha,
                                          {"kind": "gguf", "gguf": pf.origin, "gguf_sha256": gguf_sha or pf.sha256,

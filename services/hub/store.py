@@ -5,7 +5,8 @@ Layout under the cache directory (``settings.hub_cache_dir``)::
     hub.db                         SQLite (WAL): models, files, pins, fetch records, cache id
     blobs/sha256/ab/<sha256>       every verified file, once, by content (read-only)
     models/<org|_>/<name>/<snap>/  a model's directory: hard links to its blobs
-    tmp/<key>.part (+ .json)       partial downloads, kept across crashes for resume
+    tmp/<key>.part (+ .json)       partial downloads, kept across crashes for resume (counted
+                                   against the quota; removed after hub.partial_max_age_s)
     staging/<id>/                  a pull or upload being assembled (links to blobs)
     locks/*.lock                   file locks (filelock) shared by every hub process
 
@@ -39,6 +40,7 @@ from filelock import FileLock
 
 from swiftmesh.names import dir_parts
 from swiftmesh.runtime import sqlite
+from swiftmesh.runtime.durable import fsync_dir, fsync_file
 
 # How long a statement waits for another process's write lock, seconds.
 BUSY_TIMEOUT_S = 60.0
@@ -239,10 +241,13 @@ class Store:
         exists already, in which case ``src`` is replaced by a link to the existing blob (one copy
         on disk). Returns the blob path. Files become read-only."""
         blob = self.blob_path(sha256)
-        blob.parent.mkdir(parents=True, exist_ok=True)
+        if not blob.parent.is_dir():
+            blob.parent.mkdir(parents=True, exist_ok=True)
+            fsync_dir(blob.parent.parent)
         _make_readonly(src)
         try:
             os.link(src, blob)
+            fsync_dir(blob.parent)  # the blob's name is on disk (its bytes were synced by the writer)
             return blob
         except FileExistsError:
             pass
@@ -250,7 +255,9 @@ class Store:
             tmp = blob.with_name(f".{blob.name}.{uuid.uuid4().hex[:8]}")
             shutil.copyfile(src, tmp)
             _make_readonly(tmp)
+            fsync_file(tmp)
             os.replace(tmp, blob)
+            fsync_dir(blob.parent)
             return blob
         if os.path.samefile(src, blob):
             return blob
@@ -271,6 +278,21 @@ class Store:
             shutil.copyfile(blob, tmp)
             _make_readonly(tmp)
         os.replace(tmp, dest)
+
+    def partial_bytes(self) -> int:
+        """Bytes of the partial downloads in ``tmp/`` (they count against the quota while they grow)."""
+        total = 0
+        for p in self.tmp_dir.glob("*.part"):
+            with contextlib.suppress(OSError):
+                total += p.stat().st_size
+        return total
+
+    def partial_size(self, key: str) -> int:
+        """Bytes already in the partial download of transfer ``key`` (0: none)."""
+        try:
+            return self.part_path(key).stat().st_size
+        except OSError:
+            return 0
 
     def blob_usage(self) -> tuple[int, list[tuple[Path, int]]]:
         """(bytes of all blobs, [(path, size) of orphan blobs: referenced by no directory])."""

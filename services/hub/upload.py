@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from swiftmesh.names import validate_file_path, validate_model_id
 from swiftmesh.runtime.errors import AlreadyExists, InvalidArgument
 
 from .catalogue import Catalogue, validate_labels, validate_lineage
+from .download import disk_full, is_disk_full
 from .eviction import Eviction
 from .sources.base import is_pickle
 from .store import FileEntry, Lineage, ModelFormat, ModelRecord, Store
@@ -97,7 +99,7 @@ class Upload:
 
     def write(self, path: str, offset: int, data: bytes) -> None:
         """Append ``data`` at ``offset`` of ``path``. Raises InvalidArgument (unknown path, offset
-        out of order, more bytes than declared)."""
+        out of order, more bytes than declared), ResourceExhausted (reason DISK_FULL)."""
         f = self.files.get(path)
         if f is None:
             raise InvalidArgument(f"chunk for {path!r}, which the header does not list",
@@ -116,7 +118,12 @@ class Upload:
             fh = open(dest, "wb")  # noqa: SIM115 - closed in commit/abort
             self._handles[path] = fh
             self._hashes[path] = hashlib.sha256()
-        fh.write(data)  # type: ignore[attr-defined]
+        try:
+            fh.write(data)  # type: ignore[attr-defined]
+        except OSError as e:
+            if is_disk_full(e):
+                raise disk_full(self.staging / path) from e
+            raise
         self._hashes[path].update(data)
         self._written[path] = pos + len(data)
 
@@ -126,6 +133,8 @@ class Upload:
         mismatching files; nothing is registered)."""
         store = self.store
         for fh in self._handles.values():
+            fh.flush()  # type: ignore[attr-defined]
+            os.fsync(fh.fileno())  # type: ignore[attr-defined]  # on disk before it becomes a blob
             fh.close()  # type: ignore[attr-defined]
         self._handles.clear()
         entries = []

@@ -13,6 +13,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from swiftmesh.runtime.durable import fsync_dir, fsync_file
 from swiftmesh.runtime.errors import SwiftMeshError
 
 from . import gguf_import
@@ -117,9 +118,12 @@ class Verifier:
                 except OSError:
                     shutil.copyfile(good, tmp)
                 tmp.chmod(0o444)
+                fsync_file(tmp)
                 os.replace(tmp, blob)
+                fsync_dir(blob.parent)
             for _model, snap, path in self.store.models_using(sha256):
                 self.store.link_into(sha256, Path(snap) / path)
+                fsync_dir((Path(snap) / path).parent)
 
     def _rebuild_gguf(self, origin: dict, work: Path) -> Path:
         src_origin = origin["gguf"]

@@ -43,6 +43,7 @@ from swiftmesh.names import model_id as _model_id
 from swiftmesh.names import model_resource_name
 from swiftmesh.runtime.client import DEFAULT_STREAM_TIMEOUT_S, channel, raise_domain_errors
 from swiftmesh.runtime.config import Settings
+from swiftmesh.runtime.durable import fsync_dir, fsync_file, write_atomic
 from swiftmesh.runtime.errors import DataLoss, Internal, InvalidArgument
 from swiftmesh.runtime.host import MACHINE_ID_ENV, machine_id
 
@@ -393,7 +394,9 @@ class HubClient(ServiceClient):
                         h.update(resp.data)
                         offset += len(resp.data)
             if offset == f.size_bytes and h.hexdigest() == f.sha256:
+                await asyncio.to_thread(fsync_file, part)
                 os.replace(part, target)
+                await asyncio.to_thread(fsync_dir, target.parent)
                 return
             part.unlink(missing_ok=True)  # corrupt partial: start over once
         raise DataLoss(f"{name}/{f.path}: sha256 mismatch after mirroring (expected {f.sha256})")
@@ -487,9 +490,7 @@ def _hash_prefix(path: Path) -> Any:
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=1, sort_keys=True))
 
 
 # --------------------------------------------------------------------------------------------

@@ -69,8 +69,12 @@ class HubSettings(Endpoint):
     metrics_port: int = Field(default=9151, ge=0, le=65535)
     # Cache directory (default <data_dir>/hub).
     cache_dir: Path | None = None
-    # Size quota of the cache in bytes (0: unlimited); least recently used unpinned models go first.
+    # Size quota of the cache in bytes (0: unlimited): blobs and partial downloads, these counted while
+    # they grow; least recently used unpinned models are evicted first.
     quota_bytes: int = Field(default=0, ge=0)
+    # Partial downloads (kept for resume) untouched this long are removed, in seconds (default a day);
+    # checked at start and every hour.
+    partial_max_age_s: float = Field(default=24 * 3600, gt=0)
     # Hugging Face endpoint for hf:// sources (as HF_ENDPOINT does).
     hf_endpoint: str | None = None
     hf_token: SecretStr | None = None

@@ -5,6 +5,8 @@ injection, and mirrors laid out the way huggingface_hub and the modelscope clien
     srv.faults["/a.bin"] = [503, 503]        # the next two GETs answer 503
     srv.cuts["/a.bin"] = 1000                # the next GET ends the connection after 1000 bytes
     srv.redirects["/old.bin"] = "http://..."   # GET/HEAD answer 302 with this Location
+    srv.no_length.add("/a.bin")              # no Content-Length (HEAD: none; GET: chunked)
+    srv.ignore_range.add("/a.bin")           # Range ignored: always 200 with the whole file
     srv.requests                              # [(method, path, range header)]
 """
 
@@ -29,6 +31,8 @@ class FileServer:
         self.faults: dict[str, list[int]] = {}
         self.cuts: dict[str, int] = {}
         self.redirects: dict[str, str] = {}
+        self.no_length: set[str] = set()
+        self.ignore_range: set[str] = set()
         self.requests: list[tuple[str, str, str]] = []
         self.bytes_sent: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -113,7 +117,8 @@ class FileServer:
         etag = '"' + hashlib.md5(data, usedforsecurity=False).hexdigest() + '"'
         start, end = 0, len(data)
         status = 200
-        if rng.startswith("bytes=") and (not h.headers.get("If-Range") or h.headers.get("If-Range") == etag):
+        if (rng.startswith("bytes=") and path not in self.ignore_range
+                and (not h.headers.get("If-Range") or h.headers.get("If-Range") == etag)):
             a, _, b = rng[6:].partition("-")
             start = int(a or 0)
             end = int(b) + 1 if b else len(data)
@@ -126,7 +131,12 @@ class FileServer:
                 return
         body = data[start:end]
         h.send_response(status)
-        h.send_header("Content-Length", str(len(body)))
+        chunked = path in self.no_length
+        if chunked:
+            if not head:
+                h.send_header("Transfer-Encoding", "chunked")
+        else:
+            h.send_header("Content-Length", str(len(body)))
         h.send_header("ETag", etag)
         h.send_header("Accept-Ranges", "bytes")
         if status == 206:
@@ -138,7 +148,14 @@ class FileServer:
             return
         if cut is not None:
             body = body[:cut]
-        h.wfile.write(body)
+        if chunked:
+            for i in range(0, len(body), 1 << 16):
+                piece = body[i:i + (1 << 16)]
+                h.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+            if cut is None:
+                h.wfile.write(b"0\r\n\r\n")
+        else:
+            h.wfile.write(body)
         with self._lock:
             self.bytes_sent[path] = self.bytes_sent.get(path, 0) + len(body)
         if cut is not None:

@@ -2,8 +2,8 @@
 hub processes (`swiftmesh serve hub`):
 
 * kill -9 of the hub in the middle of a large file; a new hub on the same cache resumes: the
-  model completes with matching hashes and nginx's access log shows that the second hub fetched
-  at most what was missing plus one chunk;
+  model completes with matching hashes, nginx's access log shows that the second hub fetched
+  at most what was missing plus one chunk, and no partial, staging or orphan file is left;
 * 8 concurrent pulls of one model through two hub processes sharing a cache: each file crosses
   the wire exactly once.
 """
@@ -80,6 +80,11 @@ async def test_kill9_mid_file_then_resume_fetches_only_the_missing_bytes(tmp_pat
     assert missing <= fetched <= missing + CHUNK, (fetched, missing)
     ranged = [e for e in ng.log_entries() if f"pid {pid})" in e["ua"] and e["range"]]
     assert ranged and ranged[0]["status"] == 206
+    # nothing half-written or orphaned is left: no partial file, no staging, every blob in use
+    assert list((cache / "tmp").iterdir()) == []
+    assert [p for p in (cache / "staging").iterdir() if not p.name.startswith(".")] == []
+    blobs = [p for p in (cache / "blobs").rglob("*") if p.is_file()]
+    assert len(blobs) == len(m.files) and all(p.stat().st_nlink > 1 for p in blobs)
 
 
 async def test_eight_concurrent_pulls_over_two_processes_transfer_each_file_once(tmp_path, nginx, hub_process):

@@ -173,3 +173,18 @@ async def test_a_server_ignoring_range_is_not_reported_as_a_resume(hub_server, t
             assert max(p.bytes_done for p in seen) <= len(data)
     finally:
         srv.stop()
+
+
+async def test_disk_full_during_an_upload_is_resource_exhausted_every_time(small_fs, hub_server, tmp_path):
+    # the hub fails mid-stream (after accepting the header): the client must get DISK_FULL, not
+    # grpc aio's INTERNAL "Internal error from Core" (grpc/grpc#36066)
+    big = write_model(tmp_path / "up", {"model.safetensors": 6 << 20})
+    cache = small_fs / "hub"
+    h = hub_server(hub={"cache_dir": str(cache)})
+    async with HubClient(h.settings, h.target) as hub:
+        for _ in range(8):
+            with pytest.raises(ResourceExhausted) as e:
+                await hub.upload_dir(big, "big", format=hub_pb2.MODEL_FORMAT_FULL)
+            assert e.value.reason == "DISK_FULL" and "bytes free" in e.value.message
+        assert await hub.list() == []
+    assert not any((cache / "staging").iterdir())

@@ -445,9 +445,9 @@ def is_disk_full(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.OperationalError) and "full" in str(exc)
 
 
-def disk_full(path: Path) -> ResourceExhausted:
-    """The error of a write under ``path`` that ran out of space: RESOURCE_EXHAUSTED (reason
-    DISK_FULL) naming the path and the bytes still free on its filesystem."""
+def disk_full(path: Path, needed: int | None = None) -> ResourceExhausted:
+    """The error of a write under ``path`` that ran out of space (or, with ``needed``, would):
+    RESOURCE_EXHAUSTED (reason DISK_FULL) naming the path and the bytes still free on its filesystem."""
     where = Path(path)
     while not where.exists() and where != where.parent:
         where = where.parent
@@ -455,11 +455,19 @@ def disk_full(path: Path) -> ResourceExhausted:
         free = shutil.disk_usage(where).free
     except OSError:
         free = -1
+    what = "no space left" if needed is None else f"{needed} more bytes needed"
     return ResourceExhausted(
-        f"no space left on the filesystem of {path} ({free} bytes free there): free space, move "
+        f"{what} on the filesystem of {path} ({free} bytes free there): free space, move "
         "hub.cache_dir to a larger disk, or set hub.quota_bytes below its size",
         reason="DISK_FULL", metadata={"path": str(path), "free_bytes": str(free)},
     )
+
+
+def check_free_space(path: Path, needed: int) -> None:
+    """Raise :func:`disk_full` when the filesystem of ``path`` has fewer than ``needed`` bytes free
+    (so a pull of known size fails before it fills the disk others share)."""
+    if needed > 0 and shutil.disk_usage(path).free < needed:
+        raise disk_full(path, needed)
 
 
 def _content_range_start(value: str | None) -> int | None:

@@ -39,7 +39,7 @@ from swiftmesh.runtime.errors import (
 
 from . import gguf_import
 from .catalogue import Catalogue, validate_labels, validate_lineage
-from .download import Fetcher, FetchResult, PullCancelled, disk_full, is_disk_full
+from .download import Fetcher, FetchResult, PullCancelled, check_free_space, disk_full, is_disk_full
 from .eviction import Eviction
 from .progress import Progress, PullJob, Stage, Tracker, done_job, progress_from_file
 from .sources import default_model_id, resolve
@@ -235,6 +235,7 @@ class Puller:
             needed = sum(max((f.size or 0) - self.store.partial_size(f.key), 0)
                          for f in transfer if not (f.sha256 and self.store.has_blob(f.sha256)))
             self.eviction.make_room(needed, model_id, {f.sha256 for f in transfer if f.sha256})
+            check_free_space(self.store.tmp_dir, needed)
             self.store.remove_tree(staging)
             staging.mkdir(parents=True)
             tracker.stage(Stage.DOWNLOADING)

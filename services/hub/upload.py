@@ -16,7 +16,7 @@ from swiftmesh.names import validate_file_path, validate_model_id
 from swiftmesh.runtime.errors import AlreadyExists, InvalidArgument
 
 from .catalogue import Catalogue, validate_labels, validate_lineage
-from .download import disk_full, is_disk_full
+from .download import check_free_space, disk_full, is_disk_full
 from .eviction import Eviction
 from .sources.base import is_pickle
 from .store import FileEntry, Lineage, ModelFormat, ModelRecord, Store
@@ -40,7 +40,8 @@ def begin_upload(store: Store, catalogue: Catalogue, eviction: Eviction, header:
     """Validate an upload header and prepare its staging directory. Pickle-based weight files
     (:func:`.sources.base.is_pickle`) are refused unless ``allow_pickle`` (setting
     ``hub.upload_allow_pickle``), the same policy pulls apply. Raises InvalidArgument (fields under
-    ``header``; reason PICKLE_REFUSED), AlreadyExists (unless overwrite), ResourceExhausted."""
+    ``header``; reason PICKLE_REFUSED), AlreadyExists (unless overwrite), ResourceExhausted
+    (QUOTA_EXCEEDED; DISK_FULL when the files would not fit the cache's filesystem)."""
     model_id = validate_model_id(header.model_id, "header.model_id")
     header.model_id = model_id
     validate_lineage(header.lineage, "header.lineage")
@@ -80,6 +81,7 @@ def begin_upload(store: Store, catalogue: Catalogue, eviction: Eviction, header:
                             reason="MODEL_EXISTS", field_violations=[("header.model_id", "exists")])
     needed = sum(f.size for f in header.files if not store.has_blob(f.sha256, f.size))
     eviction.make_room(needed, model_id, {f.sha256 for f in header.files})
+    check_free_space(store.staging_dir, needed)
     return Upload(store, catalogue, header)
 
 

@@ -84,11 +84,13 @@ async def test_disk_full_during_a_pull_is_resource_exhausted_and_leaves_the_cach
     h = hub_server(hub={"cache_dir": str(cache)})
     try:
         async with HubClient(h.settings, h.target) as hub:
-            for source in (str(big), f"{srv.base}/u/model.safetensors"):  # known size, then unannounced
+            # known size: refused before the transfer; unannounced: when the disk fills during it
+            for source, what in ((str(big), "more bytes needed"), (f"{srv.base}/u/model.safetensors", "no space")):
                 with pytest.raises(ResourceExhausted) as e:
                     await hub.pull(source, model_id="big", format=hub_pb2.MODEL_FORMAT_FULL)
                 assert e.value.reason == "DISK_FULL", e.value.message
                 assert str(cache / "tmp") in e.value.message and "bytes free" in e.value.message
+                assert what in e.value.message
                 assert _parts(cache) == []  # the partial file is gone
                 assert {b.name for b in _blobs(cache)} <= {config_sha}  # complete files stay, by hash
                 assert not any((cache / "staging").iterdir())
@@ -176,8 +178,8 @@ async def test_a_server_ignoring_range_is_not_reported_as_a_resume(hub_server, t
 
 
 async def test_disk_full_during_an_upload_is_resource_exhausted_every_time(small_fs, hub_server, tmp_path):
-    # the hub fails mid-stream (after accepting the header): the client must get DISK_FULL, not
-    # grpc aio's INTERNAL "Internal error from Core" (grpc/grpc#36066)
+    # the files cannot fit: the hub refuses while the client streams; the client must get
+    # DISK_FULL every time, not grpc aio's INTERNAL "Internal error from Core" (grpc/grpc#36066)
     big = write_model(tmp_path / "up", {"model.safetensors": 6 << 20})
     cache = small_fs / "hub"
     h = hub_server(hub={"cache_dir": str(cache)})

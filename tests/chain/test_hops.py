@@ -73,6 +73,16 @@ def hops(tmp_dir):
     ]
 
 
+# What a server sees meanwhile without the tests: the gateway health-checks a registered worker.
+BACKGROUND = {("worker", "GetWorkerStatus", "OK")}
+
+
+def _changed(svc: str, before: dict, after: dict) -> dict:
+    """The (method, code) counts of ``svc`` that changed between two scrapes, background aside."""
+    return {k: after[k] - before.get(k, 0) for k in after
+            if after[k] != before.get(k, 0) and (svc, *k) not in BACKGROUND}
+
+
 HOP_IDS = [f"{svc}-{method}" for svc, _, method, _ in hops(None)]
 
 
@@ -88,9 +98,8 @@ def test_a_missing_or_wrong_token_is_refused_once(chain, tmp_path, hop, token):
     elapsed = time.monotonic() - start
     assert e.value.reason == ("MISSING_CREDENTIALS" if token is None else "INVALID_CREDENTIALS"), e.value
     after = chain.handled(svc)
-    changed = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
     # Exactly one attempt reached the server, and it was refused: the client did not retry.
-    assert changed == {(method, "UNAUTHENTICATED"): 1}, changed
+    assert _changed(svc, before, after) == {(method, "UNAUTHENTICATED"): 1}
     assert elapsed < 10, f"a refusal took {elapsed:.1f} s"
 
 
@@ -152,7 +161,7 @@ def test_a_client_without_a_certificate_fails_the_handshake_within_the_retry_pol
         assert 1 <= len(proxy.downstream) <= MAX_ATTEMPTS, f"{where}: {len(proxy.downstream)} connections"
         assert elapsed < 30, f"{where}: {elapsed:.1f} s"
     for svc, counts in before.items():
-        assert chain.handled(svc) == counts, f"an RPC without a certificate reached {svc}"
+        assert not _changed(svc, counts, chain.handled(svc)), f"an RPC without a certificate reached {svc}"
     conns = sorted(len(case[-1].downstream) for case in cases)
     print(f"\nrefused handshakes: {len(cases)} calls, connections per call {conns[0]}..{conns[-1]}, "
           f"slowest {max(t for _, t in results):.1f} s")

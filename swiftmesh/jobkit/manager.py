@@ -33,7 +33,7 @@ from swiftmesh.jobkit.kinds import JobKind, JobPlan, KindRegistry, PrepareContex
 from swiftmesh.jobkit.models import HubModelSource, ModelSource
 from swiftmesh.jobkit.placement import PLACEMENT_LABEL, placement_strategy, worker_bundle
 from swiftmesh.jobkit.ray_runtime import RayRuntime, default_temp_dir
-from swiftmesh.jobkit.runs import JobRun
+from swiftmesh.jobkit.runs import SERVICE_STOPPED, JobRun
 from swiftmesh.jobkit.store import JobStore, database_url
 from swiftmesh.jobkit.types import (
     Job,
@@ -115,9 +115,10 @@ class JobManager:
 
     # Lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
-        """Recover after a restart: queued jobs start again; jobs that were running resume on
-        their own from their last checkpoint (from the beginning without one), with a log event
-        saying which; cancelling ones become CANCELLED."""
+        """Recover after a restart: queued jobs start again; jobs that were running (a crash)
+        or that the last stop interrupted (FAILED, reason SERVICE_STOPPED) resume on their own
+        from their last checkpoint (from the beginning without one), with a log event saying
+        which; cancelling ones become CANCELLED."""
         self._started = True
         # Connect to Ray (or start the embedded head) now, on the event loop's thread and before
         # the server installs its SIGTERM/SIGINT handlers: Ray installs handlers of its own when
@@ -130,10 +131,19 @@ class JobManager:
         await asyncio.to_thread(self._recover)
 
     def _recover(self) -> None:
-        for job in self.store.list(states=list(states.ACTIVE), limit=100_000):
+        for job in self.store.list(states=[*states.ACTIVE, states.FAILED], limit=100_000):
             if job.name in self._runs:
                 continue
-            if job.state == states.QUEUED:
+            if job.state == states.FAILED:
+                if job.error is None or job.error.reason != SERVICE_STOPPED:
+                    continue  # failed on its own: ResumeJob decides
+                step = job.last_checkpoint_step
+                msg = f"the {self.service} service stopped while the job ran; " + (
+                    f"resuming from checkpoint step {step}" if step else "restarting from the beginning (no checkpoint yet)")
+                self.log_line(job.name, msg, "INFO", "driver")
+                self.set_state(job.name, states.QUEUED, msg, clear_error=True)
+                self._start_run(job.name, resume=True)
+            elif job.state == states.QUEUED:
                 step = job.last_checkpoint_step
                 self.log_line(job.name, "service restarted; starting the queued job"
                               + (f" from checkpoint step {step}" if step else ""), "INFO", "driver")
@@ -152,7 +162,8 @@ class JobManager:
                 self._start_run(job.name, resume=True)
 
     async def stop(self) -> None:
-        """Stop every running job (they become FAILED, reason SERVICE_STOPPED, resumable) and Ray."""
+        """Stop every running job (they become FAILED, reason SERVICE_STOPPED, and resume when
+        the service starts again) and Ray."""
         self._stopping = True
         runs = list(self._runs.values())
         await asyncio.gather(*(asyncio.to_thread(r.interrupt) for r in runs))

@@ -1,7 +1,8 @@
 """The monitor thread of one run of a job (:class:`JobRun`): it launches the run on Ray, turns
 the workers' events (started, metrics, checkpoint, log, artifact, fatal) into job updates and
 events, shows why Ray has not placed the workers yet, and ends the job in the right state
-(SUCCEEDED, CANCELLED, FAILED; FAILED with SERVICE_STOPPED when the service stops).
+(SUCCEEDED, CANCELLED, FAILED; FAILED with SERVICE_STOPPED when the service stops, resumed by
+the next start).
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("swiftmesh.jobkit")
 
+#: JobError reason of a job the service's stop interrupted (it resumes when the service starts).
+SERVICE_STOPPED = "SERVICE_STOPPED"
 POLL_S = 0.5
 # How often a run that Ray has not placed yet is asked why (seconds).
 WAIT_CHECK_S = 2.0
@@ -208,9 +211,9 @@ class JobRun:
                 result = {"status": "error", "error": self.fatal_error}
                 status = "error"
             if self.interrupt_event.is_set() and status != "ok":
-                msg = f"the {mgr.service} service stopped; ResumeJob continues from the last checkpoint"
+                msg = f"the {mgr.service} service stopped; the job resumes from its last checkpoint when it starts again"
                 target = states.FAILED if job.state != states.CANCELLING else states.CANCELLED
-                mgr.set_state(name, target, msg, error=JobError(ABORTED, "SERVICE_STOPPED", msg) if target == states.FAILED else None)
+                mgr.set_state(name, target, msg, error=JobError(ABORTED, SERVICE_STOPPED, msg) if target == states.FAILED else None)
             elif status == "ok":
                 if job.state == states.QUEUED:
                     mgr.set_state(name, states.RUNNING, "running")

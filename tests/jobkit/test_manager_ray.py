@@ -14,7 +14,7 @@ from swiftmesh.jobkit import JobManager, LocalModelSource, states
 from swiftmesh.jobkit.ray_runtime import RayRuntime
 from swiftmesh.jobkit.tensorboard import read_scalars
 from swiftmesh.jobkit.testing import ToyKind
-from swiftmesh.jobkit.types import Checkpoint, Job
+from swiftmesh.jobkit.types import Checkpoint, Job, JobError
 from swiftmesh.runtime.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 
 pytestmark = pytest.mark.slow
@@ -155,18 +155,33 @@ async def test_restart_resumes_running_jobs_on_its_own(make_settings, tmp_path, 
     settings = make_settings()
     models = LocalModelSource(tmp_path / "m")
     mgr = JobManager(settings, "trainer", [ToyKind()], models=models, runtime=ray_runtime)
+    plan = ToyKind().prepare({"steps": 2}, None)
     j = Job(name="jobs/was-running", uid="u", kind="toy", state=states.RUNNING, create_time=time.time(),
             checkpoints=[Checkpoint(step=4, path=str(tmp_path / "nowhere"))])
-    mgr._persist_new(j, ToyKind().prepare({"steps": 2}, None))  # as CreateJob stored it, then the crash
+    mgr._persist_new(j, plan)  # as CreateJob stored it, then the crash
+    # One the last (graceful) stop interrupted, and one that failed on its own.
+    stopped = JobError(10, "SERVICE_STOPPED", "the trainer service stopped")
+    mgr._persist_new(Job(name="jobs/was-stopped", uid="s", kind="toy", state=states.FAILED, error=stopped,
+                         create_time=time.time()), plan)
+    mgr._persist_new(Job(name="jobs/failed", uid="f", kind="toy", state=states.FAILED, create_time=time.time(),
+                         error=JobError(13, "TRAINING_FAILED", "boom")), plan)
     mgr.store.close()
     mgr2 = JobManager(settings, "trainer", [ToyKind()], models=models, runtime=ray_runtime)
     await mgr2.start()
+    # The stopped one is queued again on its own (cancelled here, to leave the CPUs to the other).
+    job = await mgr2.get("jobs/was-stopped")
+    assert job.state in (states.QUEUED, states.RUNNING) and job.error is None, job
+    logs = [e.log.message async for e in mgr2.watch(job.name, follow=False) if e.log is not None]
+    assert any("service stopped while the job ran; restarting from the beginning" in m for m in logs), logs
+    await mgr2.cancel(job.name)
+    assert (await mgr2.get("jobs/failed")).state == states.FAILED  # ResumeJob decides for that one
     job = await wait_state(mgr2, "jobs/was-running", {states.SUCCEEDED, states.FAILED})
     # Not failed by the crash: resumed without a ResumeJob (the checkpoint is gone, so the toy
     # job runs from the beginning) and the event log says why it was restarted.
     assert job.state == states.SUCCEEDED, job.error
     logs = [e.log.message async for e in mgr2.watch(job.name, follow=False) if e.log is not None]
     assert any("restarted while the job was RUNNING; resuming from checkpoint step 4" in m for m in logs), logs
+    await wait_state(mgr2, "jobs/was-stopped", {states.CANCELLED})
     for r in list(mgr2._runs.values()):  # not mgr2.stop(): it would shut the module's Ray down
         r.thread.join(30)
     mgr2.store.close()

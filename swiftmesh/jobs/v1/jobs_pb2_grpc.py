@@ -97,8 +97,8 @@ class JobServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ResumeJob(self, request, context):
-        """Restarts a FAILED or CANCELLED job (e.g. one stopped by a graceful service shutdown) from
-        its last checkpoint; jobs a crash interrupted resume on their own when the service starts. FAILED_PRECONDITION for a job that is queued, running or succeeded.
+        """Restarts a FAILED or CANCELLED job from its last checkpoint. Jobs that a crash or a service
+        stop interrupted need none: they resume on their own when the service starts again. FAILED_PRECONDITION for a job that is queued, running or succeeded.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

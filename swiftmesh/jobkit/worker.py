@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from swiftmesh.runtime.durable import fsync_dir, fsync_tree
+from swiftmesh.runtime.durable import copy_tree_atomic, fsync_tree
 
 log = logging.getLogger("swiftmesh.jobkit.worker")
 
@@ -140,13 +140,7 @@ class WorkerContext:
             # Outside Ray Train (direct runs, tests): copied into the storage directory, if any,
             # under a temporary name that becomes the checkpoint's once the copy is on disk.
             if self._storage and local_dir is not None and Path(local_dir).is_dir():
-                partial = f"{path}.partial"
-                shutil.rmtree(partial, ignore_errors=True)
-                shutil.copytree(local_dir, partial)
-                fsync_tree(partial, parent=False)
-                shutil.rmtree(path, ignore_errors=True)
-                os.replace(partial, path)
-                fsync_dir(os.path.dirname(path))
+                copy_tree_atomic(local_dir, path)
             if self.is_main and self._storage:
                 self._push({"type": "checkpoint", "step": int(step), "path": path})
             return

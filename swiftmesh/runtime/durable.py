@@ -75,3 +75,20 @@ def write_atomic(path: str | Path, data: bytes | str, *, encoding: str = "utf-8"
             tmp.unlink()
         raise
     fsync_dir(path.parent)
+
+
+def copy_tree_atomic(src: str | Path, dst: str | Path) -> None:
+    """Copy the directory ``src`` to ``dst`` so that ``dst`` appears only complete and on disk:
+    copied to ``<dst>.partial`` (an old one removed first), fsynced, then renamed to ``dst`` (an
+    existing ``dst`` is replaced) and the parent directory fsynced. Raises OSError
+    (``<dst>.partial`` may be left; the next call removes it)."""
+    import shutil
+
+    dst = Path(dst)
+    partial = dst.with_name(dst.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(src, partial)
+    fsync_tree(partial, parent=False)
+    shutil.rmtree(dst, ignore_errors=True)
+    os.replace(partial, dst)
+    fsync_dir(dst.parent)

@@ -51,3 +51,17 @@ def test_write_atomic_replaces_whole_or_not_at_all(tmp_path, synced, monkeypatch
         durable.write_atomic(target, b'{"v": 2}')
     assert target.read_text() == '{"v": 1}'
     assert os.listdir(target.parent) == ["data.json"]  # no temporary file left
+
+
+def test_copy_tree_atomic_shows_the_copy_only_complete(tmp_path, synced):
+    src = tmp_path / "local" / "checkpoint-2"
+    src.mkdir(parents=True)
+    (src / "state.json").write_text("{}")
+    dst = tmp_path / "storage" / "checkpoint-2"
+    (tmp_path / "storage" / "checkpoint-2.partial").mkdir(parents=True)  # left by a crash
+    (tmp_path / "storage" / "checkpoint-2.partial" / "junk").write_text("x")
+    durable.copy_tree_atomic(src, dst)
+    assert sorted(p.name for p in dst.parent.iterdir()) == ["checkpoint-2"]
+    assert [p.name for p in dst.iterdir()] == ["state.json"]
+    assert str(dst.parent / "checkpoint-2.partial" / "state.json") in synced  # synced before the rename
+    assert synced[-1] == str(dst.parent)

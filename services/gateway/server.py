@@ -83,8 +83,11 @@ def create_service(settings: Settings) -> Service:
     service.add(GatewayServicer(pool, keys, limiter, settings, usage),
                 gateway_pb2_grpc.add_GatewayServiceServicer_to_server, SERVICE_NAME)
     app = create_app(settings, pool, keys, limiter, usage)
+    # Behind a load balancer the client is the first X-Forwarded-For address a trusted proxy gives.
     http = EmbeddedUvicorn(uvicorn.Config(app, host=settings.gateway.host, port=settings.gateway.http_port,
-                                          log_level="warning", lifespan="off", timeout_graceful_shutdown=None))
+                                          log_level="warning", lifespan="off", timeout_graceful_shutdown=None,
+                                          proxy_headers=True,
+                                          forwarded_allow_ips=list(settings.gateway.trusted_proxies)))
     task: list[asyncio.Task] = []
     service.pool = pool  # type: ignore[attr-defined]
     service.keys = keys  # type: ignore[attr-defined]

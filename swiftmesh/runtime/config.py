@@ -175,6 +175,9 @@ class GatewaySettings(Endpoint):
     redis_url: str | None = None
     # Requests per minute per client address for callers without an API key (0: unlimited).
     anonymous_requests_per_minute: int = Field(default=0, ge=0)
+    # Proxies / load balancers whose X-Forwarded-For names the client (for per-address limits and
+    # logs): IPs or networks, "*" for any (uvicorn's forwarded_allow_ips). Default: loopback only.
+    trusted_proxies: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
     # Request bounds of the REST API (HTTP 413 / 400 with an OpenAI error naming the param).
     # Largest request body in bytes, checked while reading (chunked bodies too): 10 MiB.
     max_request_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)

@@ -73,6 +73,8 @@ async def _list_keys(gw: ServiceProcess) -> list:
 
 def _chat(gw: ServiceProcess, model: str, key: str | None = None, forwarded: str | None = None) -> httpx.Response:
     headers = {"authorization": f"Bearer {key}"} if key else {}
+    if forwarded:
+        headers["x-forwarded-for"] = forwarded
     body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
     return httpx.post(f"{gw.http_url}/v1/chat/completions", json=body, headers=headers, timeout=120)
 
@@ -117,6 +119,18 @@ def test_anonymous_callers_limited_per_address_across_replicas(replicas, tiny_mo
     assert codes == [200] * ANON_RPM
     r = _chat(b, model)
     assert r.status_code == 429 and "retry-after" in r.headers, r.text
+
+
+def test_anonymous_callers_behind_a_trusted_proxy_are_limited_by_their_own_address(replicas, tiny_model_dir):
+    """The replicas trust loopback proxies (the default): X-Forwarded-For names the client, so
+    each client behind the load balancer has its own window, shared by the replicas."""
+    a, b = replicas
+    model = tiny_model_dir.name
+    client = "203.0.113.7"
+    codes = [_chat(gw, model, forwarded=client).status_code for gw in (a, b, a)]
+    assert codes == [200] * ANON_RPM
+    assert _chat(b, model, forwarded=client).status_code == 429
+    assert _chat(a, model, forwarded="203.0.113.8").status_code == 200  # another client
 
 
 def test_killed_gateway_rereads_its_workers_from_the_registry(replicas, tiny_model_dir):

@@ -37,6 +37,9 @@ from swiftmesh.runtime.errors import ResourceExhausted, Unavailable
 
 log = logging.getLogger("swiftmesh.gateway.ratelimit")
 
+#: Seconds a Redis storage may take to connect or answer before a call fails (HTTP 503).
+REMOTE_TIMEOUT_S = 2.0
+
 try:  # the errors of a storage that cannot be reached (redis:// needs the redis client)
     from redis.exceptions import RedisError as _StorageError  # type: ignore[assignment]
 except ImportError:  # pragma: no cover - limits[redis] installs it
@@ -75,7 +78,11 @@ class RateLimiter:
 
     def __init__(self, storage_uri: str = "memory://") -> None:
         try:
-            storage = storage_from_string(storage_uri)
+            # A network storage answers within REMOTE_TIMEOUT_S or the request gets 503 (never a hang).
+            self.remote = not storage_uri.startswith(("memory://", "memory:"))
+            options = ({"socket_timeout": REMOTE_TIMEOUT_S, "socket_connect_timeout": REMOTE_TIMEOUT_S}
+                       if storage_uri.startswith(("redis://", "rediss://", "redis+unix://")) else {})
+            storage = storage_from_string(storage_uri, **options)
         except ConfigurationError as e:
             raise ConfigError(f"gateway rate-limit storage {storage_uri.split('@')[-1]!r}: {e}. Check "
                               "gateway.redis_url (SWIFTMESH_GATEWAY__REDIS_URL, serve --redis-url), e.g. "

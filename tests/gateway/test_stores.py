@@ -57,3 +57,22 @@ def test_the_gateway_database_holds_the_gateway_tables_only(tmp_path):
     assert set(sa.inspect(store.engine).get_table_names()) == {
         "alembic_version", "api_keys", "gateway_workers", "api_key_usage"}
     store.close()
+
+
+def test_redis_that_never_answers_is_503_within_the_timeout():
+    """A Redis that accepts connections but never answers (hung, or a black hole behind a
+    balancer): the call fails after REMOTE_TIMEOUT_S instead of stalling the gateway."""
+    import socket
+    import time
+
+    from swiftmesh.services.gateway.ratelimit import REMOTE_TIMEOUT_S
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        limiter = RateLimiter(f"redis://127.0.0.1:{silent.getsockname()[1]}")
+        assert limiter.remote
+        start = time.monotonic()
+        with pytest.raises(Unavailable):
+            limiter.acquire("k", 5, 0)
+        assert time.monotonic() - start < 3 * REMOTE_TIMEOUT_S + 1

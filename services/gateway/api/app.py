@@ -20,6 +20,7 @@ Every error is answered in OpenAI's envelope (:mod:`.errors`).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -143,9 +144,11 @@ def create_app(pool: WorkerPool, keys: ApiKeyStore, limiter: RateLimiter, auth: 
         return models.get(model)
 
     # ---------------------------------------------------------------- generation
-    def context(request: Request, principal: Principal) -> RequestContext:
+    async def context(request: Request, principal: Principal) -> RequestContext:
         start = time.perf_counter()
-        headers = auth.admit(principal)
+        # A network limits storage (Redis) is called off the event loop, so a slow one delays
+        # only the requests it admits, not every stream this gateway serves.
+        headers = await asyncio.to_thread(auth.admit, principal) if limiter.remote else auth.admit(principal)
         return RequestContext(request=request, on_usage=auth.usage_recorder(principal), start=start, headers=headers)
 
     @app.post(
@@ -164,7 +167,7 @@ def create_app(pool: WorkerPool, keys: ApiKeyStore, limiter: RateLimiter, auth: 
                                principal: Principal = Depends(caller)) -> Response:  # noqa: B008
         """Creates a model response for a conversation (the model's chat template renders it)."""
         check_bounds(body, limits)
-        return await chat.handle(body, context(request, principal))
+        return await chat.handle(body, await context(request, principal))
 
     @app.post(
         "/v1/completions",
@@ -182,7 +185,7 @@ def create_app(pool: WorkerPool, keys: ApiKeyStore, limiter: RateLimiter, auth: 
                           principal: Principal = Depends(caller)) -> Response:  # noqa: B008
         """Creates a completion for a prompt (text or token ids)."""
         check_bounds(body, limits)
-        return await completion.handle(body, context(request, principal))
+        return await completion.handle(body, await context(request, principal))
 
     # ---------------------------------------------------------------------- admin
     @app.get("/v1/admin/workers", include_in_schema=False)

@@ -162,6 +162,12 @@ class GatewaySettings(Endpoint):
     http_port: int = Field(default=8000, ge=0, le=65535)
     # Worker addresses known at start; more register through GatewayService.RegisterWorker.
     workers: list[str] = Field(default_factory=list)
+    # Hosts an admin API key may register as workers: names ("gpu-7.internal"), globs
+    # ("*.workers.svc"), IPs or networks ("10.0.0.0/8"), or "host:port". A worker registering with
+    # the service token (worker.register_with) may be anywhere; a key may also register addresses
+    # the configuration names (Settings.configured_peers). Default: none (the token goes to a
+    # worker's address on every health check, so a key must not pick that address freely).
+    worker_allow_hosts: list[str] = Field(default_factory=list)
     # Require an API key on /v1/* (keys managed through GatewayService or `swiftmesh keys`).
     require_api_key: bool = False
     # State (API keys) (default <data_dir>/gateway).
@@ -239,6 +245,17 @@ class Settings(BaseSettings):
     @classmethod
     def _expand(cls, v: Path) -> Path:
         return Path(os.path.expanduser(str(v))).absolute()
+
+    @field_validator("auth_token")
+    @classmethod
+    def _token_not_empty(cls, v: SecretStr | None) -> SecretStr | None:
+        # An empty token would make every service accept "authorization: Bearer " and pass the
+        # exposure check: refuse it rather than silently turning authentication off.
+        if v is not None and not v.get_secret_value().strip():
+            raise ValueError("SWIFTMESH_AUTH_TOKEN is empty or blank: set a long random token (e.g. "
+                             "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`), or leave "
+                             "it unset for no authentication (loopback only)")
+        return v
 
     @classmethod
     def settings_customise_sources(

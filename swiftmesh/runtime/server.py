@@ -116,16 +116,40 @@ def _read(path) -> bytes:
         return f.read()
 
 
+# Tokens shipped as examples (deploy/k8s/secret.yaml, deploy/compose/.env.example): a service
+# started with one logs a WARNING, as it does for a token shorter than MIN_TOKEN_CHARS.
+PLACEHOLDER_TOKENS = frozenset({"change-me", "changeme", "secret", "token"})
+MIN_TOKEN_CHARS = 16
+
+
+def _token(settings: Settings) -> str:
+    """The service token, "" when unset or blank (a blank token authenticates nobody)."""
+    return settings.auth_token.get_secret_value().strip() if settings.auth_token is not None else ""
+
+
+def warn_weak_token(name: str, settings: Settings) -> None:
+    """Log a WARNING when the service token is a known placeholder or shorter than 16 characters."""
+    token = _token(settings)
+    if not token:
+        return
+    if token.lower() in PLACEHOLDER_TOKENS:
+        log.warning("%s: SWIFTMESH_AUTH_TOKEN is the placeholder %r from the examples: anyone who read "
+                    "them can call this service; set a long random token", name, token)
+    elif len(token) < MIN_TOKEN_CHARS:
+        log.warning("%s: SWIFTMESH_AUTH_TOKEN is only %d characters (fewer than %d): it can be guessed; "
+                    "set a long random token", name, len(token), MIN_TOKEN_CHARS)
+
+
 def check_exposure(name: str, host: str, settings: Settings) -> None:
     """Secure by default: a server may listen beyond loopback only with a service token or mutual TLS.
 
     Raises:
-        ConfigError: ``host`` is not a loopback address and neither ``auth_token`` nor
-            ``tls.require_client_cert`` is set; the message says which setting to add.
+        ConfigError: ``host`` is not a loopback address and neither a non-blank ``auth_token``
+            nor ``tls.require_client_cert`` is set; the message says which setting to add.
     """
     if is_loopback(host):
         return
-    if settings.auth_token is not None or settings.tls.require_client_cert:
+    if _token(settings) or settings.tls.require_client_cert:
         return
     from swiftmesh.runtime.config import ConfigError
 
@@ -214,6 +238,11 @@ async def start_server(service: Service, settings: Settings) -> RunningServer:
     Raises ConfigError for an exposed bind without authentication (:func:`check_exposure`) or a
     TLS setting that cannot work, OSError when the address cannot be bound."""
     check_exposure(service.name, service.endpoint.host, settings)
+    if settings.auth_token is not None and not _token(settings):
+        from swiftmesh.runtime.config import ConfigError
+
+        raise ConfigError(f"{service.name}: SWIFTMESH_AUTH_TOKEN is empty or blank; set a real token or unset it")
+    warn_weak_token(service.name, settings)
     setup_tracing(service.name, settings.telemetry.service_namespace)
     from opentelemetry.instrumentation.grpc import aio_server_interceptor
 

@@ -51,3 +51,14 @@ def test_secret_token_is_not_printed(monkeypatch):
     s = Settings.load()
     assert s.auth_token.get_secret_value() == "hunter2"
     assert "hunter2" not in repr(s)
+
+
+@pytest.mark.parametrize("blank", ["", "   "])
+def test_an_empty_token_is_refused_not_taken_as_no_auth(monkeypatch, blank):
+    # Before: SWIFTMESH_AUTH_TOKEN= loaded as a token "" that every "Bearer " header matched.
+    monkeypatch.setenv("SWIFTMESH_AUTH_TOKEN", blank)
+    with pytest.raises(ConfigError, match="SWIFTMESH_AUTH_TOKEN is empty"):
+        Settings.load()
+    monkeypatch.delenv("SWIFTMESH_AUTH_TOKEN")
+    with pytest.raises(ConfigError, match="SWIFTMESH_AUTH_TOKEN is empty"):
+        Settings.load(auth_token=blank)

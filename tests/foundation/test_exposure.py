@@ -40,5 +40,31 @@ async def test_a_taken_metrics_port_names_the_setting_to_change(make_settings):
         taken.listen()
         port = taken.getsockname()[1]
         settings = make_settings(hub={"port": 0, "metrics_port": port})
-        with pytest.raises(ConfigError, match=f"SWIFTMESH_TESTHUB__METRICS_PORT.*or 0 to turn"):
+        with pytest.raises(ConfigError, match="SWIFTMESH_TESTHUB__METRICS_PORT.*or 0 to turn"):
             await start_server(sleepy_service(settings), settings)
+
+
+def test_a_blank_token_does_not_count_as_authentication(make_settings):
+    # Settings.load refuses a blank token; a copy made without validation must not pass either.
+    from pydantic import SecretStr
+
+    from swiftmesh.runtime.server import check_exposure
+
+    settings = make_settings().model_copy(update={"auth_token": SecretStr("")})
+    with pytest.raises(ConfigError, match="SWIFTMESH_AUTH_TOKEN"):
+        check_exposure("hub", "0.0.0.0", settings)
+
+
+@pytest.mark.parametrize("token, warned", [("change-me", "placeholder"), ("short-token", "only 11 characters"),
+                                           ("a-long-random-token-0123456789", None)])
+async def test_a_placeholder_or_short_token_is_warned_about_at_start(make_settings, caplog, token, warned):
+    settings = make_settings(auth_token=token, hub={"port": 0, "metrics_port": 0})
+    with caplog.at_level("WARNING", logger="swiftmesh.server"):
+        running = await start_server(sleepy_service(settings), settings)
+    await running.stop(0)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "AUTH_TOKEN" in r.getMessage()]
+    if warned is None:
+        assert warnings == []
+    else:
+        assert len(warnings) == 1 and warned in warnings[0]
+        assert token not in warnings[0] or token == "change-me"

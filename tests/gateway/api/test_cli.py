@@ -102,7 +102,7 @@ def test_chat_streams_through_the_gateway(secured):
 def test_chat_reports_errors(secured):
     r = _run(secured, "chat", "no-such-model", input="hi\n", env={"SWIFTMESH_API_KEY": "tok"})
     assert r.exit_code == 1 and "404" in r.output
-    r = _run(secured, "chat", secured.model, input="hi\n", env={"SWIFTMESH_API_KEY": "sk-bad", "SWIFTMESH_AUTH_TOKEN": ""})
+    r = _run(secured, "chat", secured.model, input="hi\n", env={"SWIFTMESH_API_KEY": "sk-bad", "SWIFTMESH_AUTH_TOKEN": None})
     assert r.exit_code == 1 and "401" in r.output
 
 

@@ -319,9 +319,13 @@ class Settings(BaseSettings):
         return self.gateway.state_dir or self.data_dir / "gateway"
 
     def configured_peers(self) -> set[str]:
-        """Every "host:port" this configuration names: each service's target, ``gateway.workers``
-        and ``trusted_peers``. The service token goes to these only, when a request names a peer."""
-        peers = {self.endpoint(s).target for s in ("hub", "trainer", "aligner", "worker", "gateway")}
+        """Every "host:port" this configuration names: the target of each service whose address,
+        host or port is set (flags, environment or YAML; a default port names nothing, since any
+        local process could listen there), ``gateway.workers`` and ``trusted_peers``. The service
+        token goes to these only, when a request names a peer."""
+        peers = {self.endpoint(s).target for s in ("hub", "trainer", "aligner", "worker", "gateway")
+                 if s in self.model_fields_set
+                 and self.endpoint(s).model_fields_set & {"address", "host", "port"}}
         return peers | set(self.gateway.workers) | set(self.trusted_peers)
 
     def endpoint(self, service: str) -> Endpoint:

@@ -62,3 +62,22 @@ def test_an_empty_token_is_refused_not_taken_as_no_auth(monkeypatch, blank):
     monkeypatch.delenv("SWIFTMESH_AUTH_TOKEN")
     with pytest.raises(ConfigError, match="SWIFTMESH_AUTH_TOKEN is empty"):
         Settings.load(auth_token=blank)
+
+
+def test_configured_peers_are_only_the_addresses_actually_configured(monkeypatch, tmp_path):
+    # Before: the default ports of services never configured (127.0.0.1:50052/50053/50054) counted,
+    # so the hub sent its token to a hub:// source naming 127.0.0.1:50054, where anyone could listen.
+    monkeypatch.setenv("SWIFTMESH_HUB__ADDRESS", "hub.svc:50051")
+    monkeypatch.setenv("SWIFTMESH_GATEWAY__ADDRESS", "gateway.svc:50055")
+    assert Settings.load().configured_peers() == {"hub.svc:50051", "gateway.svc:50055"}
+    monkeypatch.setenv("SWIFTMESH_TRAINER__PORT", "7002")  # a port alone (env) names host:port
+    monkeypatch.setenv("SWIFTMESH_WORKER__METRICS_PORT", "9999")  # not an address
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("aligner:\n  host: 10.0.0.5\n")
+    peers = Settings.load(cfg, trusted_peers=["10.1.1.1:50051"], gateway={"workers": ["w:50054"]}).configured_peers()
+    assert peers == {"hub.svc:50051", "gateway.svc:50055", "127.0.0.1:7002", "10.0.0.5:50053",
+                     "10.1.1.1:50051", "w:50054"}
+    monkeypatch.delenv("SWIFTMESH_HUB__ADDRESS")
+    monkeypatch.delenv("SWIFTMESH_GATEWAY__ADDRESS")
+    monkeypatch.delenv("SWIFTMESH_TRAINER__PORT")
+    assert Settings.load().configured_peers() == set()

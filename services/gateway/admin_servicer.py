@@ -1,8 +1,11 @@
 """The gRPC GatewayService (workers and API keys): proto <-> domain translation only.
 
-Every RPC is an admin action. The caller must present the service token (checked first by
-the runtime's AuthInterceptor when ``auth_token`` is set) or an admin API key as
-``authorization: Bearer <secret>`` metadata. A non-admin key: PERMISSION_DENIED (reason
+Every RPC is an admin action. With ``auth_token`` set, the caller must present the service
+token (the runtime's AuthInterceptor refuses anything else, admin API keys included, with
+UNAUTHENTICATED before this servicer runs; admin keys work on the HTTP admin routes). Without
+it, the service token or an admin API key as ``authorization: Bearer <secret>`` metadata.
+RegisterWorker with an admin key (not the service token) admits the addresses of
+``gateway.worker_allow_hosts`` only (PERMISSION_DENIED, reason WORKER_HOST_NOT_ALLOWED). A non-admin key: PERMISSION_DENIED (reason
 ADMIN_REQUIRED); no or an unknown credential on a secured gateway (``auth_token`` or
 ``gateway.require_api_key``): UNAUTHENTICATED. A gateway with neither admits loopback
 peers only (PERMISSION_DENIED, reason LOOPBACK_ONLY, for any other peer).
@@ -67,8 +70,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self._token = settings.auth_token.get_secret_value() if settings.auth_token else None
         self._secured = settings.gateway.require_api_key or self._token is not None
 
-    def _require_admin(self, context) -> None:
-        """Raise unless the caller is an admin (see the module docstring)."""
+    def _require_admin(self, context) -> bool:
+        """Raise unless the caller is an admin (see the module docstring). True when an admin
+        API key (not the service token) is the credential."""
         secret = ""
         for key, value in context.invocation_metadata() or ():
             if key == "authorization":
@@ -76,11 +80,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 scheme, _, rest = value.partition(" ")
                 secret = rest.strip() if scheme.lower() == "bearer" else value.strip()
         if self._token is not None and secret and hmac.compare_digest(secret.encode(), self._token.encode()):
-            return
+            return False
         key = self.keys.verify(secret) if secret else None
         if key is not None:
             if key.admin:
-                return
+                return True
             raise PermissionDenied(f"{key.name} is not an admin key; admin RPCs need an admin API key or the "
                                    "service token", reason="ADMIN_REQUIRED")
         if self._secured:
@@ -91,12 +95,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         if not is_loopback(peer):
             raise PermissionDenied(f"a gateway without a service token or required API keys accepts admin RPCs "
                                    f"from loopback peers only (this call came from {peer})", reason="LOOPBACK_ONLY")
+        return False
 
     async def RegisterWorker(self, request, context):
-        self._require_admin(context)
+        by_key = self._require_admin(context)
         if not request.address:
             raise InvalidArgument("address is required", field_violations=[("address", "required: host:port")])
-        return worker_proto(await self.pool.register(request.address))
+        return worker_proto(await self.pool.register(request.address, by_key=by_key))
 
     async def DeregisterWorker(self, request, context):
         self._require_admin(context)

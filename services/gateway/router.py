@@ -48,6 +48,7 @@ from .workers import (
     Worker,
     WorkerRegistry,
     check_address,
+    check_key_registration,
     worker_id,
 )
 
@@ -244,9 +245,13 @@ class WorkerPool:
         worker.reset_channel()
 
     # ------------------------------------------------------------------ registration
-    async def register(self, address: str) -> Worker:
-        """Add a worker (idempotent by address) and poll it once. InvalidArgument for a bad address."""
+    async def register(self, address: str, *, by_key: bool = False) -> Worker:
+        """Add a worker (idempotent by address) and poll it once. InvalidArgument for a bad address;
+        with ``by_key`` (an admin API key asks, not the service token) PermissionDenied for an
+        address ``gateway.worker_allow_hosts`` does not admit (:func:`~.workers.check_key_registration`)."""
         address = check_address(address)
+        if by_key:
+            check_key_registration(address, self.settings)
         worker = self._workers.get(address)
         if worker is None:
             worker = Worker(address)

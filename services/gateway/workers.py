@@ -5,6 +5,8 @@ Prometheus metrics of the workers. The pool that polls and routes is :mod:`.rout
 from __future__ import annotations
 
 import asyncio
+import fnmatch
+import ipaddress
 import logging
 import re
 import time
@@ -16,7 +18,7 @@ from prometheus_client import Counter, Gauge
 from swiftmesh.clients.gateway import WorkerClient
 from swiftmesh.clients.inference import ServedModel
 from swiftmesh.runtime.config import Settings
-from swiftmesh.runtime.errors import InvalidArgument
+from swiftmesh.runtime.errors import InvalidArgument, PermissionDenied
 
 log = logging.getLogger("swiftmesh.gateway.router")
 
@@ -44,6 +46,45 @@ def check_address(address: str) -> str:
         raise InvalidArgument(f"invalid worker address {address!r}: expected host:port",
                               field_violations=[("address", "expected host:port")])
     return address
+
+
+def host_allowed(address: str, allow: list[str]) -> bool:
+    """Whether ``address`` ("host:port") matches an entry of ``allow``: a network or IP
+    ("10.0.0.0/8", "::1") for an IP host, a glob of the host name ("*.workers.svc", case
+    ignored), or the whole "host:port"."""
+    host = address.rsplit(":", 1)[0].strip("[]").lower()
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        ip = None
+    for entry in (e.strip().lower() for e in allow):
+        if not entry:
+            continue
+        if ip is not None:
+            try:
+                if ip in ipaddress.ip_network(entry, strict=False):
+                    return True
+                continue
+            except ValueError:
+                pass
+        if fnmatch.fnmatchcase(host, entry) or fnmatch.fnmatchcase(address.lower(), entry):
+            return True
+    return False
+
+
+def check_key_registration(address: str, settings: Settings) -> None:
+    """PermissionDenied (reason WORKER_HOST_NOT_ALLOWED) unless an admin API key may register
+    ``address``: one the configuration names (``settings.configured_peers()``) or one whose host
+    ``gateway.worker_allow_hosts`` admits. The gateway sends the service token to every worker it
+    polls, so a key (a person) must not point it at any address; workers registering themselves
+    with the service token are not checked."""
+    if address in settings.configured_peers() or host_allowed(address, settings.gateway.worker_allow_hosts):
+        return
+    raise PermissionDenied(
+        f"an admin API key may register workers on the hosts of gateway.worker_allow_hosts only "
+        f"({address!r} is not among {settings.gateway.worker_allow_hosts}); set "
+        "SWIFTMESH_GATEWAY__WORKER_ALLOW_HOSTS, or let the worker register itself with the service token",
+        reason="WORKER_HOST_NOT_ALLOWED")
 
 
 @dataclass

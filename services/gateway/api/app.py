@@ -194,7 +194,7 @@ def create_app(pool: WorkerPool, keys: ApiKeyStore, limiter: RateLimiter, auth: 
 
     @app.post("/v1/admin/workers", include_in_schema=False)
     async def admin_register(address: str = Body(embed=True), principal: Principal = Depends(admin)) -> JSONResponse:  # noqa: B008
-        worker = await pool.register(address)
+        worker = await pool.register(address, by_key=principal.key is not None)
         return JSONResponse(_worker_json(worker))
 
     @app.delete("/v1/admin/workers/{worker:path}", include_in_schema=False)

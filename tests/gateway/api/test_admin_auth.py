@@ -8,6 +8,7 @@ import asyncio
 import grpc
 import httpx
 import pytest
+from pydantic import SecretStr
 
 from services.gateway.api.auth import is_loopback
 from swiftmesh.gateway.v1 import gateway_pb2, gateway_pb2_grpc
@@ -100,3 +101,88 @@ def test_is_loopback():
     assert is_loopback("ipv4:127.0.0.1:5000") and is_loopback("ipv6:[::1]:5000")
     assert is_loopback("::ffff:127.0.0.1")
     assert not is_loopback("10.0.0.1") and not is_loopback("ipv4:192.168.1.4:5000") and not is_loopback(None)
+
+
+# -- issue 13 follow-up: an admin key must not point the gateway (and its service token) anywhere
+TOKEN = "gw-service-token"
+
+
+@pytest.fixture(scope="module")
+def rogue():
+    """A loopback 'worker' recording the metadata of each GetWorkerStatus it gets (answers empty)."""
+    from concurrent import futures
+
+    seen: list[dict] = []
+
+    def status(request: bytes, context) -> bytes:
+        seen.append(dict(context.invocation_metadata()))
+        return b""
+
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "swiftmesh.gateway.v1.InferenceService",
+        {"GetWorkerStatus": grpc.unary_unary_rpc_method_handler(status)}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield port, seen
+    server.stop(0)
+
+
+def test_admin_key_registers_allowed_hosts_only_and_never_leaks_the_token(tmp_path, rogue):
+    port, seen = rogue
+    settings = gateway_settings(tmp_path, workers=[], require_api_key=True, worker_allow_hosts=["localhost"])
+    settings.auth_token = SecretStr(TOKEN)
+    gw = start_in_process("gateway", settings)
+    try:
+        _, admin = gw.service.keys.create("admin", 0, 0, True)
+        http = f"http://127.0.0.1:{gw.service.http_port}/v1/admin/workers"
+        r = httpx.post(http, json={"address": f"127.0.0.1:{port}"}, headers={"Authorization": f"Bearer {admin}"})
+        assert r.status_code == 403, r.text
+        assert "worker_allow_hosts" in r.json()["error"]["message"]
+
+        # Over gRPC with the service token set, keys do not get past the AuthInterceptor (item 4).
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            asyncio.run(_grpc_register(gw, admin, f"127.0.0.1:{port}"))
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        # docs/security.md: with the token set, gRPC key management takes the token, not admin keys.
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            _create_key(gw, admin)
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert _create_key(gw, TOKEN).secret
+        assert seen == [] and gw.service.pool.workers() == []  # never called, nothing kept
+
+        # An allowed host: registered by the admin key; a worker with the token: anywhere.
+        r = httpx.post(http, json={"address": f"localhost:{port}"}, headers={"Authorization": f"Bearer {admin}"})
+        assert r.status_code == 200, r.text
+        asyncio.run(_grpc_register(gw, TOKEN, f"127.0.0.1:{port}"))
+        assert {w.address for w in gw.service.pool.workers()} == {f"localhost:{port}", f"127.0.0.1:{port}"}
+        assert seen and all(md.get("authorization") == f"Bearer {TOKEN}" for md in seen)
+    finally:
+        gw.stop(0.5)
+
+
+async def _grpc_register(gw, secret: str, address: str):
+    async with grpc.aio.insecure_channel(gw.target) as channel:
+        stub = gateway_pb2_grpc.GatewayServiceStub(channel)
+        return await stub.RegisterWorker(gateway_pb2.RegisterWorkerRequest(address=address),
+                                         metadata=(("authorization", f"Bearer {secret}"),), timeout=30)
+
+
+def test_grpc_admin_key_registers_allowed_hosts_only(secured, rogue):
+    gw, admin, _ = secured
+    port, seen = rogue
+    before = len(seen)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        asyncio.run(_grpc_register(gw, admin, f"127.0.0.1:{port}"))
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert _reason(info.value) == "WORKER_HOST_NOT_ALLOWED"
+    assert len(seen) == before and gw.service.pool.workers() == []
+
+
+def test_host_allowed():
+    from swiftmesh.services.gateway.workers import host_allowed
+    allow = ["10.0.0.0/8", "*.workers.svc", "gpu-1:50054", "::1"]
+    assert host_allowed("10.2.3.4:50054", allow) and host_allowed("a.workers.svc:1", allow)
+    assert host_allowed("GPU-1:50054", allow) and host_allowed("[::1]:5", allow)
+    assert not host_allowed("11.0.0.1:1", allow) and not host_allowed("gpu-1:50055", allow)
+    assert not host_allowed("evil.svc:1", allow) and not host_allowed("127.0.0.1:1", [])

@@ -198,6 +198,11 @@ class GatewaySettings(Endpoint):
     # Most generated tokens a request may ask for (max_tokens / max_completion_tokens), on top of
     # the model's context length that every request is checked against (0: the context only).
     max_output_tokens: int = Field(default=0, ge=0)
+    # Seconds a client has to send a request's headers, and its whole body, before the gateway
+    # answers 408 (body) or closes the connection (headers), so slow clients cannot hold it.
+    request_read_timeout_s: float = Field(default=30.0, gt=0)
+    # Most open HTTP connections plus requests in progress; above it new requests get 503.
+    max_connections: int = Field(default=4096, ge=1)
 
 
 class TelemetrySettings(BaseModel):

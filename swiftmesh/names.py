@@ -11,6 +11,7 @@ request field.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from swiftmesh.runtime.errors import InvalidArgument
 
@@ -105,6 +106,43 @@ def validate_file_path(path: str, field: str) -> str:
         if part in ("", ".", ".."):
             raise bad("empty, '.' and '..' components are not allowed")
     return "/".join(parts)
+
+
+def validate_file_list(files: Sequence[tuple[str, object]], field: str, size_field: str = "size") -> list[str]:
+    """The files of one model as a whole (an upload header, a manifest, a listing): each path as
+    :func:`validate_file_path`, no path listed twice, no path that is also a directory of another
+    (``a`` and ``a/b``), each size None (unknown) or an int >= 0.
+
+    ``files`` is (path, size) pairs. ``field`` names the list: with ``{i}`` in it
+    (``"header.files[{i}]"``) a violation names the entry (``header.files[3].path``,
+    ``header.files[3].<size_field>``), else it is on ``field`` itself (``"source"``). Returns the
+    normalised paths in order. Raises InvalidArgument (reason INVALID_FILE_PATH naming the
+    conflicting paths, INVALID_FILE_SIZE naming the file and its size)."""
+
+    def at(i: int, what: str) -> str:
+        return f"{field.format(i=i)}.{what}" if "{i}" in field else field
+
+    paths = [validate_file_path(path, at(i, "path")) for i, (path, _size) in enumerate(files)]
+    first: dict[str, int] = {}
+    for i, (path, (_raw, size)) in enumerate(zip(paths, files, strict=True)):
+        if size is not None and (type(size) is not int or size < 0):
+            raise InvalidArgument(f"file {path!r}: size {size!r} is not a byte count >= 0",
+                                  field_violations=[(at(i, size_field), "must be an integer >= 0")],
+                                  reason="INVALID_FILE_SIZE")
+        if path in first:
+            raise InvalidArgument(f"file {path!r} is listed twice", field_violations=[(at(i, "path"), "duplicate")],
+                                  reason="INVALID_FILE_PATH")
+        first[path] = i
+    for i, path in enumerate(paths):
+        parts = path.split("/")
+        for n in range(1, len(parts)):
+            parent = "/".join(parts[:n])
+            if parent in first:
+                raise InvalidArgument(
+                    f"files {parent!r} and {path!r} conflict: {parent!r} cannot be a file and a directory",
+                    field_violations=[(at(i, "path"), f"inside {parent!r}, which is listed as a file")],
+                    reason="INVALID_FILE_PATH")
+    return paths
 
 
 def sanitize_model_id(text: str) -> str:

@@ -206,6 +206,7 @@ class Fetcher:
         self.peers = peers
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
+        self.redirects = redirects
         self.http = httpx.Client(
             follow_redirects=True,
             timeout=httpx.Timeout(30.0, read=120.0),

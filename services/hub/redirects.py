@@ -7,7 +7,8 @@ Face and ModelScope endpoints when those are the endpoints in use (``huggingface
 The check runs as an httpx request hook on every request of the hub's HTTP client: the first
 request of a call records its origin in ``request.extensions`` (httpx copies a request's
 extensions into the request that follows its redirect) and every later hop is compared with it.
-A refused hop is never sent.
+A refused hop is never sent. The same rule applies to URLs a source names for its files (a JSON
+manifest's ``url``): :meth:`RedirectPolicy.check_link`.
 """
 
 from __future__ import annotations
@@ -87,10 +88,21 @@ class RedirectPolicy:
         if origin is None:
             request.extensions[_ORIGIN] = (str(url), url.scheme, url.host, _port(url))
             return
-        first, scheme, host, port = origin
+        self._check(origin, url, f"{origin[0]} redirected to {url}")
+
+    def check_link(self, source: str, url: str, what: str) -> None:
+        """The redirect rule for a URL that ``source`` names rather than redirects to (a JSON
+        manifest's per-file ``url``): ``url`` may be fetched only where a redirect from ``source``
+        could go. ``what`` begins the error message. Raises PermissionDenied (reason
+        REDIRECT_NOT_ALLOWED) naming the refused host."""
+        first = httpx.URL(source)
+        self._check((source, first.scheme, first.host, _port(first)), httpx.URL(url), what)
+
+    def _check(self, origin: tuple, url: httpx.URL, what: str) -> None:
+        _first, scheme, host, port = origin
         where = f"{url.host}:{_port(url)}"
         if scheme == "https" and url.scheme != "https":
-            raise PermissionDenied(f"{first} redirected to {url}: a redirect from https to plain http is refused",
+            raise PermissionDenied(f"{what}: a redirect from https to plain http is refused",
                                    reason="REDIRECT_NOT_ALLOWED", metadata={"host": where})
         if url.host == host and _port(url) == port:
             return
@@ -100,7 +112,7 @@ class RedirectPolicy:
             return
         allowed = ", ".join(h if p is None else f"{h}:{p}" for h, p in self.patterns) or "none"
         raise PermissionDenied(
-            f"{first} redirected to {url}: {where} is neither the source's host nor in {SETTING} ({allowed}); "
-            f"add it to {SETTING} to follow such redirects",
+            f"{what}: {where} is neither the source's host nor in {SETTING} ({allowed}); "
+            f"add it to {SETTING} to allow it",
             reason="REDIRECT_NOT_ALLOWED", metadata={"host": where},
         )

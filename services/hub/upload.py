@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from swiftmesh.names import validate_file_path, validate_model_id
+from swiftmesh.names import validate_file_list, validate_model_id
 from swiftmesh.runtime.errors import AlreadyExists, InvalidArgument
 
 from .catalogue import Catalogue, validate_labels, validate_lineage
@@ -48,20 +48,16 @@ def begin_upload(store: Store, catalogue: Catalogue, eviction: Eviction, header:
     validate_labels(header.labels, "header.labels")
     if not header.files:
         raise InvalidArgument("an upload needs at least one file", field_violations=[("header.files", "empty")])
-    seen = set()
-    for i, f in enumerate(header.files):
-        f.path = validate_file_path(f.path, f"header.files[{i}].path")
-        if f.path in seen:
-            raise InvalidArgument(f"file {f.path} listed twice", field_violations=[(f"header.files[{i}].path", "duplicate")])
-        seen.add(f.path)
+    paths = validate_file_list([(f.path, f.size) for f in header.files], "header.files[{i}]", "size_bytes")
+    seen = set(paths)
+    for i, (f, path) in enumerate(zip(header.files, paths, strict=True)):
+        f.path = path
         if is_pickle(f.path) and not allow_pickle:
             raise InvalidArgument(
                 f"upload lists pickle-based weights {f.path} (loading it can run arbitrary code); upload "
                 "safetensors instead, or set hub.upload_allow_pickle (SWIFTMESH_HUB__UPLOAD_ALLOW_PICKLE=true)",
                 field_violations=[(f"header.files[{i}].path", "pickle file needs hub.upload_allow_pickle")],
                 reason="PICKLE_REFUSED")
-        if f.size < 0:
-            raise InvalidArgument("size must not be negative", field_violations=[(f"header.files[{i}].size_bytes", "negative")])
         if len(f.sha256) != 64 or any(c not in "0123456789abcdef" for c in f.sha256):
             raise InvalidArgument(f"sha256 of {f.path} must be 64 lower-case hex digits",
                                   field_violations=[(f"header.files[{i}].sha256", "64 lower-case hex digits")])

@@ -12,6 +12,7 @@ import pytest
 
 from swiftmesh.clients.hub import HubClient
 from swiftmesh.hub.v1 import hub_pb2
+from swiftmesh.runtime.client import raise_domain_errors
 from swiftmesh.runtime.errors import AlreadyExists, InvalidArgument, PermissionDenied
 from swiftmesh.runtime.host import is_loopback
 from swiftmesh.services.hub.pull import PullRequest
@@ -245,3 +246,101 @@ async def test_hub_mirror_applies_the_pickle_policy(hub_server, tmp_path):
         assert e.value.reason == "PICKLE_REFUSED" and "pytorch_model.bin" in e.value.message
         m = await hub_b.pull(f"hub://{a.target}/pk", allow_pickle=True)
         assert "pytorch_model.bin" in {f.path for f in m.files}
+
+
+async def test_manifest_file_urls_pass_the_redirect_host_check(hub_server):
+    # Issue 13 follow-up: a manifest's per-file url used to be fetched from any host and any scheme
+    # (file://, hub:// were retried with backoff); now it is held to the redirect rule.
+    weights = b"s" * 3000
+    src = FileServer({"/m/config.json": b"{}"}).start()
+    other = FileServer({"/secret": weights}).start()  # another port: another origin
+    manifests = {
+        "/far/manifest.json": {"files": [{"path": "config.json", "url": f"{src.base}/m/config.json"},
+                                         {"path": "w.safetensors", "url": f"{other.base}/secret"}]},
+        "/rel/manifest.json": {"files": [{"path": "config.json", "url": "../m/config.json"}]},
+    }
+    for i, bad in enumerate(["file:///etc/passwd", "hub://127.0.0.1:1/x", "ftp://127.0.0.1/x", "data:text/plain,x", 7]):
+        manifests[f"/s{i}/manifest.json"] = {"files": [{"path": "config.json", "url": bad}]}
+    for route, doc in manifests.items():
+        src.routes[route] = json.dumps(doc).encode()
+    try:
+        h = hub_server()
+        async with HubClient(h.settings, h.target) as hub:
+            with pytest.raises(PermissionDenied) as e:
+                await hub.pull(f"{src.base}/far/manifest.json", model_id="far")
+            assert e.value.reason == "REDIRECT_NOT_ALLOWED" and "w.safetensors" in e.value.message
+            assert f"127.0.0.1:{other.port}" in e.value.message and "hub.redirect_allow_hosts" in e.value.message
+            assert other.requests == []  # not even a HEAD
+            for i in range(5):
+                with pytest.raises(InvalidArgument) as e:
+                    await hub.pull(f"{src.base}/s{i}/manifest.json", model_id=f"s{i}")
+                assert "files[0] (config.json)" in e.value.message, e.value.message
+                assert len([r for r in src.requests if f"/s{i}/" in r[1]]) == 1  # no retries
+            m = await hub.pull(f"{src.base}/rel/manifest.json", model_id="rel", format=hub_pb2.MODEL_FORMAT_FULL)
+            assert [f.path for f in m.files] == ["config.json"]
+        allowed = hub_server(hub={"redirect_allow_hosts": [f"127.0.0.1:{other.port}"]})
+        async with HubClient(allowed.settings, allowed.target) as hub:
+            m = await hub.pull(f"{src.base}/far/manifest.json", model_id="far")
+            assert {f.path: f.sha256 for f in m.files}["w.safetensors"] == hashlib.sha256(weights).hexdigest()
+    finally:
+        src.stop()
+        other.stop()
+
+
+async def test_conflicting_paths_and_bad_sizes_refused_before_any_transfer(hub_server):
+    # Issue 13 follow-up: `a` and `a/b` in one model used to end in INTERNAL (FileExistsError,
+    # IsADirectoryError with .part files left behind), and a negative size in DATA_LOSS after the
+    # download. Now every manifest, listing and upload is checked as a whole first.
+    src = FileServer({"/m/config.json": b"{}", "/m/config.json/x": b"x", "/m/w.safetensors": b"w" * 100}).start()
+    manifests = {
+        "conflict": ([{"path": "config.json"}, {"path": "config.json/x"}], "'config.json' and 'config.json/x'"),
+        "twice": ([{"path": "config.json"}, {"path": "./config.json"}], "'config.json' is listed twice"),
+        "negative": ([{"path": "config.json"}, {"path": "w.safetensors", "size": -5}], "size -5"),
+        "text-size": ([{"path": "config.json", "size": "2"}], "size '2'"),
+    }
+    for name, (files, _) in manifests.items():
+        for f in files:
+            f["url"] = f"{src.base}/m/{f['path'].removeprefix('./')}"
+        src.routes[f"/{name}/manifest.json"] = json.dumps({"files": files}).encode()
+    h = hub_server()
+    try:
+        async with HubClient(h.settings, h.target) as hub:
+            for name, (_, expected) in manifests.items():
+                with pytest.raises(InvalidArgument) as e:
+                    await hub.pull(f"{src.base}/{name}/manifest.json", model_id=name)
+                assert expected in e.value.message, e.value.message
+            assert not [r for r in src.requests if r[0] == "GET" and not r[1].endswith("manifest.json")]
+
+            def header(paths):
+                return hub_pb2.UploadModelRequest(header=hub_pb2.UploadModelHeader(
+                    model_id="up", format=hub_pb2.MODEL_FORMAT_FULL,
+                    files=[hub_pb2.ModelFile(path=p, size_bytes=1, sha256=hashlib.sha256(b"x").hexdigest())
+                           for p in paths]))
+
+            async def requests(paths):  # the header alone: no chunk in flight when it is refused (grpc/grpc#36066)
+                yield header(paths)
+
+            for paths in (["config.json", "a", "a/b"], ["config.json", "a/b/c", "a/b"]):
+                with pytest.raises(InvalidArgument) as e, raise_domain_errors():
+                    await hub.stub.UploadModel(requests(paths))
+                assert e.value.reason == "INVALID_FILE_PATH" and "'a/b'" in e.value.message, e.value.message
+                assert e.value.field_violations[0].field.startswith("header.files[")
+        cache = h.settings.hub_cache_dir
+        assert not list(cache.rglob("*.part")) and not any((cache / "staging").iterdir())
+    finally:
+        src.stop()
+
+
+def test_file_list_check():
+    from swiftmesh.names import validate_file_list
+
+    assert validate_file_list([("./a/b", 1), ("a/c", None), ("ab", 0)], "source") == ["a/b", "a/c", "ab"]
+    with pytest.raises(InvalidArgument) as e:
+        validate_file_list([("x", 1), ("a/b", 1), ("a", 2)], "header.files[{i}]", "size_bytes")
+    assert e.value.field_violations[0].field == "header.files[1].path" and "'a' and 'a/b'" in e.value.message
+    with pytest.raises(InvalidArgument) as e:
+        validate_file_list([("x", 1), ("y", -1)], "header.files[{i}]", "size_bytes")
+    assert e.value.field_violations[0].field == "header.files[1].size_bytes" and e.value.reason == "INVALID_FILE_SIZE"
+    for size in (True, 1.5, "3"):
+        with pytest.raises(InvalidArgument, match="size"):
+            validate_file_list([("x", size)], "source")

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from swiftmesh.names import validate_file_path
+from swiftmesh.names import validate_file_list
 
 from ..store import ModelFormat
 from . import hf, http, local, mirror, ms, pkg
@@ -80,8 +80,7 @@ def resolve(
     """
     source = (source or "").strip()
     plan = source_module(source).resolve(source, ctx, revision)
-    for f in plan.files:
-        validate_file_path(f.path, "source")
+    validate_file_list([(f.path, f.size) for f in plan.files], "source")
     apply_patterns(plan, allow_patterns or [], ignore_patterns or [])
     apply_pickle_policy(plan, allow_pickle)
     detect_format(plan, requested_format)

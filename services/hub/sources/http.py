@@ -5,7 +5,8 @@
     recursively; a ``SHA256SUMS`` / ``sha256sums.txt`` file in the top directory gives hashes.
 ``http(s)://host/x/manifest.json``
     a JSON manifest ``{"files": [{"path", "size"?, "sha256"?, "url"?}], "revision"?}``; paths are
-    relative to the manifest's URL unless a ``url`` is given.
+    relative to the manifest's URL unless a ``url`` is given (http(s) only, relative to the manifest,
+    and only to the hosts a redirect from the manifest may reach: ``hub.redirect_allow_hosts``).
 ``http(s)://host/x/file``
     a single file. Hashes come from ``Repr-Digest``/``Digest`` (sha-256), ``X-Checksum-Sha256``
     or a 64-hex ``X-Linked-Etag``/``ETag`` header when present.
@@ -21,10 +22,11 @@ import urllib.parse
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import PurePosixPath
+from typing import TYPE_CHECKING
 
 import httpx
 
-from swiftmesh.names import sanitize_model_id, validate_file_path
+from swiftmesh.names import sanitize_model_id, validate_file_list
 from swiftmesh.runtime.errors import Unavailable
 
 from ..download import RetryableError, http_status_error
@@ -39,6 +41,9 @@ from .base import (
     stem,
     use_checksum_file,
 )
+
+if TYPE_CHECKING:
+    from ..redirects import RedirectPolicy
 
 SCHEMES = ("http", "https")
 # Directory listings nested deeper than this are refused.
@@ -223,15 +228,24 @@ def resolve(source: str, ctx: SourceContext, revision: str = "") -> Plan:
 
 
 def _manifest_plan(source: str, doc: dict, ctx: SourceContext) -> Plan:
+    """The plan of a JSON manifest. Every entry is checked before any file is fetched: the paths and
+    sizes as a whole (:func:`swiftmesh.names.validate_file_list`), a ``url`` (relative to the
+    manifest) only http(s) and only to hosts a redirect from the manifest may reach
+    (:meth:`..redirects.RedirectPolicy.check_link`). Raises InvalidArgument, PermissionDenied."""
     parent = PurePosixPath(urllib.parse.urlparse(source).path).parent.name
     plan = Plan(source=source, kind="http", default_id=sanitize_model_id(doc.get("name") or parent or "model"),
                 revision=str(doc.get("revision", "")))
-    items = []
-    for i, entry in enumerate(doc["files"]):
+    entries = doc["files"]
+    for i, entry in enumerate(entries):
         if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
             raise bad_source(f"{source}: files[{i}] needs a 'path'", f"manifest files[{i}]: missing path")
-        rel = validate_file_path(entry["path"], "source")
-        url = entry.get("url") or urllib.parse.urljoin(source, urllib.parse.quote(rel))
+    paths = validate_file_list([(e["path"], e.get("size")) for e in entries], "source")
+    policy = getattr(ctx.fetcher, "redirects", None)
+    items = []
+    for i, (entry, rel) in enumerate(zip(entries, paths, strict=True)):
+        url = urllib.parse.urljoin(source, urllib.parse.quote(rel))
+        if entry.get("url") is not None:
+            url = _manifest_url(source, i, rel, entry["url"], policy)
         sha = entry.get("sha256")
         if sha is not None and not (isinstance(sha, str) and HEX64.match(sha.lower())):
             raise bad_source(f"{source}: files[{i}].sha256 is not 64 hex digits", f"manifest files[{i}].sha256")
@@ -239,6 +253,24 @@ def _manifest_plan(source: str, doc: dict, ctx: SourceContext) -> Plan:
     with ThreadPoolExecutor(8) as pool:
         plan.files = list(pool.map(lambda it: _http_file(ctx, it[1], it[0], it[2]), items))
     return plan
+
+
+def _manifest_url(source: str, i: int, rel: str, raw: object, policy: RedirectPolicy | None) -> str:
+    """files[i].url of a manifest, made absolute and checked (InvalidArgument, PermissionDenied)."""
+    what = f"{source}: files[{i}] ({rel}) url {raw!r}"
+    if not isinstance(raw, str) or not raw:
+        raise bad_source(f"{what} is not a URL", f"manifest files[{i}].url: not a URL")
+    url = urllib.parse.urljoin(source, raw)
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme.lower() not in SCHEMES or not parsed.hostname:
+        raise bad_source(f"{what}: only http(s) URLs with a host are allowed for a manifest's files",
+                         f"manifest files[{i}].url: not an http(s) URL")
+    if policy is not None:
+        try:
+            policy.check_link(source, url, what)
+        except httpx.InvalidURL as e:
+            raise bad_source(f"{what}: {e}", f"manifest files[{i}].url: invalid URL") from None
+    return url
 
 
 def default_id(source: str) -> str:

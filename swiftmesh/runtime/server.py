@@ -235,8 +235,9 @@ class RunningServer:
 async def start_server(service: Service, settings: Settings) -> RunningServer:
     """Bind and start a service's gRPC server (port 0 picks a free port). Returns a RunningServer.
 
-    Raises ConfigError for an exposed bind without authentication (:func:`check_exposure`) or a
-    TLS setting that cannot work, OSError when the address cannot be bound."""
+    Raises ConfigError for an exposed bind without authentication (:func:`check_exposure`), a
+    TLS setting that cannot work, or an address that cannot be bound (a port in use: no
+    SO_REUSEPORT, so a second server never silently shares a running one's port)."""
     check_exposure(service.name, service.endpoint.host, settings)
     if settings.auth_token is not None and not _token(settings):
         from swiftmesh.runtime.config import ConfigError
@@ -251,7 +252,8 @@ async def start_server(service: Service, settings: Settings) -> RunningServer:
     interceptors: list[grpc.aio.ServerInterceptor] = [aio_server_interceptor(), StatusInterceptor(service.name)]
     if settings.auth_token is not None:
         interceptors.append(AuthInterceptor(settings.auth_token.get_secret_value()))
-    server = grpc.aio.server(interceptors=interceptors, options=grpc_options(settings))
+    # No SO_REUSEPORT: a second server on a port in use must fail to bind, not share the port.
+    server = grpc.aio.server(interceptors=interceptors, options=[*grpc_options(settings), ("grpc.so_reuseport", 0)])
 
     names = [reflection.SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
     for servicer, add_fn, full_name in service.registrations:
@@ -262,9 +264,17 @@ async def start_server(service: Service, settings: Settings) -> RunningServer:
 
     address = f"{service.endpoint.host}:{service.endpoint.port}"
     creds = server_credentials(settings)
-    port = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
+    try:
+        port = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
+    except RuntimeError:  # grpc: "Failed to bind to address ..."
+        port = 0
     if port == 0:
-        raise OSError(f"{service.name}: could not bind {address}")
+        from swiftmesh.runtime.config import ConfigError
+
+        raise ConfigError(
+            f"{service.name}: cannot listen on {address}: the port is in use (another server runs there) or the "
+            f"host is not an address of this machine; choose another port with SWIFTMESH_{service.name.upper()}__PORT "
+            "(--port; 0 for any free port) or stop the other server")
     for _, _, full_name in service.registrations:
         await service.health.set(full_name, False)
     await server.start()

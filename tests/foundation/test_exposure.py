@@ -68,3 +68,45 @@ async def test_a_placeholder_or_short_token_is_warned_about_at_start(make_settin
     else:
         assert len(warnings) == 1 and warned in warnings[0]
         assert token not in warnings[0] or token == "change-me"
+
+
+def _grpc_holder():
+    """A sync gRPC server on a free loopback port with gRPC's default options (SO_REUSEPORT on),
+    like a service already running there. Returns (server, port)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+
+    holder = grpc.server(ThreadPoolExecutor(1))
+    port = holder.add_insecure_port("127.0.0.1:0")
+    holder.start()
+    return holder, port
+
+
+async def test_a_second_server_on_a_port_in_use_refuses_to_start(make_settings):
+    # Before: gRPC's default SO_REUSEPORT let the second server bind beside the first and share its calls.
+    holder, port = _grpc_holder()
+    try:
+        settings = make_settings(hub={"port": port, "metrics_port": 0})
+        with pytest.raises(ConfigError, match=f"127.0.0.1:{port}.*in use.*SWIFTMESH_TESTHUB__PORT"):
+            await start_server(sleepy_service(settings), settings)
+    finally:
+        holder.stop(0)
+
+
+def test_serve_on_a_port_in_use_exits_2_naming_the_port(make_settings):
+    import subprocess
+    import sys
+
+    from swiftmesh.testing.services import child_env
+
+    holder, port = _grpc_holder()
+    try:
+        env = child_env(make_settings())
+        r = subprocess.run([sys.executable, "-m", "swiftmesh.cli.main", "serve", "hub", "--port", str(port)],
+                           check=False, env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        holder.stop(0)
+    out = r.stdout + r.stderr
+    assert r.returncode == 2, out
+    assert f"127.0.0.1:{port}" in out and "SWIFTMESH_HUB__PORT" in out and "Traceback" not in out

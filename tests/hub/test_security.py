@@ -344,3 +344,36 @@ def test_file_list_check():
     for size in (True, 1.5, "3"):
         with pytest.raises(InvalidArgument, match="size"):
             validate_file_list([("x", size)], "source")
+
+
+def test_local_plan_holds_resolved_paths_so_a_swapped_symlink_is_not_followed(tmp_path):
+    # Issue 13 follow-up: the roots check resolved symlinks but the plan kept (and the copy opened)
+    # the link itself, so a link changed between the check and the copy was followed outside.
+    from swiftmesh.services.hub.download import Fetcher
+    from swiftmesh.services.hub.sources import local
+    from swiftmesh.services.hub.sources.base import SourceContext
+
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "m").mkdir(parents=True)
+    outside.mkdir()
+    (root / "m" / "config.json").write_text("{}")
+    (root / "inside.json").write_text('{"inside": true}')
+    (outside / "secret.json").write_text('{"secret": true}')
+    (root / "m" / "w.json").symlink_to(root / "inside.json")
+    fetcher = Fetcher(retries=0)
+    try:
+        ctx = SourceContext(fetcher=fetcher, local_roots=[root])
+        for source in (str(root / "m"), str(root / "m" / "w.json")):
+            plan = local.resolve(source, ctx)
+            origin = {f.path: f.origin for f in plan.files}["w.json"]
+            assert origin["path"] == str((root / "inside.json").resolve())
+            (root / "m" / "w.json").unlink()  # swapped after the check, before the copy
+            (root / "m" / "w.json").symlink_to(outside / "secret.json")
+            part = tmp_path / "w.part"
+            part.unlink(missing_ok=True)
+            fetcher.fetch(origin, part)
+            assert part.read_text() == '{"inside": true}'
+            (root / "m" / "w.json").unlink()
+            (root / "m" / "w.json").symlink_to(root / "inside.json")
+    finally:
+        fetcher.close()

@@ -56,20 +56,29 @@ def _walk_local(root: Path) -> list[tuple[str, Path]]:
     return out
 
 
+def _planned(rel: str, p: Path, ctx: SourceContext | None) -> PlannedFile:
+    """The file ``p`` as ``rel`` of the model, its origin the resolved path (symlinks and ``..``
+    resolved once, here, and checked against the roots: the copy opens that path, so a symlink
+    changed after the check is not followed)."""
+    real = p.resolve()
+    if ctx is not None:
+        check_local_root(real, ctx)
+    return PlannedFile(rel, {"kind": "local", "path": str(real)}, real.stat().st_size)
+
+
 def local_plan(source: str, path: Path, default_id: str, kind: str, ctx: SourceContext | None = None) -> Plan:
-    """The plan of a local directory or file (``ctx``: check every file against the local roots).
-    Raises NotFound (no such path), InvalidArgument (empty or too large a directory)."""
+    """The plan of a local directory or file (``ctx``: check every file's resolved path against
+    the local roots). Origins hold resolved paths. Raises NotFound (no such path), InvalidArgument
+    (empty or too large a directory), PermissionDenied (a file outside the roots)."""
     plan = Plan(source=source, kind=kind, default_id=default_id)
     if path.is_dir():
         for rel, p in _walk_local(path):
-            if ctx is not None:
-                check_local_root(p, ctx)  # a symlink inside may point elsewhere
-            plan.files.append(PlannedFile(rel, {"kind": "local", "path": str(p.absolute())}, p.stat().st_size))
+            plan.files.append(_planned(rel, p, ctx))  # a symlink inside may point elsewhere
         if not plan.files:
             raise bad_source(f"{path} holds no files", "empty directory")
         use_checksum_file(plan, lambda name: (path / name).read_text() if (path / name).is_file() else None)
     elif path.is_file():
-        plan.files.append(PlannedFile(path.name, {"kind": "local", "path": str(path.absolute())}, path.stat().st_size))
+        plan.files.append(_planned(path.name, path, ctx))
     else:
         raise NotFound(f"{path} does not exist", field_violations=[("source", "no such file or directory")],
                        reason="SOURCE_NOT_FOUND")

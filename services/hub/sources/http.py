@@ -244,7 +244,7 @@ def _manifest_plan(source: str, doc: dict, ctx: SourceContext) -> Plan:
     items = []
     for i, (entry, rel) in enumerate(zip(entries, paths, strict=True)):
         url = urllib.parse.urljoin(source, urllib.parse.quote(rel))
-        if entry.get("url") is not None:
+        if entry.get("url") not in (None, ""):  # absent or empty: next to the manifest
             url = _manifest_url(source, i, rel, entry["url"], policy)
         sha = entry.get("sha256")
         if sha is not None and not (isinstance(sha, str) and HEX64.match(sha.lower())):
@@ -258,7 +258,7 @@ def _manifest_plan(source: str, doc: dict, ctx: SourceContext) -> Plan:
 def _manifest_url(source: str, i: int, rel: str, raw: object, policy: RedirectPolicy | None) -> str:
     """files[i].url of a manifest, made absolute and checked (InvalidArgument, PermissionDenied)."""
     what = f"{source}: files[{i}] ({rel}) url {raw!r}"
-    if not isinstance(raw, str) or not raw:
+    if not isinstance(raw, str):
         raise bad_source(f"{what} is not a URL", f"manifest files[{i}].url: not a URL")
     url = urllib.parse.urljoin(source, raw)
     parsed = urllib.parse.urlparse(url)

@@ -19,6 +19,7 @@ import logging
 
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from swiftmesh.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from swiftmesh.runtime.config import Settings
@@ -44,6 +45,48 @@ class EmbeddedUvicorn(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self):
         yield
+
+
+class HeaderDeadline(AutoHTTPProtocol):  # type: ignore[misc,valid-type]
+    """uvicorn's HTTP protocol, closing a connection whose next request's headers have not all
+    arrived ``header_timeout_s`` after it opened or after its last answer (uvicorn itself waits
+    forever once any byte came: its keep-alive timer stops at the first byte). Set
+    ``header_timeout_s`` on a subclass (:func:`http_config` does)."""
+
+    header_timeout_s = 30.0
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._arm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._arm()
+
+    def _arm(self) -> None:
+        waiting_for = self.cycle
+        self.loop.call_later(self.header_timeout_s, self._expired, waiting_for)
+
+    def _expired(self, waiting_for) -> None:
+        # No request began since the timer was set (the cycle is the same) and none is running.
+        if self.cycle is waiting_for and (self.cycle is None or self.cycle.response_complete):
+            self.transport.close()
+
+
+def http_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
+    """uvicorn's configuration for the gateway: slow clients bounded by
+    ``gateway.request_read_timeout_s`` (headers here, the body in :class:`.api.bounds.BodyLimit`),
+    5 s idle keep-alive, at most 64 KiB of unfinished headers (h11), ``gateway.max_connections``
+    connections and requests at once (503 above); behind a load balancer the client is the first
+    X-Forwarded-For address a trusted proxy gives."""
+    gw = settings.gateway
+    protocol = type("GatewayHTTPProtocol", (HeaderDeadline,), {"header_timeout_s": gw.request_read_timeout_s})
+    return uvicorn.Config(app, host=gw.host, port=gw.http_port, log_level="warning", lifespan="off",
+                          timeout_graceful_shutdown=None, proxy_headers=True,
+                          forwarded_allow_ips=list(gw.trusted_proxies), http=protocol,
+                          timeout_keep_alive=5, h11_max_incomplete_event_size=64 * 1024,
+                          limit_concurrency=gw.max_connections)
 
 
 def _instrument(app: FastAPI) -> None:
@@ -83,11 +126,7 @@ def create_service(settings: Settings) -> Service:
     service.add(GatewayServicer(pool, keys, limiter, settings, usage),
                 gateway_pb2_grpc.add_GatewayServiceServicer_to_server, SERVICE_NAME)
     app = create_app(settings, pool, keys, limiter, usage)
-    # Behind a load balancer the client is the first X-Forwarded-For address a trusted proxy gives.
-    http = EmbeddedUvicorn(uvicorn.Config(app, host=settings.gateway.host, port=settings.gateway.http_port,
-                                          log_level="warning", lifespan="off", timeout_graceful_shutdown=None,
-                                          proxy_headers=True,
-                                          forwarded_allow_ips=list(settings.gateway.trusted_proxies)))
+    http = EmbeddedUvicorn(http_config(app, settings))
     task: list[asyncio.Task] = []
     service.pool = pool  # type: ignore[attr-defined]
     service.keys = keys  # type: ignore[attr-defined]

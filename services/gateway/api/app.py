@@ -106,7 +106,7 @@ def create_app(pool: WorkerPool, keys: ApiKeyStore, limiter: RateLimiter, auth: 
         description="OpenAI-compatible REST API of SwiftMesh (chat and text completions, models).",
     )
     install_error_handlers(app)
-    app.add_middleware(BodyLimit, limit=limits.max_request_body_bytes)
+    app.add_middleware(BodyLimit, limit=limits.max_request_body_bytes, read_timeout=limits.request_read_timeout_s)
     chat = OpenAIServingChat(pool)
     completion = OpenAIServingCompletion(pool)
     models = OpenAIServingModels(pool)

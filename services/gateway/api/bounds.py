@@ -4,6 +4,10 @@
   ``request_too_large``, ``param`` null) once a request body passes ``max_request_body_bytes``
   (default 10 MiB): at once from ``Content-Length``, else while the (chunked) body is read, before
   any parsing.
+* :class:`BodyLimit` also answers 408 (``code`` ``request_timeout``, ``Connection: close``) when
+  the whole body has not arrived ``read_timeout`` s (``request_read_timeout_s``, default 30 s)
+  after the request started, so a client announcing a large ``Content-Length`` and sending
+  nothing cannot hold a connection.
 * :func:`check_bounds`: 400 (``param`` naming the list) for more ``messages`` than
   ``max_messages``, more ``stop`` strings than ``max_stop`` (OpenAI: 4), more ``logit_bias``
   entries than ``max_logit_bias`` (OpenAI: 300), more choices (prompts x ``n``) than
@@ -15,6 +19,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 from swiftmesh.runtime.config import GatewaySettings
@@ -24,15 +30,22 @@ from .protocol import ChatCompletionRequest, CompletionRequest, ParamError
 
 
 class BodyLimit:
-    """ASGI middleware: 413 for an HTTP request body over ``limit`` bytes."""
+    """ASGI middleware: 413 for an HTTP request body over ``limit`` bytes, 408 for one not read
+    whole within ``read_timeout`` seconds of the request's start."""
 
-    def __init__(self, app: Any, limit: int) -> None:
+    def __init__(self, app: Any, limit: int, read_timeout: float = 30.0) -> None:
         self.app = app
         self.limit = limit
+        self.read_timeout = read_timeout
 
     def _error(self) -> APIError:
         return APIError(413, f"Request body too large: the limit is {self.limit} bytes "
                         "(gateway.max_request_body_bytes).", code="request_too_large")
+
+    def _timeout(self) -> APIError:
+        return APIError(408, f"The request body did not arrive within {self.read_timeout:g} s "
+                        "(gateway.request_read_timeout_s).", code="request_timeout",
+                        headers={"connection": "close"})
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -42,16 +55,26 @@ class BodyLimit:
                 return await self._error().response()(scope, receive, send)
         seen = 0
         answered = False
+        body_done = False
+        deadline = time.monotonic() + self.read_timeout
 
         async def limited_receive():
-            # Over the limit: answer 413 now and tell the app the client left (FastAPI would turn
-            # an exception raised here into its own 400), dropping whatever it answers after.
-            nonlocal seen, answered
+            # Over the limit or too slow: answer now and tell the app the client left (FastAPI
+            # would turn an exception raised here into its own 400), dropping what it answers after.
+            nonlocal seen, answered, body_done
             if answered:
                 return {"type": "http.disconnect"}
-            message = await receive()
+            if body_done:  # after the body: a disconnect, waited for as long as the answer runs
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - time.monotonic(), 0.001))
+            except TimeoutError:
+                answered = True
+                await self._timeout().response()(scope, receive, send)
+                return {"type": "http.disconnect"}
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
+                body_done = not message.get("more_body", False)
                 if seen > self.limit:
                     answered = True
                     await self._error().response()(scope, receive, send)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import socket
+import time
+
 import httpx
 import pytest
 
@@ -15,7 +19,7 @@ def gw(tmp_path_factory):
     """A gateway without workers and small bounds (the checks run before routing to a worker)."""
     settings = gateway_settings(tmp_path_factory.mktemp("gw-bounds"), workers=[], max_request_body_bytes=4096,
                                 max_messages=3, max_stop=2, max_logit_bias=2, max_choices=4,
-                                max_output_tokens=100)
+                                max_output_tokens=100, request_read_timeout_s=1.5)
     running = start_in_process("gateway", settings)
     yield f"http://127.0.0.1:{running.service.http_port}/v1"
     running.stop(0.5)
@@ -60,3 +64,33 @@ def test_within_bounds_passes_the_checks(gw):
     r = httpx.post(f"{gw}/chat/completions", json={"model": "m", "messages": MSG * 3, "stop": ["a", "b"], "n": 4,
                                                          "max_tokens": 100})
     assert r.status_code == 404  # no such model: past the bounds
+
+
+# -- slow clients (security finding 2): a connection is not held past request_read_timeout_s
+def _raw(gw: str, data: bytes) -> tuple[bytes, float]:
+    """Send ``data`` on a fresh connection and read until the gateway closes it: what came back,
+    and after how many seconds (a 20 s socket timeout fails the test on a gateway that waits)."""
+    port = int(gw.rsplit(":", 1)[1].split("/")[0])
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+        start = time.monotonic()
+        s.sendall(data)
+        got = b""
+        while chunk := s.recv(65536):
+            got += chunk
+        return got, time.monotonic() - start
+
+
+def test_body_that_never_arrives_is_408_and_closed(gw):
+    head = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 4000\r\n\r\n{")
+    got, took = _raw(gw, head)
+    status, _, rest = got.partition(b"\r\n")
+    assert status.startswith(b"HTTP/1.1 408"), got[:300]
+    body = json.loads(rest.split(b"\r\n\r\n", 1)[1])
+    assert body["error"]["code"] == "request_timeout" and "request_read_timeout_s" in body["error"]["message"]
+    assert 1.0 < took < 15
+
+
+def test_partial_headers_are_closed(gw):
+    got, took = _raw(gw, b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nX-Slow: a")
+    assert got == b"" and 1.0 < took < 15

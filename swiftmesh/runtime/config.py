@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -42,6 +42,65 @@ class TLSSettings(BaseModel):
     require_client_cert: bool = False
     # Name the server certificate is checked against (default: the host being dialled).
     server_name: str | None = None
+
+    @field_validator("cert_file", "key_file", "ca_file", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, v: Any) -> Any:
+        # SWIFTMESH_TLS__CA_FILE= (empty) means unset, not the current directory.
+        return None if isinstance(v, str) and not v.strip() else v
+
+    @model_validator(mode="after")
+    def _files_usable(self) -> TLSSettings:
+        """Each file set must be a readable file of PEM; cert_file and key_file go together and
+        must be one key pair (checked with ``cryptography`` when installed)."""
+        problems = [f"SWIFTMESH_TLS__{name.upper()}={path}: {why}"
+                    for name, path, why in _tls_file_problems(self)]
+        if bool(self.cert_file) != bool(self.key_file):
+            problems.append("SWIFTMESH_TLS__CERT_FILE and SWIFTMESH_TLS__KEY_FILE (tls.cert_file, tls.key_file) "
+                            "go together: set both or neither")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+def _tls_file_problems(tls: TLSSettings) -> list[tuple[str, Path, str]]:
+    """(setting, path, what is wrong) for each unusable TLS file of ``tls``."""
+    out: list[tuple[str, Path, str]] = []
+    data: dict[str, bytes] = {}
+    for name in ("cert_file", "key_file", "ca_file"):
+        path = getattr(tls, name)
+        if path is None:
+            continue
+        if not path.exists():
+            out.append((name, path, "no such file"))
+        elif not path.is_file():
+            out.append((name, path, "not a regular file"))
+        else:
+            try:
+                data[name] = path.read_bytes()
+            except OSError as e:
+                out.append((name, path, f"cannot be read ({e.strerror})"))
+    try:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+    except ImportError:  # not a declared dependency (swiftmesh certs uses it): then existence only
+        return out
+    loaded: dict[str, Any] = {}
+    loaders = {"cert_file": (x509.load_pem_x509_certificate, "not a PEM certificate"),
+               "key_file": (lambda b: serialization.load_pem_private_key(b, password=None),
+                            "not an unencrypted PEM private key"),
+               "ca_file": (x509.load_pem_x509_certificates, "not PEM CA certificates")}
+    for name, raw in data.items():
+        load, what = loaders[name]
+        try:
+            loaded[name] = load(raw)
+        except (ValueError, TypeError):
+            out.append((name, getattr(tls, name), what))
+    if "cert_file" in loaded and "key_file" in loaded:
+        spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        if loaded["cert_file"].public_key().public_bytes(*spki) != loaded["key_file"].public_key().public_bytes(*spki):
+            out.append(("key_file", tls.key_file, f"is not the private key of the certificate {tls.cert_file}"))
+    return out
 
 
 class Endpoint(BaseModel):

@@ -81,3 +81,28 @@ def test_configured_peers_are_only_the_addresses_actually_configured(monkeypatch
     monkeypatch.delenv("SWIFTMESH_GATEWAY__ADDRESS")
     monkeypatch.delenv("SWIFTMESH_TRAINER__PORT")
     assert Settings.load().configured_peers() == set()
+
+
+def test_tls_files_are_checked_at_load(monkeypatch, tmp_path):
+    # Before: an empty CA_FILE was Path("") (IsADirectoryError at start), a missing file a
+    # FileNotFoundError traceback, a key of another certificate "Failed to bind to address".
+    from swiftmesh.runtime.certs import make_dev_pki
+
+    pki = make_dev_pki(tmp_path / "pki", ["hub", "other"])
+    monkeypatch.setenv("SWIFTMESH_TLS__CA_FILE", "")
+    assert Settings.load().tls.ca_file is None
+    monkeypatch.setenv("SWIFTMESH_TLS__CA_FILE", str(pki["ca"].cert))
+    good = Settings.load(tls={"cert_file": pki["hub"].cert, "key_file": pki["hub"].key})
+    assert good.tls.key_file == pki["hub"].key
+
+    missing = tmp_path / "missing.pem"
+    with pytest.raises(ConfigError, match=f"SWIFTMESH_TLS__CERT_FILE={missing}: no such file"):
+        Settings.load(tls={"cert_file": missing, "key_file": pki["hub"].key})
+    with pytest.raises(ConfigError, match=f"SWIFTMESH_TLS__KEY_FILE={pki['other'].key}: is not the private key"):
+        Settings.load(tls={"cert_file": pki["hub"].cert, "key_file": pki["other"].key})
+    with pytest.raises(ConfigError, match=f"SWIFTMESH_TLS__CA_FILE={tmp_path}: not a regular file"):
+        Settings.load(tls={"ca_file": tmp_path})
+    with pytest.raises(ConfigError, match=f"SWIFTMESH_TLS__CA_FILE={pki['hub'].key}: not PEM CA certificates"):
+        Settings.load(tls={"ca_file": pki["hub"].key})
+    with pytest.raises(ConfigError, match="set both or neither"):
+        Settings.load(tls={"cert_file": pki["hub"].cert})

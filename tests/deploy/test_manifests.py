@@ -178,13 +178,24 @@ def expected_ports(svc: str) -> dict[str, int]:
 
 
 def configmap_settings(monkeypatch, tmp_path: Path) -> Settings:
+    """The ConfigMap's config.yaml as Settings. Settings.load checks that the TLS files exist and
+    match, and they exist only in the pods (mounted Secrets): it loads with a dev PKI in their
+    place, and the settings returned name the ConfigMap's paths again."""
+    from swiftmesh.runtime.certs import make_dev_pki
+
     cm = k8s_objects("ConfigMap")["swiftmesh-config"]
+    raw = yaml.safe_load(cm["data"]["config.yaml"])
+    pki = make_dev_pki(tmp_path / "pki", ["svc"])
+    stand_in = {"ca_file": pki["ca"].cert, "cert_file": pki["svc"].cert, "key_file": pki["svc"].key}
+    named = {k: Path(raw["tls"][k]) for k in stand_in if raw.get("tls", {}).get(k)}
+    raw.setdefault("tls", {}).update({k: str(stand_in[k]) for k in named})
     path = tmp_path / "config.yaml"
-    path.write_text(cm["data"]["config.yaml"])
+    path.write_text(yaml.safe_dump(raw))
     for k in list(__import__("os").environ):
         if k.startswith("SWIFTMESH_"):
             monkeypatch.delenv(k)
-    return Settings.load(path)
+    s = Settings.load(path)
+    return s.model_copy(update={"tls": s.tls.model_copy(update=named)})
 
 
 @pytest.mark.parametrize("svc", SERVICES)

@@ -22,7 +22,7 @@ from fastapi import FastAPI
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from swiftmesh.gateway.v1 import gateway_pb2, gateway_pb2_grpc
-from swiftmesh.runtime.config import Settings
+from swiftmesh.runtime.config import ConfigError, Settings
 from swiftmesh.runtime.server import Service
 
 from .admin_servicer import GatewayServicer
@@ -111,12 +111,22 @@ def create_app(settings: Settings, pool: WorkerPool | None = None, keys: ApiKeyS
     return app
 
 
+def _port_taken(settings: Settings) -> str:
+    gw = settings.gateway
+    return (f"gateway: cannot listen for HTTP on {gw.host}:{gw.http_port}: the port is in use (another server "
+            "runs there) or the host is not an address of this machine; choose another port with "
+            "SWIFTMESH_GATEWAY__HTTP_PORT (0 for any free port) or stop the other server")
+
+
 def create_service(settings: Settings) -> Service:
     """The gateway's Service description: gRPC admin service plus the HTTP server as hooks.
 
     On start: the worker pool polls the configured workers once, then the HTTP server binds
     ``gateway.host:gateway.http_port`` (port 0 picks a free one; the bound port is then in
     ``service.http_port``). On stop: HTTP drains, the pool stops, the key store closes.
+    An HTTP port that cannot be bound is a ConfigError naming ``SWIFTMESH_GATEWAY__HTTP_PORT``
+    (``swiftmesh serve gateway`` exits 2), raised from the bind itself rather than a check before it
+    (a check without SO_REUSEADDR would refuse a port that only has TIME_WAIT connections).
     """
     service = Service("gateway", endpoint=settings.gateway)
     keys = ApiKeyStore(database_url(settings.gateway.database_url, settings.gateway_state_dir))
@@ -134,14 +144,22 @@ def create_service(settings: Settings) -> Service:
     service.app = app  # type: ignore[attr-defined]
     service.http_port = settings.gateway.http_port  # type: ignore[attr-defined]
 
+    async def serve_http() -> None:
+        # uvicorn logs why it cannot bind and calls sys.exit: a SystemExit leaving a task escapes
+        # the event loop itself, skipping the gRPC server's stop (the process then segfaulted).
+        try:
+            await http.serve()
+        except SystemExit:
+            raise ConfigError(_port_taken(settings)) from None
+
     async def start_http() -> None:
         await pool.start()
         usage.start()
-        task.append(asyncio.create_task(http.serve()))
+        task.append(asyncio.create_task(serve_http()))
         while not http.started:
             if task[0].done():
                 task[0].result()
-                raise OSError(f"gateway: HTTP server failed to start on port {settings.gateway.http_port}")
+                raise ConfigError(_port_taken(settings))
             await asyncio.sleep(0.02)
         for server in http.servers:
             for sock in server.sockets:

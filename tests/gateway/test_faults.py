@@ -128,3 +128,24 @@ def test_worker_killed_mid_stream(procs, tiny_model_dir):
     _wait_routable(gateway, model)
     r = _chat(gateway, model)
     assert r.status_code == 200, r.text
+
+
+def test_http_port_in_use_exits_2_naming_the_setting(tmp_path):
+    """Security finding 3: a taken HTTP port was uvicorn's [Errno 98] and then a segfault (rc 139):
+    uvicorn's sys.exit left its task and the event loop without stopping the gRPC server."""
+    import socket
+    import subprocess
+    import sys
+
+    from swiftmesh.testing.services import child_env
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        settings = settings_for(tmp_path, gateway={"http_port": port}, telemetry={"log_level": "WARNING"})
+        done = subprocess.run([sys.executable, "-m", "swiftmesh.cli.main", "serve", "gateway"],
+                              env=child_env(settings), capture_output=True, text=True, timeout=120, check=False)
+    out = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode == 2, out[-2000:]
+    assert "SWIFTMESH_GATEWAY__HTTP_PORT" in out and str(port) in out

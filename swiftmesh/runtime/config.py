@@ -240,6 +240,9 @@ class GatewaySettings(Endpoint):
     redis_url: str | None = None
     # Requests per minute per client address for callers without an API key (0: unlimited).
     anonymous_requests_per_minute: int = Field(default=0, ge=0)
+    # Let a gateway beyond loopback serve /v1 to anyone, unlimited (require_api_key false and
+    # anonymous_requests_per_minute 0); without it such a gateway refuses to start.
+    allow_anonymous_public: bool = False
     # Proxies / load balancers whose X-Forwarded-For names the client (for per-address limits and
     # logs): IPs or networks, "*" for any (uvicorn's forwarded_allow_ips). Default: loopback only.
     trusted_proxies: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])

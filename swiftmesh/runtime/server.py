@@ -145,14 +145,25 @@ def check_exposure(name: str, host: str, settings: Settings) -> None:
 
     Raises:
         ConfigError: ``host`` is not a loopback address and neither a non-blank ``auth_token``
-            nor ``tls.require_client_cert`` is set; the message says which setting to add.
+            nor ``tls.require_client_cert`` is set; or ``name`` is "gateway" and its OpenAI API
+            would be anonymous and unlimited (``gateway.require_api_key`` false,
+            ``gateway.anonymous_requests_per_minute`` 0) without ``gateway.allow_anonymous_public``.
+            The message says which setting to add.
     """
-    if is_loopback(host):
-        return
-    if _token(settings) or settings.tls.require_client_cert:
-        return
     from swiftmesh.runtime.config import ConfigError
 
+    if is_loopback(host):
+        return
+    gw = settings.gateway
+    if name == "gateway" and not (gw.require_api_key or gw.anonymous_requests_per_minute or gw.allow_anonymous_public):
+        # The service token guards gRPC only: the OpenAI HTTP API on the same host would be open to all.
+        raise ConfigError(
+            f"gateway: refusing to serve the OpenAI API on {host or 'all interfaces'} to anyone without limit: set "
+            "SWIFTMESH_GATEWAY__REQUIRE_API_KEY=true (API keys from `swiftmesh keys create`), or a limit for callers "
+            "without a key (SWIFTMESH_GATEWAY__ANONYMOUS_REQUESTS_PER_MINUTE), or SWIFTMESH_GATEWAY__ALLOW_ANONYMOUS_PUBLIC"
+            "=true if an open API is meant, or listen on 127.0.0.1")
+    if _token(settings) or settings.tls.require_client_cert:
+        return
     raise ConfigError(
         f"{name}: refusing to listen on {host or 'all interfaces'} without authentication: set a service token "
         "(SWIFTMESH_AUTH_TOKEN, the same on every service) or mutual TLS (SWIFTMESH_TLS__REQUIRE_CLIENT_CERT=true "

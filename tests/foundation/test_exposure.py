@@ -110,3 +110,35 @@ def test_serve_on_a_port_in_use_exits_2_naming_the_port(make_settings):
     out = r.stdout + r.stderr
     assert r.returncode == 2, out
     assert f"127.0.0.1:{port}" in out and "SWIFTMESH_HUB__PORT" in out and "Traceback" not in out
+
+
+TOKEN = "a-long-random-token-0123456789"
+
+
+async def test_an_exposed_gateway_with_an_anonymous_unlimited_api_refuses_to_start(make_settings):
+    # Before: the service token passed the check, though it does not guard the OpenAI HTTP API.
+    from swiftmesh.runtime.server import Service
+
+    settings = make_settings(auth_token=TOKEN, gateway={"host": "0.0.0.0", "port": 0, "http_port": 0})
+    with pytest.raises(ConfigError, match="SWIFTMESH_GATEWAY__REQUIRE_API_KEY.*ANONYMOUS_REQUESTS_PER_MINUTE"):
+        await start_server(Service("gateway", endpoint=settings.gateway), settings)
+
+
+@pytest.mark.parametrize("gateway, refused", [
+    ({}, True),
+    ({"require_api_key": True}, False),
+    ({"anonymous_requests_per_minute": 60}, False),
+    ({"allow_anonymous_public": True}, False),
+    ({"host": "127.0.0.1"}, False),
+])
+def test_exposure_of_the_gateway_api(make_settings, gateway, refused):
+    from swiftmesh.runtime.server import check_exposure
+
+    settings = make_settings(auth_token=TOKEN, gateway=gateway)
+    host = gateway.get("host", "0.0.0.0")
+    check_exposure("hub", host, settings)  # the token is enough for the other services
+    if refused:
+        with pytest.raises(ConfigError, match="ALLOW_ANONYMOUS_PUBLIC"):
+            check_exposure("gateway", host, settings)
+    else:
+        check_exposure("gateway", host, settings)

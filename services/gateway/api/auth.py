@@ -7,6 +7,8 @@ A request presents its key as ``Authorization: Bearer <key>`` (what the OpenAI S
   (``settings.auth_token``) is accepted as a key without limits.
 * Without it, anyone may call; a valid key still gets its limits applied (so keys can be
   handed out before they are required), any other key is ignored.
+* A credential under another scheme (``Authorization: Basic ...``) is not read: 401 saying the
+  scheme must be Bearer.
 * Admin endpoints need an admin key or the service token whenever ``require_api_key`` or
   ``auth_token`` is set (401 without a valid key, 403 with a non-admin key); otherwise (a
   local, unsecured gateway) only loopback callers (127.0.0.0/8, ::1) may use them (403
@@ -90,6 +92,10 @@ class Authenticator:
         if not need:
             return Principal(address=request.client.host if request.client else "")
         if not secret:
+            scheme = request.headers.get("authorization", "").strip().partition(" ")[0]
+            if scheme and scheme.lower() != "bearer":  # e.g. Basic: a credential, but not as Bearer
+                raise APIError(401, f"The Authorization header uses the {scheme[:20]!r} scheme; API keys must be "
+                               "sent with the Bearer scheme (i.e. Authorization: Bearer YOUR_KEY).", code=None)
             raise APIError(401, _MISSING, code=None)
         raise APIError(401, f"Incorrect API key provided: {_mask(secret)}.", code="invalid_api_key")
 

@@ -75,6 +75,10 @@ def test_http_admin_routes_need_admin_key(secured):
     r = httpx.get(url, headers={"Authorization": f"Bearer {plain}"})
     assert r.status_code == 403 and r.json()["error"]["code"] == "insufficient_permissions"
     assert httpx.get(url).status_code == 401
+    # Security finding 5: another scheme is named as the problem, not "You didn't provide an API key".
+    r = httpx.get(url, headers={"Authorization": f"Basic {admin}"})
+    assert r.status_code == 401 and "Bearer scheme" in r.json()["error"]["message"], r.text
+    assert "'Basic'" in r.json()["error"]["message"] and admin not in r.text
     assert httpx.get(url, headers={"Authorization": f"Bearer {admin}"}).status_code == 200
 
 

@@ -19,7 +19,9 @@ embedded Ray heads), stopping it about 16 s.
 from __future__ import annotations
 
 import json
+import os
 import signal
+import warnings
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,6 +153,24 @@ def chain_settings(root: Path, certs: Path, models_dir: Path) -> tuple[dict[str,
     return {svc: own(svc, root / svc) for svc in SERVICES}, own("operator", root / "operator")
 
 
+def end_leftovers(root: Path) -> list[str]:
+    """SIGKILL every process still running with a data directory under ``root`` (those this
+    fixture started, and theirs: the embedded Ray heads); ``["pid command", ...]`` of those."""
+    marker = f"SWIFTMESH_DATA_DIR={root}/".encode()
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes()
+            if marker not in env or int(pid) == os.getpid():
+                continue
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+            os.kill(int(pid), signal.SIGKILL)
+            out.append(f"{pid} {Path(cmd).name}")
+        except (OSError, ValueError):
+            continue
+    return out
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -189,3 +209,7 @@ def chain(tmp_path_factory, tiny_model_dir) -> Iterator[Chain]:
         for p in chain.processes.values():
             p.send_signal(signal.SIGTERM)
         stack.stop()
+        left = end_leftovers(root)
+        if left:
+            warnings.warn(f"tests/chain: {len(left)} processes outlived the services' stop and were killed: {left}",
+                          stacklevel=1)

@@ -54,7 +54,8 @@ def test_generated_stubs_match_protos(tmp_path):
     stale = [str(f) for f in files if not (ROOT / f).exists() or not filecmp.cmp(tmp_path / f, ROOT / f, shallow=False)]
     assert not stale, f"stubs out of date, run `python scripts/gen_protos.py`: {stale}"
     # and no committed stub lacks a proto
-    committed = {p.relative_to(ROOT) for p in (ROOT / "swiftmesh").rglob("*_pb2*.py*")}
+    committed = {p.relative_to(ROOT) for p in (ROOT / "swiftmesh").rglob("*_pb2*.py*")
+                 if p.suffix in (".py", ".pyi")}  # not the bytecode Python caches in __pycache__
     orphans = committed - set(files)
     assert not orphans, f"stubs without a proto: {sorted(map(str, orphans))}"
 

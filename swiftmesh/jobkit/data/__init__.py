@@ -34,7 +34,14 @@ strings, seeds, ratios) and a :class:`~swiftmesh.jobkit.models.ModelSource` for 
 from swiftmesh.jobkit.data.alignment import AlignmentData, load_alignment_data
 from swiftmesh.jobkit.data.encode import IGNORE_INDEX, Collator, EncodeError, encode_row
 from swiftmesh.jobkit.data.fields import METHOD_KIND
-from swiftmesh.jobkit.data.reading import MAX_VIOLATIONS, Violation, raise_violations, reservoir, sample_rows
+from swiftmesh.jobkit.data.reading import (
+    MAX_VIOLATIONS,
+    Violation,
+    ignored_warning,
+    raise_violations,
+    reservoir,
+    sample_rows,
+)
 from swiftmesh.jobkit.data.sft import LoadedDataset, load_source
 from swiftmesh.jobkit.data.split import split
 
@@ -49,6 +56,7 @@ __all__ = [
     "LoadedDataset",
     "Violation",
     "encode_row",
+    "ignored_warning",
     "load_alignment_data",
     "load_source",
     "raise_violations",

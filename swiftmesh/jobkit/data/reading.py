@@ -78,6 +78,14 @@ def raise_violations(violations: list[Violation], reason: str = "BAD_DATASET_ROW
     )
 
 
+def ignored_warning(what: str, ignored: dict[str, int]) -> str:
+    """The warning of ``ignore_columns`` for a job's log: ``what`` (a source, "the datasets")
+    and column -> rows it was dropped from, e.g. "warning: ignore_columns dropped 'extra' from 3
+    rows of data.jsonl"."""
+    cols = ", ".join(f"'{k}' from {n} rows" for k, n in ignored.items())
+    return f"warning: ignore_columns dropped {cols} of {what}"
+
+
 def parse_source(source: str) -> tuple[str, int | None]:
     """Split ms-swift's ``#N`` row count off a source: ``"data.jsonl#100"`` -> ``("data.jsonl", 100)``.
 

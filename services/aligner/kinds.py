@@ -23,7 +23,7 @@ from pathlib import Path
 
 from swiftmesh.jobkit import estimate as est
 from swiftmesh.jobkit import hf
-from swiftmesh.jobkit.data import METHOD_KIND, AlignmentData, load_alignment_data, split
+from swiftmesh.jobkit.data import METHOD_KIND, AlignmentData, ignored_warning, load_alignment_data, split
 from swiftmesh.jobkit.kinds import Artifact, JobKind, JobPlan, PrepareContext, refuse_oversized
 from swiftmesh.jobkit.models import fix_adapter_config, model_name, resolve_model
 from swiftmesh.jobkit.plan import count_steps, estimate_training, plan_resources, tuning_config
@@ -134,7 +134,8 @@ class AlignKind(JobKind):
         base_dir = Path(ctx.models.materialize(models["base_model"]))
         adapter_dir = Path(ctx.models.materialize(models["adapter_model"])) if models["adapter_model"] else None
         tokenizer = load_tokenizer(str(base_dir), str(adapter_dir) if adapter_dir else None, spec.chat_template or None)
-        data = load_alignment_data(list(spec.datasets), self.name, seed=args.seed, models=ctx.models)
+        data = load_alignment_data(list(spec.datasets), self.name, seed=args.seed, models=ctx.models,
+                                   ignore_columns=spec.ignore_columns)
         if data.style == "conversational" and not tokenizer.chat_template:
             raise InvalidArgument(
                 f"the datasets are conversational (lists of messages) but {models['base_model']} has no chat "
@@ -150,6 +151,8 @@ class AlignKind(JobKind):
                                   reason="BAD_DATASET")
         notes = [f"dataset {name}: " + ", ".join(f"{n} rows as {f}" for f, n in fm.items())
                  for name, fm in data.formats.items()]
+        if data.ignored:
+            notes.append(ignored_warning("the datasets", data.ignored))
         notes.append(f"{len(train)} training rows ({data.style})" + (f", {len(evals)} held out" if evals else "")
                      + (f"; {shortened} prompts truncated to {max_prompt} tokens" if shortened else ""))
         return tuner, args, lora, models, reward, ref, base_dir, tokenizer, data, train, evals, notes

@@ -66,12 +66,15 @@ class TrainKind(JobKind):
 
     def _encode(self, spec: TrainingSpec, args: TrainingSettings, ctx: PrepareContext, tokenizer) -> tuple[list, list, list[str]]:
         notes: list[str] = []
-        loaded = [data_mod.load_source(s, i, task=self.name, models=ctx.models, seed=args.seed)
+        loaded = [data_mod.load_source(s, i, task=self.name, models=ctx.models, seed=args.seed,
+                                       ignore_columns=spec.ignore_columns)
                   for i, s in enumerate(spec.datasets)]
         violations: list[data_mod.Violation] = []
         rows: list[dict[str, Any]] = []
         for i, ds in enumerate(loaded):
             notes.append(f"dataset {ds.source}: {len(ds.rows)} rows, format {ds.format}")
+            if ds.ignored:
+                notes.append(data_mod.ignored_warning(ds.source, ds.ignored))
             for row, (file, n) in zip(ds.rows, ds.origins):
                 try:
                     rows.append(encode_row(tokenizer, row, task=self.name, max_length=args.max_length,

@@ -100,6 +100,9 @@ def rlhf(
     ref_model: Annotated[str, typer.Option("--ref_model", "--ref-model", help="Full fine-tuning reference.")] = "",
     output_model_id: Annotated[str, typer.Option("--output_model_id", "--output-model-id")] = "",
     chat_template: Annotated[str, typer.Option("--chat_template", help="Jinja chat template (text or @file).")] = "",
+    ignore_columns: Annotated[bool, typer.Option("--ignore_columns", "--ignore-columns",
+                                                 help="Drop dataset columns no format reads, with a warning in the "
+                                                      "job's log (default: refuse the data).")] = False,
     job_id: Annotated[str, typer.Option("--job_id", "--job-id")] = "",
     label: Annotated[list[str] | None, typer.Option("--label", help="KEY=VALUE job label (repeatable).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Start even if the estimate says it does not fit.")] = False,
@@ -166,7 +169,7 @@ def rlhf(
         rlhf_type=rlhf_type, model=model, datasets=list(dataset), tuner=tuner, strategy=deepspeed,
         num_workers=num_workers, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
         ref_model=ref_model, output_model_id=output_model_id, max_prompt_length=max_prompt_length,
-        chat_template=chat_template, **kwargs,
+        chat_template=chat_template, ignore_columns=ignore_columns, **kwargs,
     ), job_id, labels, force, validate_only, estimate, detach, as_json)
 
 

@@ -29,7 +29,8 @@ from swiftmesh.cli.jobs import exit_for, follow_job, print_job
 from swiftmesh.clients.jobs import STRATEGIES, TUNERS
 from swiftmesh.clients.trainer import TrainerClient, build_spec
 
-BOOL_FLAGS = ("use_dora", "use_rslora", "gradient_checkpointing", "bf16", "assistant_only_loss", "merge_lora")
+BOOL_FLAGS = ("use_dora", "use_rslora", "gradient_checkpointing", "bf16", "assistant_only_loss", "merge_lora",
+              "ignore_columns")
 
 
 def BoolOpt(name: str, help: str = ""):
@@ -116,10 +117,11 @@ def _spec_from_flags(task: str, **o):
     else:
         strategy = "none"
     args = {k: v for k, v in o.items() if v is not None}
-    for b in ("gradient_checkpointing", "merge_lora", "assistant_only_loss", "bf16"):
+    for b in ("gradient_checkpointing", "merge_lora", "assistant_only_loss", "bf16", "ignore_columns"):
         if b in args:
             args[b] = _bool(b, args[b])
     merge_lora = args.pop("merge_lora", False) or False
+    ignore_columns = args.pop("ignore_columns", False) or False
     if "target_modules" in args:
         args["target_modules"] = [t for v in args["target_modules"] for t in v.replace(",", " ").split()]
     if "modules_to_save" in args:
@@ -144,6 +146,7 @@ def _spec_from_flags(task: str, **o):
         output_model_id=args.pop("output_model_id", "") or "",
         merge_lora=bool(merge_lora),
         chat_template=chat_template,
+        ignore_columns=bool(ignore_columns),
         **{k: v for k, v in args.items() if k not in ("memory_gib_per_worker",)},
     )
 
@@ -214,6 +217,7 @@ def _make_command(task: str):
         chat_template: Annotated[str | None, typer.Option("--chat_template", help="Jinja template (text or a file).")] = None,
         output_model_id: Annotated[str | None, typer.Option("--output_model_id", "--output_name", help="Hub id of the result.")] = None,
         merge_lora: BoolOpt("merge_lora") = None,
+        ignore_columns: BoolOpt("ignore_columns", "Drop dataset columns no format reads, with a warning in the job's log (default: refuse the data).") = None,
         job_id: Annotated[str, typer.Option("--job_id", help="Job id (default generated).")] = "",
         label: Annotated[list[str] | None, typer.Option("--label", help="key=value (repeatable).")] = None,
         force: Annotated[bool, typer.Option("--force", help="Start even if the estimate says it does not fit.")] = False,
@@ -240,7 +244,7 @@ def _make_command(task: str):
             assistant_only_loss=assistant_only_loss, lora_rank=lora_rank, lora_alpha=lora_alpha,
             lora_dropout=lora_dropout, target_modules=target_modules, modules_to_save=modules_to_save,
             lorap_lr_ratio=lorap_lr_ratio, bias=bias, chat_template=chat_template, output_model_id=output_model_id,
-            merge_lora=merge_lora,
+            merge_lora=merge_lora, ignore_columns=ignore_columns,
         )
         async with TrainerClient(settings, target) as client:
             if estimate_only:

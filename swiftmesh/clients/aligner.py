@@ -53,6 +53,7 @@ def build_spec(
     output_model_id: str = "",
     max_prompt_length: int = 0,
     chat_template: str = "",
+    ignore_columns: bool = False,
     **kwargs: Any,
 ) -> aligner_pb2.AlignmentSpec:
     """An AlignmentSpec from plain values.
@@ -62,6 +63,8 @@ def build_spec(
     ``CpoConfig`` for orpo/cpo/simpo; ``RewardConfig``; ``PpoConfig``; ``GrpoConfig``),
     ``TrainingArguments`` fields (``max_steps``, ``learning_rate``, ...) and ``LoraConfig`` fields
     (``r``, ``lora_alpha``, ``target_modules``, ...). ``None`` values are skipped.
+    ``ignore_columns`` drops dataset columns no format reads (with a warning in the job's log)
+    instead of refusing the data.
 
     Raises:
         InvalidArgument: unknown rlhf_type, tuner, strategy or field.
@@ -71,7 +74,7 @@ def build_spec(
                               field_violations=[("rlhf_type", rlhf_type)])
     spec = aligner_pb2.AlignmentSpec(rlhf_type=RLHF_TYPES[rlhf_type], ref_model=ref_model,
                                      output_model_id=output_model_id, max_prompt_length=max_prompt_length,
-                                     chat_template=chat_template)
+                                     chat_template=chat_template, ignore_columns=ignore_columns)
     method_field = METHOD_CONFIG[rlhf_type]
     method_msg = getattr(spec, method_field)
     method_fields = set(method_msg.DESCRIPTOR.fields_by_name)

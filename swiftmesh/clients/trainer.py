@@ -40,15 +40,18 @@ def build_spec(
     output_model_id: str = "",
     merge_lora: bool = False,
     chat_template: str = "",
+    ignore_columns: bool = False,
     **kwargs: Any,
 ) -> trainer_pb2.TrainingSpec:
     """A TrainingSpec from plain values. ``kwargs`` are TrainingArguments fields
     (``max_steps``, ``learning_rate``, ...) and LoraConfig fields (``r``, ``lora_alpha``,
-    ``target_modules``, ...). InvalidArgument names an unknown tuner, strategy, task or field."""
+    ``target_modules``, ...); ``ignore_columns`` drops dataset columns no format reads (with a
+    warning in the job's log) instead of refusing the data. InvalidArgument names an unknown
+    tuner, strategy, task or field."""
     if task not in TASKS:
         raise InvalidArgument(f"unknown task {task!r}; one of {sorted(TASKS)}", field_violations=[("task", task)])
     spec = trainer_pb2.TrainingSpec(task=TASKS[task], output_model_id=output_model_id, merge_lora=merge_lora,
-                                    chat_template=chat_template)
+                                    chat_template=chat_template, ignore_columns=ignore_columns)
     rest = tuning_fields(spec, model=model, datasets=datasets, tuner=tuner, strategy=strategy, num_workers=num_workers,
                          cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
                          memory_bytes_per_worker=memory_bytes_per_worker, kwargs=kwargs)

@@ -292,6 +292,9 @@ class TuningSpec(JsonDataclass):
     """LoRA settings of the LoRA-family tuners."""
     datasets: list[str] = field(default_factory=list)
     """Dataset sources: local files (jsonl, json, csv, parquet), "models/{id}" datasets, "#N" sampling."""
+    ignore_columns: bool = False
+    """Drop dataset columns with content that the row's format does not use, logging a warning
+    with a count per column (default False: such a column is an InvalidArgument naming row and column)."""
     args: TrainingSettings = field(default_factory=TrainingSettings)
     """Optimisation settings."""
     distribution: DistributionSettings = field(default_factory=DistributionSettings)

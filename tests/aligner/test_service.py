@@ -242,3 +242,41 @@ def test_cli_rlhf_validates_estimates_and_reports_bad_rows(stack, pairs, tmp_pat
     assert "row 1" in r.output and "rejected_response" in r.output and "looks like SFT data" in r.output
     r = runner.invoke(app, [*base, "--dataset", str(pairs), "--reward_model", "models/rm"])
     assert r.exit_code == 2 and "does not apply to --rlhf_type dpo" in r.output
+    # A content column no format reads: refused naming row and column; --ignore_columns drops it (issue 19).
+    rows = [json.loads(line) for line in pairs.read_text().splitlines()[:4]]
+    rows[2]["annotator"] = "bob"
+    extra = write_jsonl(tmp_path / "extra.jsonl", rows)
+    r = runner.invoke(app, [*base, "--dataset", str(extra), "--validate_only"])
+    out = " ".join(r.output.split())  # rich wraps long lines
+    assert r.exit_code == 1 and "row 3" in out and "annotator" in out and "INVALID_ARGUMENT" in out, r.output
+    r = runner.invoke(app, [*base, "--dataset", str(extra), "--validate_only", "--ignore_columns"])
+    assert r.exit_code == 0 and "valid" in r.output, r.output
+
+
+def test_ignore_columns_is_refused_without_and_dropped_with_a_logged_count(tiny_model_dir, pairs, tmp_path):
+    """Issue 19: a content column no DPO format reads is INVALID_ARGUMENT naming row and column in
+    the CreateJob prepare path (proto spec -> servicer translation -> the kind's prepare, before
+    any worker); ``ignore_columns`` drops it and the job's notes (its log lines) count it."""
+    from swiftmesh.jobkit import LocalModelSource, PrepareContext
+    from swiftmesh.jobkit.kinds import ClusterResources
+    from swiftmesh.runtime.config import Settings
+    from swiftmesh.services.aligner.kinds import AlignKind
+    from swiftmesh.services.aligner.servicer import alignment_spec
+
+    rows = [json.loads(line) for line in pairs.read_text().splitlines()[:4]]
+    for r in rows[1:]:
+        r["annotator"] = "alice"
+    extra = write_jsonl(tmp_path / "extra.jsonl", rows)
+    src = LocalModelSource(tmp_path / "models")
+    src.add(tiny_model_dir, "tiny")
+    ctx = PrepareContext(settings=Settings.load(None, data_dir=tmp_path / "data"), models=src, job="jobs/x",
+                         cluster=ClusterResources.local)
+    spec = build_spec(rlhf_type="dpo", model="models/tiny", datasets=[str(extra)], max_steps=2)
+    with pytest.raises(InvalidArgument) as e:
+        AlignKind("dpo").prepare(alignment_spec(spec), ctx)
+    assert "row 2" in e.value.message and "annotator" in e.value.message and "ignore_columns" in e.value.message
+    spec = build_spec(rlhf_type="dpo", model="models/tiny", datasets=[str(extra)], max_steps=2, ignore_columns=True)
+    assert spec.ignore_columns and alignment_spec(spec).ignore_columns
+    plan = AlignKind("dpo").prepare(alignment_spec(spec), ctx)
+    assert len(plan.data["train"]) == 4
+    assert any("ignore_columns dropped 'annotator' from 3 rows" in n for n in plan.notes), plan.notes

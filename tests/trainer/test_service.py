@@ -271,3 +271,54 @@ def test_smollm2_identity_lora_changes_its_answer(stack, smollm2_dir, tmp_path):
     after = ask(tuned)
     assert "Swifty" not in before
     assert "Swifty" in after and after != before, (before, after)
+
+
+def test_ignore_columns_is_refused_without_and_dropped_with_a_logged_count(tiny_model_dir, tmp_path):
+    """Issue 19: a content column no format reads is INVALID_ARGUMENT naming row and column in the
+    CreateJob prepare path (proto spec -> servicer translation -> the kind's prepare, before any
+    worker); ``ignore_columns`` drops it and the job's notes (its log lines) count it."""
+    from swiftmesh.jobkit import LocalModelSource, PrepareContext
+    from swiftmesh.jobkit.kinds import ClusterResources
+    from swiftmesh.runtime.config import Settings
+    from swiftmesh.services.trainer.kinds import TrainKind
+    from swiftmesh.services.trainer.servicer import training_spec
+
+    rows = identity_rows(4)
+    for r in rows[1:]:
+        r["source_url"] = "https://example.com/identity"
+    extra = write_jsonl(tmp_path / "extra.jsonl", rows)
+    src = LocalModelSource(tmp_path / "models")
+    src.add(tiny_model_dir, "tiny")
+    ctx = PrepareContext(settings=Settings.load(None, data_dir=tmp_path / "data"), models=src, job="jobs/x",
+                         cluster=ClusterResources.local)
+    spec = build_spec(model="models/tiny", datasets=[str(extra)], max_steps=2)
+    with pytest.raises(InvalidArgument) as e:
+        TrainKind("sft").prepare(training_spec(spec), ctx)
+    assert "row 2" in e.value.message and "source_url" in e.value.message and "ignore_columns" in e.value.message
+    assert e.value.field_violations[0].field == "spec.datasets[0]"
+    spec = build_spec(model="models/tiny", datasets=[str(extra)], max_steps=2, ignore_columns=True)
+    assert spec.ignore_columns and training_spec(spec).ignore_columns
+    plan = TrainKind("sft").prepare(training_spec(spec), ctx)
+    assert len(plan.data["train"]) == 4
+    assert any("ignore_columns dropped 'source_url' from 3 rows" in n for n in plan.notes), plan.notes
+
+
+def test_cli_sft_ignore_columns_through_create_job_validate_only(stack, tmp_path):
+    """`swiftmesh sft --validate_only` on a file with an extra content column: INVALID_ARGUMENT
+    naming row and column (exit 1); with --ignore_columns the same CreateJob is valid (issue 19)."""
+    from typer.testing import CliRunner
+
+    from swiftmesh.cli.main import app
+
+    rows = identity_rows(4)
+    rows[1]["source_url"] = "https://example.com/identity"
+    extra = write_jsonl(tmp_path / "extra.jsonl", rows)
+    base = ["sft", "--model", "tiny", "--dataset", str(extra), "--max_steps", "2", "--validate_only",
+            "--target", stack.settings.trainer.target]
+    r = CliRunner().invoke(app, base)
+    out = " ".join(r.output.split())  # rich wraps long lines
+    assert r.exit_code == 1 and "row 2, field 'source_url'" in out and "INVALID_ARGUMENT" in out, r.output
+    for flag in (["--ignore_columns"], ["--ignore_columns", "true"]):
+        r = CliRunner().invoke(app, [*base, *flag])
+        assert r.exit_code == 0 and "valid" in r.output, r.output
+    assert call(stack, lambda t: t.list()) == []

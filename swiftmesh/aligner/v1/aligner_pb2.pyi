@@ -129,7 +129,7 @@ class GrpoConfig(_message.Message):
     def __init__(self, reward_model: _Optional[str] = ..., reward_funcs: _Optional[_Iterable[str]] = ..., num_generations: _Optional[int] = ..., beta: _Optional[float] = ..., max_completion_length: _Optional[int] = ..., temperature: _Optional[float] = ..., epsilon: _Optional[float] = ..., loss_type: _Optional[str] = ...) -> None: ...
 
 class AlignmentSpec(_message.Message):
-    __slots__ = ("model", "rlhf_type", "tuner", "lora", "datasets", "args", "distribution", "ref_model", "dpo", "kto", "cpo", "rm", "ppo", "grpo", "output_model_id", "max_prompt_length", "chat_template")
+    __slots__ = ("model", "rlhf_type", "tuner", "lora", "datasets", "args", "distribution", "ref_model", "dpo", "kto", "cpo", "rm", "ppo", "grpo", "output_model_id", "max_prompt_length", "chat_template", "ignore_columns")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     RLHF_TYPE_FIELD_NUMBER: _ClassVar[int]
     TUNER_FIELD_NUMBER: _ClassVar[int]
@@ -147,6 +147,7 @@ class AlignmentSpec(_message.Message):
     OUTPUT_MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     MAX_PROMPT_LENGTH_FIELD_NUMBER: _ClassVar[int]
     CHAT_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    IGNORE_COLUMNS_FIELD_NUMBER: _ClassVar[int]
     model: str
     rlhf_type: RlhfType
     tuner: _training_pb2.Tuner
@@ -164,7 +165,8 @@ class AlignmentSpec(_message.Message):
     output_model_id: str
     max_prompt_length: int
     chat_template: str
-    def __init__(self, model: _Optional[str] = ..., rlhf_type: _Optional[_Union[RlhfType, str]] = ..., tuner: _Optional[_Union[_training_pb2.Tuner, str]] = ..., lora: _Optional[_Union[_training_pb2.LoraConfig, _Mapping]] = ..., datasets: _Optional[_Iterable[str]] = ..., args: _Optional[_Union[_training_pb2.TrainingArguments, _Mapping]] = ..., distribution: _Optional[_Union[_training_pb2.Distribution, _Mapping]] = ..., ref_model: _Optional[str] = ..., dpo: _Optional[_Union[DpoConfig, _Mapping]] = ..., kto: _Optional[_Union[KtoConfig, _Mapping]] = ..., cpo: _Optional[_Union[CpoConfig, _Mapping]] = ..., rm: _Optional[_Union[RewardConfig, _Mapping]] = ..., ppo: _Optional[_Union[PpoConfig, _Mapping]] = ..., grpo: _Optional[_Union[GrpoConfig, _Mapping]] = ..., output_model_id: _Optional[str] = ..., max_prompt_length: _Optional[int] = ..., chat_template: _Optional[str] = ...) -> None: ...
+    ignore_columns: bool
+    def __init__(self, model: _Optional[str] = ..., rlhf_type: _Optional[_Union[RlhfType, str]] = ..., tuner: _Optional[_Union[_training_pb2.Tuner, str]] = ..., lora: _Optional[_Union[_training_pb2.LoraConfig, _Mapping]] = ..., datasets: _Optional[_Iterable[str]] = ..., args: _Optional[_Union[_training_pb2.TrainingArguments, _Mapping]] = ..., distribution: _Optional[_Union[_training_pb2.Distribution, _Mapping]] = ..., ref_model: _Optional[str] = ..., dpo: _Optional[_Union[DpoConfig, _Mapping]] = ..., kto: _Optional[_Union[KtoConfig, _Mapping]] = ..., cpo: _Optional[_Union[CpoConfig, _Mapping]] = ..., rm: _Optional[_Union[RewardConfig, _Mapping]] = ..., ppo: _Optional[_Union[PpoConfig, _Mapping]] = ..., grpo: _Optional[_Union[GrpoConfig, _Mapping]] = ..., output_model_id: _Optional[str] = ..., max_prompt_length: _Optional[int] = ..., chat_template: _Optional[str] = ..., ignore_columns: _Optional[bool] = ...) -> None: ...
 
 class CreateJobRequest(_message.Message):
     __slots__ = ("spec", "job_id", "force", "validate_only", "labels")

@@ -26,7 +26,7 @@ from swiftmesh.jobs.v1 import jobs_pb2 as swiftmesh_dot_jobs_dot_v1_dot_jobs__pb
 from swiftmesh.jobs.v1 import training_pb2 as swiftmesh_dot_jobs_dot_v1_dot_training__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"swiftmesh/trainer/v1/trainer.proto\x12\x14swiftmesh.trainer.v1\x1a\x1cswiftmesh/jobs/v1/jobs.proto\x1a swiftmesh/jobs/v1/training.proto\"\xde\x02\n\x0cTrainingSpec\x12\r\n\x05model\x18\x01 \x01(\t\x12(\n\x04task\x18\x02 \x01(\x0e\x32\x1a.swiftmesh.trainer.v1.Task\x12\'\n\x05tuner\x18\x03 \x01(\x0e\x32\x18.swiftmesh.jobs.v1.Tuner\x12+\n\x04lora\x18\x04 \x01(\x0b\x32\x1d.swiftmesh.jobs.v1.LoraConfig\x12\x10\n\x08\x64\x61tasets\x18\x05 \x03(\t\x12\x32\n\x04\x61rgs\x18\x06 \x01(\x0b\x32$.swiftmesh.jobs.v1.TrainingArguments\x12\x35\n\x0c\x64istribution\x18\x07 \x01(\x0b\x32\x1f.swiftmesh.jobs.v1.Distribution\x12\x17\n\x0foutput_model_id\x18\x08 \x01(\t\x12\x12\n\nmerge_lora\x18\t \x01(\x08\x12\x15\n\rchat_template\x18\n \x01(\t\"\xed\x01\n\x10\x43reateJobRequest\x12\x30\n\x04spec\x18\x01 \x01(\x0b\x32\".swiftmesh.trainer.v1.TrainingSpec\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05\x66orce\x18\x03 \x01(\x08\x12\x15\n\rvalidate_only\x18\x04 \x01(\x08\x12\x42\n\x06labels\x18\x05 \x03(\x0b\x32\x32.swiftmesh.trainer.v1.CreateJobRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"F\n\x12\x45stimateJobRequest\x12\x30\n\x04spec\x18\x01 \x01(\x0b\x32\".swiftmesh.trainer.v1.TrainingSpec*G\n\x04Task\x12\x14\n\x10TASK_UNSPECIFIED\x10\x00\x12\x0c\n\x08TASK_SFT\x10\x01\x12\x0b\n\x07TASK_PT\x10\x02\x12\x0e\n\nTASK_MERGE\x10\x03\x32\xb3\x01\n\x0eTrainerService\x12K\n\tCreateJob\x12&.swiftmesh.trainer.v1.CreateJobRequest\x1a\x16.swiftmesh.jobs.v1.Job\x12T\n\x0b\x45stimateJob\x12(.swiftmesh.trainer.v1.EstimateJobRequest\x1a\x1b.swiftmesh.jobs.v1.Estimateb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"swiftmesh/trainer/v1/trainer.proto\x12\x14swiftmesh.trainer.v1\x1a\x1cswiftmesh/jobs/v1/jobs.proto\x1a swiftmesh/jobs/v1/training.proto\"\xf6\x02\n\x0cTrainingSpec\x12\r\n\x05model\x18\x01 \x01(\t\x12(\n\x04task\x18\x02 \x01(\x0e\x32\x1a.swiftmesh.trainer.v1.Task\x12\'\n\x05tuner\x18\x03 \x01(\x0e\x32\x18.swiftmesh.jobs.v1.Tuner\x12+\n\x04lora\x18\x04 \x01(\x0b\x32\x1d.swiftmesh.jobs.v1.LoraConfig\x12\x10\n\x08\x64\x61tasets\x18\x05 \x03(\t\x12\x32\n\x04\x61rgs\x18\x06 \x01(\x0b\x32$.swiftmesh.jobs.v1.TrainingArguments\x12\x35\n\x0c\x64istribution\x18\x07 \x01(\x0b\x32\x1f.swiftmesh.jobs.v1.Distribution\x12\x17\n\x0foutput_model_id\x18\x08 \x01(\t\x12\x12\n\nmerge_lora\x18\t \x01(\x08\x12\x15\n\rchat_template\x18\n \x01(\t\x12\x16\n\x0eignore_columns\x18\x0b \x01(\x08\"\xed\x01\n\x10\x43reateJobRequest\x12\x30\n\x04spec\x18\x01 \x01(\x0b\x32\".swiftmesh.trainer.v1.TrainingSpec\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\r\n\x05\x66orce\x18\x03 \x01(\x08\x12\x15\n\rvalidate_only\x18\x04 \x01(\x08\x12\x42\n\x06labels\x18\x05 \x03(\x0b\x32\x32.swiftmesh.trainer.v1.CreateJobRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"F\n\x12\x45stimateJobRequest\x12\x30\n\x04spec\x18\x01 \x01(\x0b\x32\".swiftmesh.trainer.v1.TrainingSpec*G\n\x04Task\x12\x14\n\x10TASK_UNSPECIFIED\x10\x00\x12\x0c\n\x08TASK_SFT\x10\x01\x12\x0b\n\x07TASK_PT\x10\x02\x12\x0e\n\nTASK_MERGE\x10\x03\x32\xb3\x01\n\x0eTrainerService\x12K\n\tCreateJob\x12&.swiftmesh.trainer.v1.CreateJobRequest\x1a\x16.swiftmesh.jobs.v1.Job\x12T\n\x0b\x45stimateJob\x12(.swiftmesh.trainer.v1.EstimateJobRequest\x1a\x1b.swiftmesh.jobs.v1.Estimateb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,16 +35,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CREATEJOBREQUEST_LABELSENTRY']._loaded_options = None
   _globals['_CREATEJOBREQUEST_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_TASK']._serialized_start=789
-  _globals['_TASK']._serialized_end=860
+  _globals['_TASK']._serialized_start=813
+  _globals['_TASK']._serialized_end=884
   _globals['_TRAININGSPEC']._serialized_start=125
-  _globals['_TRAININGSPEC']._serialized_end=475
-  _globals['_CREATEJOBREQUEST']._serialized_start=478
-  _globals['_CREATEJOBREQUEST']._serialized_end=715
-  _globals['_CREATEJOBREQUEST_LABELSENTRY']._serialized_start=670
-  _globals['_CREATEJOBREQUEST_LABELSENTRY']._serialized_end=715
-  _globals['_ESTIMATEJOBREQUEST']._serialized_start=717
-  _globals['_ESTIMATEJOBREQUEST']._serialized_end=787
-  _globals['_TRAINERSERVICE']._serialized_start=863
-  _globals['_TRAINERSERVICE']._serialized_end=1042
+  _globals['_TRAININGSPEC']._serialized_end=499
+  _globals['_CREATEJOBREQUEST']._serialized_start=502
+  _globals['_CREATEJOBREQUEST']._serialized_end=739
+  _globals['_CREATEJOBREQUEST_LABELSENTRY']._serialized_start=694
+  _globals['_CREATEJOBREQUEST_LABELSENTRY']._serialized_end=739
+  _globals['_ESTIMATEJOBREQUEST']._serialized_start=741
+  _globals['_ESTIMATEJOBREQUEST']._serialized_end=811
+  _globals['_TRAINERSERVICE']._serialized_start=887
+  _globals['_TRAINERSERVICE']._serialized_end=1066
 # @@protoc_insertion_point(module_scope)

@@ -21,7 +21,7 @@ TASK_PT: Task
 TASK_MERGE: Task
 
 class TrainingSpec(_message.Message):
-    __slots__ = ("model", "task", "tuner", "lora", "datasets", "args", "distribution", "output_model_id", "merge_lora", "chat_template")
+    __slots__ = ("model", "task", "tuner", "lora", "datasets", "args", "distribution", "output_model_id", "merge_lora", "chat_template", "ignore_columns")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     TUNER_FIELD_NUMBER: _ClassVar[int]
@@ -32,6 +32,7 @@ class TrainingSpec(_message.Message):
     OUTPUT_MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     MERGE_LORA_FIELD_NUMBER: _ClassVar[int]
     CHAT_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    IGNORE_COLUMNS_FIELD_NUMBER: _ClassVar[int]
     model: str
     task: Task
     tuner: _training_pb2.Tuner
@@ -42,7 +43,8 @@ class TrainingSpec(_message.Message):
     output_model_id: str
     merge_lora: bool
     chat_template: str
-    def __init__(self, model: _Optional[str] = ..., task: _Optional[_Union[Task, str]] = ..., tuner: _Optional[_Union[_training_pb2.Tuner, str]] = ..., lora: _Optional[_Union[_training_pb2.LoraConfig, _Mapping]] = ..., datasets: _Optional[_Iterable[str]] = ..., args: _Optional[_Union[_training_pb2.TrainingArguments, _Mapping]] = ..., distribution: _Optional[_Union[_training_pb2.Distribution, _Mapping]] = ..., output_model_id: _Optional[str] = ..., merge_lora: _Optional[bool] = ..., chat_template: _Optional[str] = ...) -> None: ...
+    ignore_columns: bool
+    def __init__(self, model: _Optional[str] = ..., task: _Optional[_Union[Task, str]] = ..., tuner: _Optional[_Union[_training_pb2.Tuner, str]] = ..., lora: _Optional[_Union[_training_pb2.LoraConfig, _Mapping]] = ..., datasets: _Optional[_Iterable[str]] = ..., args: _Optional[_Union[_training_pb2.TrainingArguments, _Mapping]] = ..., distribution: _Optional[_Union[_training_pb2.Distribution, _Mapping]] = ..., output_model_id: _Optional[str] = ..., merge_lora: _Optional[bool] = ..., chat_template: _Optional[str] = ..., ignore_columns: _Optional[bool] = ...) -> None: ...
 
 class CreateJobRequest(_message.Message):
     __slots__ = ("spec", "job_id", "force", "validate_only", "labels")

@@ -18,9 +18,11 @@ embedded Ray heads), stopping it about 16 s.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import subprocess
 import warnings
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
@@ -204,10 +206,13 @@ def chain(tmp_path_factory, tiny_model_dir) -> Iterator[Chain]:
             chain.processes[svc].wait_ready(timeout=300)
         yield chain
     finally:
-        # SIGTERM to all at once: they drain in parallel (the trainer and aligner end their Ray),
-        # then the harness waits for each and kills what is left.
+        # SIGTERM to all at once: they drain in parallel (the trainer and aligner end their Ray).
+        # Wait for them before the harness's stop, which would signal a draining service again.
         for p in chain.processes.values():
             p.send_signal(signal.SIGTERM)
+        for p in chain.processes.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(90)
         stack.stop()
         left = end_leftovers(root)
         if left:

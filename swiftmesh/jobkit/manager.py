@@ -251,8 +251,8 @@ class JobManager:
             return job
         queued = await asyncio.to_thread(self._persist_new, job, plan)
         self.events.deliver(queued)
-        for note in plan.notes:
-            self.log_line(name, note, "INFO", "driver")
+        for note in plan.notes:  # "warning: ..." notes (e.g. ignore_columns' count) at WARNING level
+            self.log_line(name, note, "WARNING" if note.startswith("warning:") else "INFO", "driver")
         self._start_run(name, resume=False, trace_context=_trace_context())
         return self.store.get(name)
 

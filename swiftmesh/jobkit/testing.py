@@ -26,7 +26,8 @@ class ToyKind(JobKind):
     spec_type = dict
 
     def prepare(self, spec: dict, ctx: PrepareContext) -> JobPlan:
-        """Plan ``spec["steps"]`` steps over 20 rows; InvalidArgument for steps <= 0."""
+        """Plan ``spec["steps"]`` steps over 20 rows (``spec["notes"]``: extra plan notes);
+        InvalidArgument for steps <= 0."""
         cfg = dict(spec)
         steps = int(cfg.get("steps", 10))
         if steps <= 0:
@@ -46,7 +47,7 @@ class ToyKind(JobKind):
             total_steps=steps,
             max_failures=int(cfg.get("max_failures", 1)),
             checkpoints_to_keep=2,
-            notes=[f"toy job: {steps} steps"],
+            notes=[f"toy job: {steps} steps", *cfg.get("notes", [])],
         )
 
     def estimate(self, spec, ctx) -> Estimate:

@@ -76,7 +76,9 @@ async def wait_state(mgr, name, wanted, timeout=120):
 
 
 async def test_toy_job_lifecycle_events_checkpoints_artifact(manager, tmp_path):
-    job = await manager.create("toy", spec(steps=8, save_steps=3, output="models/toy-out"), job_id="toy-ok")
+    job = await manager.create("toy", spec(steps=8, save_steps=3, output="models/toy-out",
+                                           notes=["warning: ignore_columns dropped 'x' from 2 rows of d.jsonl"]),
+                               job_id="toy-ok")
     assert job.state == states.QUEUED
     events = [ev async for ev in manager.watch(job.name, follow=True)]
     job = await manager.get(job.name)
@@ -85,6 +87,10 @@ async def test_toy_job_lifecycle_events_checkpoints_artifact(manager, tmp_path):
     assert seen_states == [states.QUEUED, states.RUNNING, states.SUCCEEDED]
     losses = [e.metrics.metrics["train/loss"] for e in events if e.metrics is not None and "train/loss" in e.metrics.metrics]
     assert len(losses) == 8 and losses[-1] < losses[0] / 2
+    # The plan's notes are driver log lines; a "warning:" note (issue 19's ignore_columns count) is a WARNING.
+    notes = [(e.log.level, e.log.message) for e in events if e.log is not None and e.log.source == "driver"]
+    assert ("INFO", "toy job: 8 steps") in notes
+    assert ("WARNING", "warning: ignore_columns dropped 'x' from 2 rows of d.jsonl") in notes
     assert [c.step for c in job.checkpoints] == [6, 8]  # last K=2 of 3, 6, 8
     assert [e.checkpoint.step for e in events if e.checkpoint is not None] == [3, 6, 8]
     assert job.progress.step == 8 and job.progress.total_steps == 8 and job.progress.fraction == 1.0

@@ -1,6 +1,6 @@
 """Other hubs, as the domain sees them: the models they hold and the bytes of their files.
 
-Calls go through the hub client (:class:`swiftmesh.clients.hub.BlockingHubClient`, on the shared
+Calls go through the hub client (:class:`swiftmesh.clients.hub_blocking.BlockingHubClient`, on the shared
 channel factory: deadlines, retries of UNAVAILABLE, auth, TLS, tracing; a channel per call), one
 client per target, shared by every pull of this process. The client's messages become the domain's types here; errors
 arrive as :mod:`swiftmesh.runtime.errors` exceptions.
@@ -13,7 +13,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from swiftmesh.clients.hub import BlockingHubClient
+from swiftmesh.clients.hub_blocking import BlockingHubClient
 from swiftmesh.runtime.config import Settings
 
 from .store import FileEntry, ModelFormat

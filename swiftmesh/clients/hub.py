@@ -1,9 +1,5 @@
 """Typed async client of the hub service (``swiftmesh.hub.v1.HubService``).
 
-(About 570 lines, over the house's 500: it is the hub's whole client surface in one place, the
-async client with its mirror and upload logic and the blocking face over it, which share the
-same helpers.)
-
     async with HubClient(settings) as hub:
         model = await hub.pull("hf://HuggingFaceTB/SmolLM2-135M-Instruct", on_progress=print)
         path = await hub.materialize(model.name)      # a local directory with the model files
@@ -19,21 +15,18 @@ on a private event loop.
 ``materialize`` uses the hub's own cache directory when the hub runs on this host (its
 ``LocalLocation.host_id`` names this machine and the files are there with the right sizes);
 otherwise it mirrors the model through ``ReadModelFile`` into a local directory, resuming
-partial files and verifying each file's sha256. ``materialize_sync`` / ``upload_dir_sync`` run
-their own event loop, for threads and Ray workers.
+partial files and verifying each file's sha256. The blocking face (``BlockingHubClient``, ``materialize_sync``,
+``upload_dir_sync``, ``get_sync``) for threads and Ray workers is in :mod:`swiftmesh.clients.hub_blocking`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import contextvars
 import hashlib
 import inspect
 import json
 import os
-import threading
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Self
 
@@ -50,15 +43,12 @@ from swiftmesh.runtime.host import MACHINE_ID_ENV, machine_id
 __all__ = [
     "MACHINE_ID_ENV",
     "MIRROR_MANIFEST",
-    "BlockingHubClient",
     "HubClient",
     "format_name",
     "format_value",
     "machine_id",
-    "materialize_sync",
     "model_resource_name",
     "same_host",
-    "upload_dir_sync",
 ]
 
 # Upload and mirror chunk size, bytes (the server caps ReadModelFile chunks at 4 MiB).
@@ -491,114 +481,3 @@ def _hash_prefix(path: Path) -> Any:
 
 def _write_json_atomic(path: Path, data: Any) -> None:
     write_atomic(path, json.dumps(data, indent=1, sort_keys=True))
-
-
-# --------------------------------------------------------------------------------------------
-# Synchronous helpers (own event loop): threads, Ray workers, scripts
-# --------------------------------------------------------------------------------------------
-def _run(coro_fn: Callable[[], Any]) -> Any:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro_fn())
-    # called from inside a running loop (e.g. a notebook): run on a private thread, in this
-    # thread's context (the current trace span stays the parent of the calls)
-    ctx = contextvars.copy_context()
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(ctx.run, lambda: asyncio.run(coro_fn())).result()
-
-
-def materialize_sync(settings: Settings, name: str, dest_root: Path | None = None) -> Path:
-    """Blocking :meth:`HubClient.materialize` (runs its own event loop; safe from any thread)."""
-
-    async def go() -> Path:
-        async with HubClient(settings) as hub:
-            return await hub.materialize(name, dest_root)
-
-    return _run(go)
-
-
-def upload_dir_sync(settings: Settings, path: str | Path, model_id: str, **kw: Any) -> hub_pb2.Model:
-    """Blocking :meth:`HubClient.upload_dir` (keyword arguments as there)."""
-
-    async def go() -> hub_pb2.Model:
-        async with HubClient(settings) as hub:
-            return await hub.upload_dir(path, model_id, **kw)
-
-    return _run(go)
-
-
-def get_sync(settings: Settings, name: str) -> hub_pb2.Model:
-    """Blocking :meth:`HubClient.get`. Raises NotFound."""
-
-    async def go() -> hub_pb2.Model:
-        async with HubClient(settings) as hub:
-            return await hub.get(name)
-
-    return _run(go)
-
-
-class BlockingHubClient:
-    """:class:`HubClient` for blocking code: any number of threads may call it at once.
-
-    Calls run on a private event loop in a daemon thread and block until done; each opens its own
-    :class:`HubClient` (one channel from the shared factory: deadlines, retries of UNAVAILABLE,
-    auth, TLS, tracing), so a broken connection never outlives the call that saw it. The call is
-    scheduled in the calling thread's context (its trace span is the parent).
-
-    Args:
-        settings: SwiftMesh settings (deadline, auth token, TLS).
-        target: hub address "host:port" (default ``settings.hub.target``).
-
-    Errors raise :mod:`swiftmesh.runtime.errors` exceptions, as :class:`HubClient`'s do.
-    """
-
-    def __init__(self, settings: Settings, target: str | None = None, *, send_token: bool = True) -> None:
-        self.settings = settings
-        self.target = target or settings.hub.target
-        self.send_token = send_token
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="hub-client", daemon=True)
-        self._thread.start()
-
-    def _run(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
-
-    def get(self, name: str) -> hub_pb2.Model:
-        """:meth:`HubClient.get`: the model ``name``. Raises NotFound."""
-
-        async def go() -> hub_pb2.Model:
-            async with HubClient(self.settings, self.target, send_token=self.send_token) as hub:
-                return await hub.get(name)
-
-        return self._run(go())
-
-    def read_file(self, name: str, path: str, offset: int = 0, limit: int = 0, chunk_size: int = 0
-                  ) -> Iterator[hub_pb2.ReadModelFileResponse]:
-        """:meth:`HubClient.read_file` as a blocking iterator (one hand-over between threads per
-        chunk); closing it early cancels the call. The channel does not retry: a broken stream
-        raises (Unavailable ...) and the caller resumes from the bytes it has."""
-
-        async def responses() -> AsyncIterator[hub_pb2.ReadModelFileResponse]:
-            async with HubClient(self.settings, self.target, retries=False, send_token=self.send_token) as hub:
-                async for resp in hub.read_file(name, path, offset=offset, limit=limit, chunk_size=chunk_size):
-                    yield resp
-
-        stream = responses()
-        try:
-            while True:
-                try:
-                    resp = self._run(anext(stream))
-                except StopAsyncIteration:
-                    return
-                yield resp
-        finally:
-            self._run(stream.aclose())
-
-    def close(self) -> None:
-        """Stop the loop (after the calls in flight); idempotent."""
-        if self._loop.is_closed():
-            return
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()

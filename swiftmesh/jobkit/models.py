@@ -214,7 +214,8 @@ class HubModelSource:
 
     def upload(self, path, model_id, *, format, lineage=None, labels=None, overwrite=False) -> str:
         """Upload a directory as ``models/{model_id}`` (``format``: "full" or "peft_adapter", lineage and labels as the hub takes them); returns its name."""
-        from swiftmesh.clients.hub import format_value, upload_dir_sync
+        from swiftmesh.clients.hub import format_value
+        from swiftmesh.clients.hub_blocking import upload_dir_sync
 
         fmt = format_value(format)
         m = upload_dir_sync(

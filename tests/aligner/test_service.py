@@ -128,7 +128,7 @@ def test_dpo_under_zero3_with_two_ray_workers_from_an_sft_adapter(stack, pairs, 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from swiftmesh.clients.hub import materialize_sync
+    from swiftmesh.clients.hub_blocking import materialize_sync
     from swiftmesh.jobkit.tensorboard import read_scalars
 
     spec = build_spec(rlhf_type="dpo", model=sft_adapter, datasets=[str(pairs)], strategy="zero3", num_workers=2,

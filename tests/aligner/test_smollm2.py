@@ -44,7 +44,7 @@ def _margin(base_dir, adapter_dir, rows) -> float:
 
 
 def test_dpo_after_the_trainers_sft_adapter_raises_the_margin(stack, tmp_path):
-    from swiftmesh.clients.hub import materialize_sync
+    from swiftmesh.clients.hub_blocking import materialize_sync
     from swiftmesh.clients.trainer import TrainerClient
     from swiftmesh.clients.trainer import build_spec as sft_spec
     from swiftmesh.data.identity import identity_rows, render_identity_dataset

@@ -9,7 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from swiftmesh.cli.main import app
-from swiftmesh.clients.hub import format_value, upload_dir_sync
+from swiftmesh.clients.hub import format_value
+from swiftmesh.clients.hub_blocking import upload_dir_sync
 from swiftmesh.testing.services import start_in_process
 
 

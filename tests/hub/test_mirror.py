@@ -12,7 +12,8 @@ import pytest
 from swiftmesh.services.hub.hub import BYTES_SERVED
 
 from swiftmesh.clients import hub as hub_client
-from swiftmesh.clients.hub import HubClient, materialize_sync
+from swiftmesh.clients.hub import HubClient
+from swiftmesh.clients.hub_blocking import materialize_sync
 from swiftmesh.hub.v1 import hub_pb2
 from swiftmesh.runtime.errors import DataLoss, NotFound, Unavailable
 from tests.hub.helpers import sha256_file, write_model

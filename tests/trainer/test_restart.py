@@ -31,7 +31,7 @@ def call(settings, fn, timeout=900):
 
 
 def test_kill9_restart_resumes_on_its_own_from_checkpoint(tmp_path, tiny_model_dir):
-    from swiftmesh.clients.hub import materialize_sync
+    from swiftmesh.clients.hub_blocking import materialize_sync
     from swiftmesh.jobkit.ray_runtime import default_temp_dir, ray_processes_using
 
     settings = trainer_settings(tmp_path / "data")

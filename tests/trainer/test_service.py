@@ -88,7 +88,7 @@ def test_lora_job_events_tensorboard_and_adapter_in_hub(stack, data, tiny_model_
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from swiftmesh.clients.hub import materialize_sync, get_sync
+    from swiftmesh.clients.hub_blocking import get_sync, materialize_sync
     from swiftmesh.jobkit.tensorboard import read_scalars
 
     spec = build_spec(model="models/tiny", datasets=[str(data)], tuner="lora", max_steps=8, learning_rate=5e-3,
@@ -132,7 +132,7 @@ def test_lora_job_events_tensorboard_and_adapter_in_hub(stack, data, tiny_model_
 
 @pytest.mark.parametrize("strategy", ["zero2", "zero3"])
 def test_deepspeed_zero_with_two_ray_workers(stack, data, strategy):
-    from swiftmesh.clients.hub import get_sync, materialize_sync
+    from swiftmesh.clients.hub_blocking import get_sync, materialize_sync
 
     spec = build_spec(model="models/tiny", datasets=[str(data)], tuner="lora", strategy=strategy, num_workers=2,
                       max_steps=4, learning_rate=5e-3, per_device_train_batch_size=2, save_steps=2,
@@ -189,7 +189,7 @@ def test_worker_failure_restarts_from_checkpoint_with_the_same_result(stack, dat
     checkpoint of step 4 and the adapter matches an uninterrupted run's."""
     from conftest import adapter_tensors, reference_adapter
 
-    from swiftmesh.clients.hub import materialize_sync
+    from swiftmesh.clients.hub_blocking import materialize_sync
     from swiftmesh.jobkit import FAIL_AT_STEP_LABEL
 
     spec = build_spec(model="models/tiny", datasets=[str(data)], tuner="lora", max_steps=8, learning_rate=5e-3,
@@ -247,7 +247,7 @@ def test_smollm2_identity_lora_changes_its_answer(stack, smollm2_dir, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from swiftmesh.clients.hub import materialize_sync
+    from swiftmesh.clients.hub_blocking import materialize_sync
 
     pull(stack.settings, smollm2_dir, "smollm2")
     ident = write_jsonl(tmp_path / "identity.jsonl", identity_rows(16))

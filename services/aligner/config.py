@@ -187,6 +187,8 @@ class AlignmentConfig:
     model: str
     # Dataset specs (local files, "#N" sampling).
     datasets: list[str] = field(default_factory=list)
+    # Drop dataset columns no format reads (counted in the data's ``ignored``) instead of failing.
+    ignore_columns: bool = False
     # A PEFT adapter (e.g. from an SFT job) to start from; trained further with PEFT tuners,
     # merged into the model first with tuner "full".
     adapter: str | None = None

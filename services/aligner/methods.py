@@ -310,7 +310,7 @@ def build_trainer(cfg: AlignmentConfig, data: AlignmentData | None = None, *, ca
     cfg.validate()
     m = cfg.rlhf_type
     if data is None:
-        data = load_alignment_data(cfg.datasets, m, seed=cfg.training.seed)
+        data = load_alignment_data(cfg.datasets, m, seed=cfg.training.seed, ignore_columns=cfg.ignore_columns)
     if data.method != m:
         data = AlignmentData(m, data.rows, data.style, data.formats)
     bf16 = _bf16(cfg)

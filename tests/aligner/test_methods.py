@@ -253,3 +253,16 @@ def test_spec_round_trips_through_the_proto_and_the_job_store_json(rlhf_type):
     again = AlignmentSpec.from_json(json.loads(json.dumps(spec.to_json())))
     assert again == spec
     assert SPEC.from_proto(SPEC.to_proto(again)) == spec
+
+
+def test_build_trainer_refuses_an_unused_column_unless_ignore_columns(tmp_path, tiny_dir, pairs_file):
+    """The library path (AlignmentConfig -> build_trainer) reads ``ignore_columns`` as the job kinds do (issue 19)."""
+    from swiftmesh.runtime.errors import InvalidArgument
+
+    rows = [json.loads(line) for line in pairs_file.read_text().splitlines()]
+    rows[1]["annotator"] = "alice"
+    extra = write_jsonl(tmp_path / "extra.jsonl", rows)
+    with pytest.raises(InvalidArgument, match="row 2.*annotator"):
+        build_trainer(_cfg(tmp_path, tiny_dir, "dpo", [extra], steps=1))
+    trainer = build_trainer(_cfg(tmp_path, tiny_dir, "dpo", [extra], steps=1, ignore_columns=True))
+    assert len(trainer.train_dataset) == len(rows)

@@ -103,9 +103,27 @@ class _TraceContextFilter(logging.Filter):
         return True
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A StreamHandler on whatever ``sys.stderr`` is when a record is written (as logging's own
+    last-resort handler): one bound to the stream of set-up time writes to a closed file once that
+    stream is replaced and closed (a CLI run inside a test runner, a daemonized process)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # set by StreamHandler.__init__ / setStream: always sys.stderr
+        pass
+
+
 def setup_logging(service: str, level: str = "INFO", fmt: str = "text") -> None:
-    """Configure root logging: records carry service, trace_id and span_id; text or JSON lines."""
-    handler = logging.StreamHandler(sys.stderr)
+    """Configure root logging: records carry service, trace_id and span_id; text or JSON lines
+    on the process's current standard error."""
+    handler = _StderrHandler()
     handler.addFilter(_TraceContextFilter(service))
     if fmt == "json":
         from pythonjsonlogger.json import JsonFormatter

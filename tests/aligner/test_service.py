@@ -234,7 +234,7 @@ def test_cli_rlhf_validates_estimates_and_reports_bad_rows(stack, pairs, tmp_pat
     assert "valid" in r.output and "dpo" in r.output
     r = runner.invoke(app, [*base, "--dataset", str(pairs), "--estimate", "--json"])
     assert r.exit_code == 0, r.output
-    assert json.loads(r.output)["fits"] is True
+    assert json.loads(r.stdout)["fits"] is True
     bad = write_jsonl(tmp_path / "sft_like.jsonl", [{"messages": [{"role": "user", "content": "hi"},
                                                                   {"role": "assistant", "content": "hello"}]}])
     r = runner.invoke(app, [*base, "--dataset", str(bad)])

@@ -28,7 +28,7 @@ def test_cli_pull_and_models_commands(hub_server, small_model, tmp_path, monkeyp
 
     r = _run(h, "models", "ls", "--json", "--hub", h.target)
     assert r.exit_code == 0, r.output
-    models = json.loads(r.output)
+    models = json.loads(r.stdout)
     assert [m["name"] for m in models] == ["models/org/small"]
     assert models[0]["labels"] == {"team": "nlp"}
 
@@ -38,7 +38,7 @@ def test_cli_pull_and_models_commands(hub_server, small_model, tmp_path, monkeyp
     r = _run(h, "models", "show", "org/small", "--hub", h.target)
     assert r.exit_code == 0, r.output
     assert sha256_file(small_model / "model.safetensors") in r.output
-    path = Path(json.loads(_run(h, "models", "show", "org/small", "--json", "--hub", h.target).output)["location"]["path"])
+    path = Path(json.loads(_run(h, "models", "show", "org/small", "--json", "--hub", h.target).stdout)["location"]["path"])
 
     assert _run(h, "models", "verify", "org/small", "--hub", h.target).exit_code == 0
     os.chmod(path / "config.json", 0o644)

@@ -135,7 +135,7 @@ def test_deploy_starts_a_worker(stack, tiny_lora_dir, tmp_path):
         assert pid_file.exists()
         models = {m.id: m for m in gw.client().models.list().data}
         assert set(models) == {stack.model, "tiny-lora"} and models["tiny-lora"].parent == stack.model
-        workers = json.loads(_cli(gw, "workers", "ls", "--json").output)
+        workers = json.loads(_cli(gw, "workers", "ls", "--json").stdout)
         assert [w["address"] for w in workers] == [f"127.0.0.1:{port}"]
         assert gw.client().chat.completions.create(model="tiny-lora", messages=MESSAGES, max_tokens=2).usage
     finally:

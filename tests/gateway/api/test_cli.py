@@ -42,13 +42,13 @@ def _run(s, *args, input: str | None = None, env: dict | None = None):
 def test_keys_create_ls_rm_and_use(secured):
     r = _run(secured, "keys", "create", "--name", "ci", "--rpm", "60", "--tpm", "1000", "--json")
     assert r.exit_code == 0, r.output
-    created = json.loads(r.output)
+    created = json.loads(r.stdout)
     assert created["secret"].startswith("sk-") and created["name"].startswith("apiKeys/")
     assert created["requests_per_minute"] == 60 and created["tokens_per_minute"] == 1000
 
     r = _run(secured, "keys", "ls", "--json")
     assert r.exit_code == 0, r.output
-    listed = {k["name"]: k for k in json.loads(r.output)}
+    listed = {k["name"]: k for k in json.loads(r.stdout)}
     assert listed[created["name"]]["display_name"] == "ci"
     assert created["secret"] not in r.output and created["secret"].startswith(listed[created["name"]]["prefix"])
     assert _run(secured, "keys", "ls").exit_code == 0  # the table
@@ -59,7 +59,7 @@ def test_keys_create_ls_rm_and_use(secured):
     assert reply.usage.completion_tokens == 1
     # Its usage is listed: one request and its prompt + completion tokens.
     r = _run(secured, "keys", "ls", "--json")
-    used = next(k for k in json.loads(r.output) if k["name"] == created["name"])
+    used = next(k for k in json.loads(r.stdout) if k["name"] == created["name"])
     assert used["requests"] == 1 and used["tokens"] == reply.usage.total_tokens and used["last_use_time"] > 0
 
     r = _run(secured, "keys", "rm", created["name"])
@@ -78,7 +78,7 @@ def test_keys_need_the_service_token(secured):
 def test_workers_ls(stack):
     r = _run(stack, "workers", "ls", "--json")
     assert r.exit_code == 0, r.output
-    workers = {w["address"]: w for w in json.loads(r.output)}
+    workers = {w["address"]: w for w in json.loads(r.stdout)}
     assert set(workers) == set(stack.settings.gateway.workers)
     main = workers[stack.settings.gateway.workers[0]]
     assert main["healthy"] and main["models"] == [stack.model]
@@ -131,7 +131,7 @@ def test_deploy_beside_a_running_worker_picks_free_ports(stack, tmp_path):
         assert f"worker port {taken_port} is taken" in out and f"metrics port {taken_metrics} is taken" in out
         assert stack.model in out
         r = _run(stack, "workers", "ls", "--json")
-        assert taken_port not in [int(w["address"].rsplit(":", 1)[1]) for w in json.loads(r.output)]
+        assert taken_port not in [int(w["address"].rsplit(":", 1)[1]) for w in json.loads(r.stdout)]
     finally:
         for s in held:
             s.close()

@@ -8,6 +8,12 @@ from __future__ import annotations
 import httpx
 import pytest
 import schemathesis
+
+# schemathesis loads its OpenAPI modules lazily and pytest's assertion rewriter compiles them (it is
+# a pytest plugin); compiled inside a test after an earlier one caught a RecursionError (deeply nested
+# JSON bodies), CPython 3.11.7 fails with "AST constructor recursion depth mismatch" (gh-106905,
+# fixed in 3.11.8). Imported here, at collection.
+import schemathesis.specs.openapi.schemas
 from hypothesis import HealthCheck, given, settings
 from schemathesis.generation.modes import GenerationMode
 
